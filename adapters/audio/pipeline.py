@@ -1,0 +1,70 @@
+"""From engine audio to response bytes: resample, change tempo, encode, one piece at a time.
+
+Engines hand over audio sentence by sentence at their own rate (Piper 22.05 kHz, Kokoro
+24 kHz). Everything OpenAI clients receive is 24 kHz mono, so the stages below keep their
+state across sentences: no clicks at the joins, and bytes leave as soon as they exist.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .encode import StreamingEncoder
+from .pcm import StreamResampler
+from .tempo import TempoFilter
+
+OUTPUT_RATE = 24_000
+
+
+def split_speed(speed: float, native_range: tuple[float, float]) -> tuple[float, float]:
+    """Split ``speed`` into the part the engine applies itself and the rest for the filter.
+
+    A model that stretches its own durations sounds better than any tempo filter, so the
+    engine takes as much of the change as its range allows.
+    """
+    low, high = native_range
+    native = min(max(speed, low), high)
+    residual = speed / native
+    if abs(residual - 1.0) < 1e-6:
+        residual = 1.0
+    return native, residual
+
+
+class SpeechAudioPipeline:
+    def __init__(self, fmt: str, *, tempo: float = 1.0, sample_rate: int = OUTPUT_RATE) -> None:
+        self.sample_rate = sample_rate
+        self.encoder = StreamingEncoder(fmt, sample_rate)
+        self.tempo = TempoFilter(tempo, sample_rate)
+        self._resampler: StreamResampler | None = None
+        self._input_rate: int | None = None
+        self.samples_out = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples_out / self.sample_rate
+
+    def _shape(self, samples: np.ndarray) -> np.ndarray:
+        shaped = self.tempo.push(samples) if len(samples) else samples
+        self.samples_out += len(shaped)
+        return shaped
+
+    def process(self, samples: np.ndarray, sample_rate: int) -> bytes:
+        out = b""
+        if self._input_rate != sample_rate:
+            if self._resampler is not None:  # the engine changed rate: flush the old one
+                out += self.encoder.encode(self._shape(self._resampler.flush()))
+            self._resampler = StreamResampler(sample_rate, self.sample_rate)
+            self._input_rate = sample_rate
+        assert self._resampler is not None
+        resampled = self._resampler.push(np.asarray(samples, dtype=np.float32))
+        return out + self.encoder.encode(self._shape(resampled))
+
+    def finish(self) -> bytes:
+        tail = self._resampler.flush() if self._resampler is not None else np.zeros(0, np.float32)
+        shaped = self._shape(tail) if len(tail) else np.zeros(0, np.float32)
+        rest = self.tempo.flush()
+        self.samples_out += len(rest)
+        return (
+            self.encoder.encode(np.concatenate([shaped, rest]).astype(np.float32))
+            + self.encoder.finish()
+        )

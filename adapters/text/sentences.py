@@ -1,0 +1,66 @@
+"""Split text into sentences so speech can start after the first one is synthesised.
+
+The split is deliberately conservative: it breaks after terminal punctuation (Latin and
+CJK) followed by space or end of text, and keeps common abbreviations ("Dr.", "e.g.")
+and decimals ("3.5") inside their sentence. Over-long sentences are cut at the last comma
+or space before ``max_chars`` so one run-on paragraph does not delay the first audio.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc",
+    "ltd", "co", "no", "fig", "approx", "dept", "est", "u.s", "a.m", "p.m",
+}
+_LATIN_END = re.compile(r"[.!?;…]+[\"'”’)\]]*(?=\s|$)")
+_CJK_END = re.compile(r"[。！？；…]+[」』”’）)]*|\n+")
+
+
+def split_sentences(text: str, max_chars: int = 300) -> list[str]:
+    sentences: list[str] = []
+    start = 0
+    for end in _boundaries(text):
+        piece = text[start:end].strip()
+        if piece:
+            sentences.extend(_cap(piece, max_chars))
+        start = end
+    tail = text[start:].strip()
+    if tail:
+        sentences.extend(_cap(tail, max_chars))
+    return sentences
+
+
+def _boundaries(text: str):
+    marks = sorted(
+        {m.end() for m in _LATIN_END.finditer(text) if not _is_abbreviation(text, m.start())}
+        | {m.end() for m in _CJK_END.finditer(text)}
+    )
+    return marks
+
+
+def _is_abbreviation(text: str, dot: int) -> bool:
+    if text[dot] != ".":
+        return False
+    word = re.search(r"([\w.]+)$", text[:dot])
+    if not word:
+        return False
+    token = word.group(1).lower()
+    return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha() and token.isupper())
+
+
+def _cap(sentence: str, max_chars: int) -> list[str]:
+    out = []
+    while len(sentence) > max_chars:
+        window = sentence[:max_chars]
+        cut = max(window.rfind(", "), window.rfind("、"), window.rfind("，"))
+        if cut < max_chars // 3:
+            cut = window.rfind(" ")
+        if cut < max_chars // 3:
+            cut = max_chars - 1
+        out.append(sentence[: cut + 1].strip())
+        sentence = sentence[cut + 1 :].strip()
+    if sentence:
+        out.append(sentence)
+    return out

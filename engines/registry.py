@@ -1,0 +1,232 @@
+"""Models by name: aliases, loading on demand, unloading when idle.
+
+A model is loaded the first time a request needs it (or at start, when preloaded) and is
+kept while requests use it. With ``idle_unload_seconds`` set, a model nobody has used for
+that long is unloaded by a reaper task, and loads again on the next request.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Mapping
+
+import anyio
+import structlog
+
+from .base import Capability, Engine, EngineContext, EngineError
+from .catalog import CATALOG, EngineKind
+from .workers import Worker
+
+log = structlog.get_logger(__name__)
+
+
+class ModelNotFound(EngineError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class WrongModelKind(EngineError):
+    status_code = 400
+    code = "model_not_supported"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    kind: str
+    owned_by: str = "step-audio-gateway"
+    aliases: tuple[str, ...] = ()
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    spec: ModelSpec
+    kind: EngineKind
+    created: int
+    engine: Engine | None = None
+    in_use: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What /v1/models shows for one id (an alias shows as a model of its own)."""
+
+    id: str
+    owned_by: str
+    created: int
+    capabilities: frozenset[Capability]
+    target: str
+    loaded: bool
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        *,
+        cache_dir,
+        voices: Mapping[str, list[str]] | None = None,
+        max_concurrency: int = 1,
+        max_queue: int = 16,
+        idle_unload_seconds: float = 0.0,
+        catalog: Mapping[str, EngineKind] = CATALOG,
+    ) -> None:
+        self._cache_dir = cache_dir
+        self._voices = dict(voices or {})
+        self._max_concurrency = max_concurrency
+        self._max_queue = max_queue
+        self.idle_unload_seconds = idle_unload_seconds
+        created = int(time.time())
+        self._slots: dict[str, _Slot] = {}
+        self._names: dict[str, str] = {}
+        for spec in specs:
+            if spec.kind not in catalog:
+                raise ValueError(f"model {spec.id!r}: unknown engine kind {spec.kind!r}")
+            self._slots[spec.id] = _Slot(spec, catalog[spec.kind], created)
+            for name in (spec.id, *spec.aliases):
+                if name in self._names:
+                    raise ValueError(f"model name {name!r} is defined twice")
+                self._names[name] = spec.id
+        self.ready = False
+        self.load_error: str | None = None
+
+    # ------------------------------------------------------------------ lookup
+
+    def canonical(self, name: str) -> str:
+        try:
+            return self._names[name]
+        except KeyError:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist.", param="model"
+            ) from None
+
+    def cards(self) -> list[ModelCard]:
+        cards = []
+        for name, model_id in self._names.items():
+            slot = self._slots[model_id]
+            cards.append(
+                ModelCard(
+                    id=name,
+                    owned_by=slot.spec.owned_by,
+                    created=slot.created,
+                    capabilities=slot.kind.capabilities,
+                    target=model_id,
+                    loaded=slot.engine is not None,
+                )
+            )
+        return cards
+
+    def card(self, name: str) -> ModelCard:
+        self.canonical(name)
+        return next(card for card in self.cards() if card.id == name)
+
+    def check(self, name: str, capability: Capability) -> str:
+        """Resolve ``name`` and make sure it can serve ``capability``; no loading."""
+        model_id = self.canonical(name)
+        if capability not in self._slots[model_id].kind.capabilities:
+            raise WrongModelKind(
+                f"The model '{name}' does not support {capability.value}.", param="model"
+            )
+        return model_id
+
+    # ------------------------------------------------------------------ use
+
+    @asynccontextmanager
+    async def use(self, name: str, capability: Capability) -> AsyncIterator[Engine]:
+        """Hold the engine behind ``name`` loaded for the duration of the block."""
+        slot = self._slots[self.check(name, capability)]
+        slot.in_use += 1
+        try:
+            engine = await self._ensure_loaded(slot)
+            yield engine
+        finally:
+            slot.in_use -= 1
+            slot.last_used = time.monotonic()
+
+    async def _ensure_loaded(self, slot: _Slot) -> Engine:
+        if slot.engine is not None:
+            return slot.engine
+        async with slot.lock:
+            if slot.engine is None:
+                engine_class = slot.kind.load_class()
+                context = EngineContext(
+                    worker=Worker(slot.spec.id, self._max_concurrency, self._max_queue),
+                    cache_dir=self._cache_dir,
+                    registry=self,
+                    voices=self._voices,
+                )
+                engine = engine_class(slot.spec.id, context, **dict(slot.spec.options))
+                started = time.perf_counter()
+                await engine.start()
+                log.info(
+                    "model_loaded",
+                    model=slot.spec.id,
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+                slot.engine = engine
+        return slot.engine  # type: ignore[return-value]
+
+    async def preload(self, names: list[str]) -> None:
+        """Load ``names`` now; on failure keep serving (lazily) but report it in /ready."""
+        try:
+            for name in names:
+                await self._ensure_loaded(self._slots[self.canonical(name)])
+        except Exception as exc:  # noqa: BLE001 - reported by /ready, logged here
+            self.load_error = str(getattr(exc, "message", exc))
+            log.error("preload_failed", error=self.load_error)
+            return
+        self.ready = True
+
+    async def unload_idle(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        unloaded = []
+        for slot in self._slots.values():
+            idle = now - slot.last_used
+            if slot.engine is None or slot.in_use or idle < self.idle_unload_seconds:
+                continue
+            async with slot.lock:
+                engine, slot.engine = slot.engine, None
+                if engine is not None:
+                    await engine.stop()
+                    unloaded.append(slot.spec.id)
+                    log.info("model_unloaded", model=slot.spec.id, idle_seconds=round(idle))
+        return unloaded
+
+    async def reap_forever(self) -> None:
+        if self.idle_unload_seconds <= 0:
+            return
+        while True:
+            await anyio.sleep(max(1.0, self.idle_unload_seconds / 4))
+            await self.unload_idle()
+
+    async def close(self) -> None:
+        for slot in self._slots.values():
+            engine, slot.engine = slot.engine, None
+            if engine is not None:
+                await engine.stop()
+
+
+def registry_from_settings(settings) -> ModelRegistry:
+    specs = [
+        ModelSpec(
+            id=model_id,
+            kind=model.engine,
+            owned_by=model.owned_by,
+            aliases=tuple(model.aliases),
+            options=model.options,
+        )
+        for model_id, model in settings.models.items()
+    ]
+    return ModelRegistry(
+        specs,
+        cache_dir=settings.engines.cache_path,
+        voices=settings.voices,
+        max_concurrency=settings.engines.max_concurrency,
+        max_queue=settings.engines.max_queue,
+        idle_unload_seconds=settings.engines.idle_unload_seconds,
+    )

@@ -1,0 +1,22 @@
+"""GET /v1/models and /v1/models/{id} (ids may contain a slash, raw or percent-encoded)."""
+
+from __future__ import annotations
+
+from litestar import get
+
+from engines.registry import ModelRegistry
+
+from .protocol import Model, ModelList
+
+
+@get("/v1/models", summary="List models", tags=["models"])
+async def list_models(registry: ModelRegistry) -> ModelList:
+    return ModelList(
+        data=[Model(id=c.id, created=c.created, owned_by=c.owned_by) for c in registry.cards()]
+    )
+
+
+@get("/v1/models/{model_id:path}", summary="Retrieve a model", tags=["models"])
+async def retrieve_model(model_id: str, registry: ModelRegistry) -> Model:
+    card = registry.card(model_id.lstrip("/"))
+    return Model(id=card.id, created=card.created, owned_by=card.owned_by)

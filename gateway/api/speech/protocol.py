@@ -1,0 +1,43 @@
+"""Wire structs of POST /v1/audio/speech (OpenAI ``CreateSpeechRequest`` and its SSE events)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class VoiceRef(msgspec.Struct):
+    """A voice given as an object (``{"id": "voice_..."}``), as newer SDKs allow."""
+
+    id: str
+
+
+class CreateSpeechRequest(msgspec.Struct, kw_only=True):
+    model: str
+    input: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    voice: str | VoiceRef
+    instructions: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    response_format: SpeechFormat = "mp3"
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
+    stream_format: Literal["sse", "audio"] = "audio"
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class SpeechUsage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="speech.audio.delta"):
+    audio: str
+
+
+class SpeechAudioDone(msgspec.Struct, kw_only=True, tag_field="type", tag="speech.audio.done"):
+    usage: SpeechUsage

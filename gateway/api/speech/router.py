@@ -1,0 +1,40 @@
+"""POST /v1/audio/speech."""
+
+from __future__ import annotations
+
+from litestar import Request, post
+from litestar.response import Stream
+
+from engines.registry import ModelRegistry
+
+from ... import sse
+from ...streaming import abort_on_failure, prime
+from .protocol import CreateSpeechRequest
+from .serving import sse_events, synthesize
+
+
+@post(
+    "/v1/audio/speech",
+    status_code=200,
+    summary="Generate audio from text",
+    tags=["audio"],
+)
+async def create_speech(
+    request: Request, data: CreateSpeechRequest, registry: ModelRegistry
+) -> Stream:
+    """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
+    result = synthesize(registry, data)
+    if data.stream_format == "sse":
+        events = await prime(sse_events(data, result))
+        return Stream(
+            sse.report_failures(_encode_events(events), request),
+            media_type=sse.MEDIA_TYPE,
+            headers=sse.HEADERS,
+        )
+    chunks = await prime(result.chunks)
+    return Stream(abort_on_failure(chunks), media_type=result.media_type)
+
+
+async def _encode_events(events):
+    async for event in events:
+        yield sse.event(event)

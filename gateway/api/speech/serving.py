@@ -1,0 +1,84 @@
+"""Speech: request struct → voice, language and speed → engine → encoded bytes or events.
+
+Audio leaves sentence by sentence: each sentence is resampled, tempo-shifted and encoded
+as soon as the engine yields it, and the response streams those bytes (or base64 SSE
+deltas) without waiting for the rest of the input.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import anyio.to_thread
+
+from adapters.audio.encode import CONTENT_TYPES
+from adapters.audio.pipeline import SpeechAudioPipeline, split_speed
+from adapters.text.language import detect_language
+from adapters.text.tokens import count_audio_tokens, count_text_tokens
+from engines.base import Capability, SpeechEngine, SpeechRequest
+from engines.registry import ModelRegistry
+
+from ...errors import InvalidRequest
+from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone, SpeechUsage
+
+
+@dataclass
+class SpeechResult:
+    """Encoded audio as it is produced; ``seconds`` is final once the stream is drained."""
+
+    chunks: AsyncIterator[bytes]
+    media_type: str
+    pipeline: SpeechAudioPipeline | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.pipeline.seconds if self.pipeline else 0.0
+
+
+def synthesize(registry: ModelRegistry, request: CreateSpeechRequest) -> SpeechResult:
+    registry.check(request.model, Capability.SPEECH)
+    if not request.input.strip():
+        raise InvalidRequest("The input must contain text to speak.", param="input")
+    result = SpeechResult(chunks=None, media_type=CONTENT_TYPES[request.response_format])  # type: ignore[arg-type]
+    result.chunks = _encoded(registry, request, result)
+    return result
+
+
+async def _encoded(
+    registry: ModelRegistry, request: CreateSpeechRequest, result: SpeechResult
+) -> AsyncIterator[bytes]:
+    async with registry.use(request.model, Capability.SPEECH) as engine:
+        assert isinstance(engine, SpeechEngine)
+        native, residual = split_speed(request.speed, engine.speed_range)
+        pipeline = SpeechAudioPipeline(request.response_format, tempo=residual)
+        result.pipeline = pipeline
+        engine_request = SpeechRequest(
+            text=request.input,
+            voice=request.voice_name,
+            language=detect_language(request.input),
+            speed=native,
+            instructions=request.instructions,
+        )
+        async for chunk in engine.synthesize(engine_request):
+            data = await anyio.to_thread.run_sync(pipeline.process, chunk.samples, chunk.sample_rate)
+            if data:
+                yield data
+        tail = await anyio.to_thread.run_sync(pipeline.finish)
+        if tail:
+            yield tail
+
+
+async def sse_events(request: CreateSpeechRequest, result: SpeechResult) -> AsyncIterator[object]:
+    async for data in result.chunks:
+        yield SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii"))
+    input_tokens = count_text_tokens(request.input)
+    output_tokens = count_audio_tokens(result.seconds)
+    yield SpeechAudioDone(
+        usage=SpeechUsage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=input_tokens + output_tokens,
+        )
+    )

@@ -1,0 +1,70 @@
+"""POST /v1/audio/transcriptions and /v1/audio/translations (multipart uploads)."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from engines.base import Capability
+from engines.registry import ModelRegistry
+
+from ... import sse
+from ...openapi_forms import multipart_operation
+from ...settings import Settings
+from ...streaming import prime
+from .protocol import TranscriptionForm, TranslationForm
+from .serving import events, options_for, read_form, render, run
+
+
+@post(
+    "/v1/audio/transcriptions",
+    status_code=200,
+    summary="Transcribe audio into the input language",
+    tags=["audio"],
+    operation_class=multipart_operation(TranscriptionForm),
+)
+async def create_transcription(
+    request: Request, registry: ModelRegistry, settings: Settings
+) -> Response | Stream:
+    form, upload = await read_form(request, TranscriptionForm, settings.server.max_upload_bytes)
+    options = options_for(form)
+    transcripts = run(registry, form.model, Capability.TRANSCRIPTION, upload, options)
+    if form.stream:
+        first_ready = await prime(events(transcripts, form.prompt, options.logprobs))
+        return Stream(
+            sse.report_failures(_sse(first_ready), request),
+            media_type=sse.MEDIA_TYPE,
+            headers=sse.HEADERS,
+        )
+    return await _complete(transcripts, form.response_format, "transcribe", options)
+
+
+@post(
+    "/v1/audio/translations",
+    status_code=200,
+    summary="Translate audio into English",
+    tags=["audio"],
+    operation_class=multipart_operation(TranslationForm),
+)
+async def create_translation(
+    request: Request, registry: ModelRegistry, settings: Settings
+) -> Response:
+    form, upload = await read_form(request, TranslationForm, settings.server.max_upload_bytes)
+    options = options_for(form)
+    transcripts = run(registry, form.model, Capability.TRANSLATION, upload, options)
+    return await _complete(transcripts, form.response_format, "translate", options)
+
+
+async def _complete(transcripts, fmt, task, options) -> Response:
+    async for stream in transcripts:
+        segments = [segment async for segment in stream.segments]
+        body, media_type = render(fmt, task, stream.info, segments, options)
+    return Response(body, media_type=media_type)
+
+
+async def _sse(items: AsyncIterator[object]) -> AsyncIterator[bytes]:
+    async for item in items:
+        yield sse.event(item)
+    yield sse.DONE

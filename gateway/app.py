@@ -1,0 +1,112 @@
+"""The Litestar application factory.
+
+Cross-cutting concerns are plugged in here, once: request ids and access logs, API keys,
+Prometheus metrics, CORS, error envelopes. Handlers receive the model registry and the
+settings by dependency injection and stay thin.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from engines.registry import ModelRegistry, registry_from_settings
+
+from . import __version__
+from .api.health.router import health, ready
+from .api.models.router import list_models, retrieve_model
+from .api.speech.router import create_speech
+from .api.transcription.router import create_transcription, create_translation
+from .api.voices.router import list_voices
+from .auth import api_key_middleware_factory
+from .errors import handle_exception
+from .logging import configure_logging, request_id_middleware
+from .settings import Settings, load_settings
+
+ROUTES = [
+    health,
+    ready,
+    list_models,
+    retrieve_model,
+    list_voices,
+    create_speech,
+    create_transcription,
+    create_translation,
+]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="step-audio-gateway",
+        version=__version__,
+        description="OpenAI-compatible speech gateway for the Step-Audio models.",
+        path="/docs",
+        render_plugins=[SwaggerRenderPlugin()],
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    *,
+    preload: bool = True,
+    configure_logs: bool = True,
+) -> Litestar:
+    settings = settings or load_settings()
+    registry = registry or registry_from_settings(settings)
+    if configure_logs:
+        configure_logging(settings.server.log_level, settings.server.log_format)
+    metrics = PrometheusConfig(app_name="step_audio_gateway", group_path=True, exclude=["/metrics"])
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            if preload:
+                tasks.start_soon(registry.preload, settings.engines.preload)
+            else:
+                registry.ready = True
+            tasks.start_soon(registry.reap_forever)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+        await registry.close()
+
+    return Litestar(
+        route_handlers=[*ROUTES, MetricsController],
+        dependencies={
+            "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        },
+        middleware=[
+            request_id_middleware,
+            api_key_middleware_factory(settings.server.api_keys),
+            metrics.middleware,
+        ],
+        exception_handlers={Exception: handle_exception},
+        cors_config=CORSConfig(
+            allow_origins=settings.server.cors_allow_origins,
+            allow_headers=["*"],
+            expose_headers=["x-request-id"],
+        )
+        if settings.server.cors_allow_origins
+        else None,
+        request_max_body_size=settings.server.max_request_bytes,
+        openapi_config=openapi_config(),
+        lifespan=[lifespan],
+        state={"registry": registry, "settings": settings},
+        debug=False,
+    )

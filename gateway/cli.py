@@ -1,0 +1,58 @@
+"""``step-audio-gateway serve`` (and ``python -m gateway``): run the server; ``openapi``: print the spec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .settings import SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="step-audio-gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+    serve.add_argument("--config", help="TOML settings file (default: config/default.toml)")
+    serve.add_argument("--host", help="address to bind (default from settings)")
+    serve.add_argument("--port", type=int, help="port to bind (default from settings)")
+    spec = commands.add_parser("openapi", help="print the OpenAPI document as JSON")
+    spec.add_argument("--config", help="TOML settings file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"step-audio-gateway: {exc}", file=sys.stderr)
+        return 2
+    from .app import create_app
+
+    if args.command == "openapi":
+        from .openapi_export import openapi_document
+
+        print(json.dumps(openapi_document(settings), indent=2, sort_keys=True))
+        return 0
+
+    import uvicorn
+
+    if args.host:
+        settings.server.host = args.host
+    if args.port:
+        settings.server.port = args.port
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

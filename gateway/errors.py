@@ -1,0 +1,204 @@
+"""OpenAI error envelopes for every failure, raised anywhere.
+
+The SDKs read ``{"error": {"message", "type", "param", "code"}}`` and choose an exception
+class (and whether to retry) from the status. So every path, including Litestar's own
+404/405/413 and validation failures, ends here, and nothing becomes a bare 500 page. We
+never answer a validation problem with 408 or 409: the SDKs retry those.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from engines.base import EngineError
+
+log = structlog.get_logger(__name__)
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorDetail
+
+
+class APIError(Exception):
+    """An error with everything the envelope needs; raise it from any layer above engines."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+    def detail(self) -> ErrorDetail:
+        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+    code = "invalid_value"
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class ServerError(APIError):
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+def error_from_engine(exc: EngineError) -> APIError:
+    error = APIError(exc.message, param=exc.param, code=exc.code, status_code=exc.status_code)
+    if exc.status_code >= 500:
+        error.type = "server_error"
+    if exc.status_code == 429:
+        error.headers["retry-after"] = "1"
+    return error
+
+
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
+def error_from_validation(exc: ValidationException) -> APIError:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if not extra:
+        return InvalidRequest(str(exc.detail), code="invalid_request")
+    first = extra[0] if isinstance(extra[0], dict) else {}
+    message = str(first.get("message", exc.detail))
+    param = first.get("key")
+    missing = _MISSING_FIELD.search(message)
+    if missing:
+        return InvalidRequest(
+            f"Missing required parameter: '{missing.group(1)}'.",
+            param=missing.group(1),
+            code="missing_required_parameter",
+        )
+    if param in (None, "data"):
+        param = None
+        if message.startswith("'") or "Expected `object`" in message:
+            message = "The request body must be a JSON object."
+    return InvalidRequest(f"Invalid value for '{param}': {message}" if param else message, param=param)
+
+
+def _error_from_http(exc: HTTPException, request: Request) -> APIError:
+    if isinstance(exc, NotFoundException):  # only raised by routing: handlers raise NotFound
+        return NotFound(f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
+    if isinstance(exc, MethodNotAllowedException):
+        return APIError(
+            f"Method {request.method} is not allowed for {request.url.path}.",
+            status_code=405,
+            code="method_not_allowed",
+        )
+    if exc.status_code == 413:
+        return PayloadTooLarge("The request body is too large.", code="request_too_large")
+    detail = str(exc.detail)
+    if detail.startswith("JSON is malformed"):
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. "
+            "The body must be valid JSON sent with Content-Type: application/json.",
+            code="invalid_json",
+        )
+    if exc.status_code >= 500:
+        return ServerError(detail)
+    return APIError(detail, status_code=exc.status_code, code="invalid_request")
+
+
+def to_api_error(exc: Exception, request: Request) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineError):
+        return error_from_engine(exc)
+    if isinstance(exc, ValidationException):
+        return error_from_validation(exc)
+    if isinstance(exc, HTTPException):
+        return _error_from_http(exc, request)
+    log.exception("unhandled_error", error=repr(exc))
+    error = ServerError("The server had an error while processing your request.")
+    error.headers["x-should-retry"] = "false"
+    return error
+
+
+def error_response(error: APIError) -> Response[Any]:
+    return Response(
+        content=ErrorResponse(error=error.detail()),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type="application/json",
+    )
+
+
+def handle_exception(request: Request, exc: Exception) -> Response[Any]:
+    error = to_api_error(exc, request)
+    if error.status_code == HTTP_500_INTERNAL_SERVER_ERROR:
+        log.error("request_failed", status=error.status_code, message=error.message)
+    return error_response(error)
+
+
+def sse_error_event(error: APIError) -> bytes:
+    """The event that ends a stream already under way (see gateway/sse.py)."""
+    return b"data: " + msgspec.json.encode(ErrorResponse(error=error.detail())) + b"\n\n"
+
+
+_AT_PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)")
+
+
+def error_from_msgspec(exc: msgspec.ValidationError) -> APIError:
+    """For bodies we convert ourselves (multipart forms): name the field msgspec names."""
+    message = str(exc)
+    missing = _MISSING_FIELD.search(message)
+    if missing:
+        return InvalidRequest(
+            f"Missing required parameter: '{missing.group(1)}'.",
+            param=missing.group(1),
+            code="missing_required_parameter",
+        )
+    at = _AT_PATH.search(message)
+    param = at.group(1) if at else None
+    text = _AT_PATH.sub("", message)
+    return InvalidRequest(f"Invalid value for '{param}': {text}" if param else text, param=param)

@@ -1,0 +1,76 @@
+"""Multipart forms as the OpenAI SDKs send them, folded into plain values.
+
+The SDKs send arrays as repeated bracket keys (``timestamp_granularities[]=word``),
+objects as bracket paths (``chunking_strategy[type]=server_vad``) and booleans and numbers
+as strings. Hand-written clients drop the brackets or send a JSON string instead. All of
+these fold into one dict that msgspec can convert (with ``strict=False`` for the strings).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable
+
+from litestar.datastructures import UploadFile
+
+_BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+
+
+def fold_form(items: Iterable[tuple[str, Any]], list_fields: Iterable[str] = ()) -> dict[str, Any]:
+    lists = set(list_fields)
+    folded: dict[str, Any] = {}
+    for key, value in items:
+        if isinstance(value, UploadFile):
+            continue
+        match = _BRACKETS.match(key)
+        if not match:
+            folded[key] = value
+            continue
+        name, path = match.group(1), re.findall(r"\[([^\[\]]*)\]", match.group(2))
+        if not path:
+            if name in lists or name in folded and isinstance(folded[name], list):
+                folded.setdefault(name, [])
+                _append(folded, name, value)
+            else:
+                folded[name] = _maybe_json(value)
+            continue
+        if path == [""]:
+            folded.setdefault(name, [])
+            _append(folded, name, value)
+            continue
+        node = folded.setdefault(name, {})
+        if not isinstance(node, dict):
+            node = folded[name] = {}
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    for name in lists:
+        if name in folded and not isinstance(folded[name], list):
+            folded[name] = [folded[name]]
+    return folded
+
+
+def _append(folded: dict[str, Any], name: str, value: Any) -> None:
+    if not isinstance(folded[name], list):
+        folded[name] = [folded[name]]
+    if isinstance(value, str) and "," in value and not value.startswith("["):
+        folded[name].extend(v.strip() for v in value.split(",") if v.strip())
+    else:
+        folded[name].append(value)
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def upload(items: Iterable[tuple[str, Any]], name: str = "file") -> UploadFile | None:
+    for key, value in items:
+        if key == name and isinstance(value, UploadFile):
+            return value
+    return None

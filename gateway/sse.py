@@ -1,0 +1,95 @@
+"""Server-sent events the way the OpenAI SDKs parse them.
+
+Only ``data:`` lines (no ``event:`` names, which older SDKs turn into wrapper objects),
+one JSON object per event, ``: ping`` comments as keep-alives (a data-less event breaks
+both SDKs' JSON parsing), and, once a 200 has gone out, failures reported as a final
+``data: {"error": ...}`` event, which the SDKs raise as ``openai.APIError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import msgspec
+import structlog
+from litestar import Request
+
+from .errors import sse_error_event, to_api_error
+
+log = structlog.get_logger(__name__)
+
+MEDIA_TYPE = "text/event-stream"
+HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+PING = b": ping\n\n"
+
+_encoder = msgspec.json.Encoder()
+
+
+def event(payload: Any) -> bytes:
+    return b"data: " + _encoder.encode(payload) + b"\n\n"
+
+
+async def report_failures(
+    events: AsyncIterator[bytes], request: Request
+) -> AsyncIterator[bytes]:
+    """End the stream with an error event instead of silence when the source fails."""
+    try:
+        async for chunk in events:
+            yield chunk
+    except Exception as exc:  # noqa: BLE001 - any failure must reach the client
+        error = to_api_error(exc, request)
+        log.warning("stream_failed", status=error.status_code, message=error.message)
+        yield sse_error_event(error)
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """Interleave ``: ping`` comments whenever ``events`` is silent for ``interval`` seconds.
+
+    The source is drained by one producer task (so its own cancel scopes never straddle
+    tasks); the consumer waits on a queue with a timeout, which is safe to cancel.
+    """
+    if interval <= 0:
+        async for item in events:
+            yield item
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for item in events:
+                await queue.put(item)
+        except Exception as exc:  # noqa: BLE001 - forwarded to the consumer
+            await queue.put(_Raised(exc))
+            return
+        await queue.put(_END)
+
+    producer = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=interval)
+            except asyncio.TimeoutError:
+                yield PING
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        if not producer.done():
+            producer.cancel()
+            try:
+                await producer
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
