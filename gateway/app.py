@@ -43,6 +43,22 @@ ROUTES = [
 ]
 
 
+class GatewayApp(Litestar):
+    """Litestar applies app middleware per route, so 404s and 405s would skip it. The
+    request id and API-key checks wrap the whole ASGI handler instead, and so see every
+    request, routed or not."""
+
+    def __init__(self, *args, outer_middleware=(), **kwargs) -> None:
+        self.outer_middleware = tuple(outer_middleware)
+        super().__init__(*args, **kwargs)
+
+    def _create_asgi_handler(self):
+        handler = super()._create_asgi_handler()
+        for middleware in reversed(self.outer_middleware):
+            handler = middleware(handler)
+        return handler
+
+
 class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = False
@@ -85,17 +101,17 @@ def create_app(
                 tasks.cancel_scope.cancel()
         await registry.close()
 
-    return Litestar(
+    return GatewayApp(
+        outer_middleware=(
+            request_id_middleware,
+            api_key_middleware_factory(settings.server.api_keys),
+        ),
         route_handlers=[*ROUTES, MetricsController],
         dependencies={
             "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         },
-        middleware=[
-            request_id_middleware,
-            api_key_middleware_factory(settings.server.api_keys),
-            metrics.middleware,
-        ],
+        middleware=[metrics.middleware],
         exception_handlers={Exception: handle_exception},
         cors_config=CORSConfig(
             allow_origins=settings.server.cors_allow_origins,

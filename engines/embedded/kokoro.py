@@ -30,7 +30,9 @@ def _espeak_available() -> bool:
 
 
 class KokoroEngine(SpeechEngine):
-    speed_range = (0.5, 2.0)
+    # The model's own length scale does not stretch pauses, so speed=2 came out 1.6x
+    # faster; the gateway's tempo filter is exact, so it does all of the change.
+    speed_range = (1.0, 1.0)
 
     def __init__(self, name, context, *, sentence_pause: float = 0.25) -> None:
         super().__init__(name, context)

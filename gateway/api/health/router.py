@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import get
 
 from engines.registry import ModelRegistry
@@ -25,7 +26,7 @@ async def health() -> Health:
 
 
 @get("/ready", summary="Readiness", tags=["operations"])
-async def ready(registry: ModelRegistry) -> Readiness:
+async def ready(registry: NamedDependency[ModelRegistry]) -> Readiness:
     if registry.load_error is not None:
         raise APIError(
             f"Model preload failed: {registry.load_error}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar import get
 
 from engines.registry import ModelRegistry
@@ -10,13 +12,13 @@ from .protocol import Model, ModelList
 
 
 @get("/v1/models", summary="List models", tags=["models"])
-async def list_models(registry: ModelRegistry) -> ModelList:
+async def list_models(registry: NamedDependency[ModelRegistry]) -> ModelList:
     return ModelList(
         data=[Model(id=c.id, created=c.created, owned_by=c.owned_by) for c in registry.cards()]
     )
 
 
 @get("/v1/models/{model_id:path}", summary="Retrieve a model", tags=["models"])
-async def retrieve_model(model_id: str, registry: ModelRegistry) -> Model:
+async def retrieve_model(model_id: FromPath[str], registry: NamedDependency[ModelRegistry]) -> Model:
     card = registry.card(model_id.lstrip("/"))
     return Model(id=card.id, created=card.created, owned_by=card.owned_by)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar import Request, post
 from litestar.response import Stream
 
@@ -20,7 +22,7 @@ from .serving import sse_events, synthesize
     tags=["audio"],
 )
 async def create_speech(
-    request: Request, data: CreateSpeechRequest, registry: ModelRegistry
+    request: Request, data: JSONBody[CreateSpeechRequest], registry: NamedDependency[ModelRegistry]
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
     result = synthesize(registry, data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+from litestar.di import NamedDependency
 from litestar import Request, Response, post
 from litestar.response import Stream
 
@@ -26,7 +27,7 @@ from .serving import events, options_for, read_form, render, run
     operation_class=multipart_operation(TranscriptionForm),
 )
 async def create_transcription(
-    request: Request, registry: ModelRegistry, settings: Settings
+    request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
 ) -> Response | Stream:
     form, upload = await read_form(request, TranscriptionForm, settings.server.max_upload_bytes)
     options = options_for(form)
@@ -49,7 +50,7 @@ async def create_transcription(
     operation_class=multipart_operation(TranslationForm),
 )
 async def create_translation(
-    request: Request, registry: ModelRegistry, settings: Settings
+    request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
 ) -> Response:
     form, upload = await read_form(request, TranslationForm, settings.server.max_upload_bytes)
     options = options_for(form)

@@ -66,7 +66,7 @@ async def read_form(
             code="invalid_content_type",
         )
     form = await request.form()
-    items = form.multi_items()
+    items = list(form.multi_items())
     file = upload(items)
     if file is None:
         raise InvalidRequest(

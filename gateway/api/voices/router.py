@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import get
 
 from engines.base import Capability, SpeechEngine
@@ -27,7 +28,7 @@ class VoiceList(msgspec.Struct, kw_only=True):
 
 
 @get("/v1/audio/voices", summary="List voices", tags=["audio"])
-async def list_voices(registry: ModelRegistry) -> VoiceList:
+async def list_voices(registry: NamedDependency[ModelRegistry]) -> VoiceList:
     data: list[Voice] = []
     for card in registry.cards():
         if Capability.SPEECH not in card.capabilities or card.id != card.target:

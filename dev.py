@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh clone: ``python3 dev.py serve`` and ``python3 dev.py test``.
+
+Both make sure ``.venv`` exists and holds the project with its embedded engines (installed
+once, then again only when pyproject.toml or requirements/ change), then run the server
+or the test suite. Only the standard library is used here, so nothing needs installing
+before this script runs.
+
+llama-cpp-python has no binary wheel on PyPI; its ~6-minute source build is done once and
+the wheel kept in ~/.cache/step-audio-gateway/wheels for every later install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".step-audio-gateway-installed"
+WHEELS = Path(os.environ.get("GATEWAY_WHEEL_CACHE", "~/.cache/step-audio-gateway/wheels")).expanduser()
+EXTRAS = "embedded,embedded-gpl,chat,test"
+BUILT_FROM_SOURCE = {"llama-cpp-python": "0.3.36"}
+INPUTS = ["pyproject.toml", "requirements/constraints.txt", "requirements/no-deps.txt", "dev.py"]
+
+
+def say(message: str) -> None:
+    print(f"[dev] {message}", file=sys.stderr, flush=True)
+
+
+def run(*args: str | Path, **kwargs) -> None:
+    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, **kwargs)
+
+
+def install_fingerprint() -> str:
+    digest = hashlib.sha256(EXTRAS.encode())
+    for name in INPUTS:
+        path = ROOT / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_wheel(name: str, version: str) -> Path | None:
+    prefix = f"{name.replace('-', '_')}-{version}-"
+    return next((p for p in WHEELS.glob("*.whl") if p.name.startswith(prefix)), None)
+
+
+def build_wheels() -> None:
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    for name, version in BUILT_FROM_SOURCE.items():
+        if cached_wheel(name, version):
+            continue
+        say(f"building {name}=={version} from source once (about 6 minutes on 2 cores)")
+        run(PYTHON, "-m", "pip", "wheel", "--no-deps", "-w", WHEELS, f"{name}=={version}")
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("step-audio-gateway needs Python 3.11 or newer")
+    if not PYTHON.exists():
+        say("creating .venv")
+        run(sys.executable, "-m", "venv", VENV)
+    fingerprint = install_fingerprint()
+    if STAMP.exists() and STAMP.read_text().strip() == fingerprint:
+        return
+    say("installing the gateway and its embedded engines into .venv")
+    pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
+    run(*pip, "install", "--quiet", "--upgrade", "pip>=24")
+    build_wheels()
+    run(
+        *pip, "install", "--quiet", "--find-links", WHEELS,
+        "-c", ROOT / "requirements/constraints.txt", "-e", f".[{EXTRAS}]",
+    )
+    run(*pip, "install", "--quiet", "--no-deps", "-r", ROOT / "requirements/no-deps.txt")
+    STAMP.write_text(fingerprint + "\n")
+    say("environment ready")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"serve", "test", "install"}:
+        print("usage: python3 dev.py serve [serve options] | test [pytest options] | install")
+        return 2
+    command, rest = argv[0], argv[1:]
+    ensure_environment()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if command == "install":
+        return 0
+    if command == "serve":
+        args = [str(BIN / "step-audio-gateway"), "serve", *rest]
+    else:
+        args = [str(PYTHON), "-m", "pytest", *rest]
+    os.chdir(ROOT)
+    os.execve(args[0], args, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

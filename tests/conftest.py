@@ -1,0 +1,110 @@
+"""Shared fixtures: a real gateway on a loopback port, SDK clients, the OpenAI spec.
+
+The server is the real application with the real embedded engines, started once per
+session in a background thread; tests talk to it over HTTP exactly as users do.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+PARAGRAPH = (
+    "The weather today is bright and calm. Our team is building a speech gateway that "
+    "works on an ordinary computer. It turns written words into clear speech, and it turns "
+    "speech back into text. Every part of it runs without a network connection."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, app, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, ready_path: str = "/ready", timeout: float = 120.0) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gateway did not become ready at {self.url}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_server(settings=None, registry=None, **kwargs) -> LiveServer:
+    settings = settings or load_settings()
+    app = create_app(settings, registry, configure_logs=False, **kwargs)
+    return LiveServer(app, free_port()).start()
+
+
+@pytest.fixture(scope="session")
+def server() -> LiveServer:
+    settings = load_settings()
+    settings.engines.preload = ["tts-1", "whisper-1", "whisper-tiny.en"]
+    live = start_server(settings)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(server: LiveServer) -> str:
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def http(server: LiveServer) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: LiveServer):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def speech_wav(openai_client) -> bytes:
+    """The English paragraph spoken by the default voice, as WAV bytes."""
+    return openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input=PARAGRAPH, response_format="wav"
+    ).content
+
+
+@pytest.fixture(scope="session")
+def spec():
+    from tests.spec import OpenAISpec
+
+    path = SHARED / "openai" / "openapi.yaml"
+    if not path.exists():
+        pytest.skip(f"the official OpenAI spec is not at {path}")
+    return OpenAISpec.load(path)

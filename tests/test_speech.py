@@ -1,0 +1,182 @@
+"""POST /v1/audio/speech through the official openai SDK, as a user would call it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.audio_utils import decode, duration, pcm_duration, rms, stream_info
+from tests.conftest import PARAGRAPH
+
+SENTENCE = "Hello! This is the speech gateway, speaking from a plain CPU."
+
+MAGIC = {
+    "mp3": lambda b: b[:3] == b"ID3" or (b[0] == 0xFF and b[1] & 0xE0 == 0xE0),
+    "opus": lambda b: b[:4] == b"OggS" and b"OpusHead" in b[:100],
+    "aac": lambda b: b[0] == 0xFF and b[1] in (0xF1, 0xF9),
+    "flac": lambda b: b[:4] == b"fLaC",
+    "wav": lambda b: b[:4] == b"RIFF" and b[8:12] == b"WAVE",
+}
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac",
+    "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm",
+}
+
+
+@pytest.fixture(scope="module")
+def reference_seconds(openai_client) -> float:
+    pcm = openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input=SENTENCE, response_format="pcm"
+    ).content
+    return pcm_duration(pcm)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_every_format_decodes_to_audio_of_plausible_duration(openai_client, fmt, reference_seconds):
+    response = openai_client.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input=SENTENCE, response_format=fmt
+    )
+    data = response.content
+    assert response.headers["content-type"] == CONTENT_TYPES[fmt]
+    assert response.headers["x-request-id"].startswith("req_")
+    if fmt == "pcm":
+        seconds = pcm_duration(data)  # 24 kHz s16le mono, no header
+    else:
+        assert MAGIC[fmt](data), data[:16]
+        seconds = duration(data)
+        assert stream_info(data)[2] == 1
+    # A 10-word sentence takes a few seconds to say; every format carries the same audio.
+    assert 2.0 < seconds < 8.0
+    assert abs(seconds - reference_seconds) < 0.2
+    if fmt != "pcm":
+        assert rms(decode(data)) > 0.02  # speech, not silence
+
+
+def test_default_format_is_mp3(openai_client):
+    response = openai_client.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input="Just the default."
+    )
+    assert response.headers["content-type"] == "audio/mpeg"
+    assert MAGIC["mp3"](response.content)
+
+
+def test_wav_and_pcm_are_24khz_mono(openai_client):
+    wav = openai_client.audio.speech.create(model="tts-1", voice="alloy", input=SENTENCE, response_format="wav").content
+    assert stream_info(wav) == ("pcm_s16le", 24000, 1)
+    flac = openai_client.audio.speech.create(model="tts-1", voice="nova", input=SENTENCE, response_format="flac").content
+    assert stream_info(flac)[1:] == (24000, 1)
+
+
+def test_streamed_speech_starts_before_the_whole_answer_exists(openai_client):
+    """Bytes of the first sentence arrive while later sentences are still being made."""
+    text = " ".join([PARAGRAPH] * 3)
+    started = time.perf_counter()
+    arrivals = []
+    with openai_client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=text, response_format="pcm"
+    ) as response:
+        for chunk in response.iter_bytes():
+            if chunk:
+                arrivals.append((time.perf_counter() - started, len(chunk)))
+    first, last = arrivals[0][0], arrivals[-1][0]
+    total_bytes = sum(n for _, n in arrivals)
+    assert pcm_duration(b"\0" * total_bytes) > 20  # about 40 s of speech
+    assert len(arrivals) > 5
+    assert first < last / 3, (first, last)
+
+
+def test_sse_stream_carries_base64_deltas_then_one_done_with_usage(http):
+    with http.stream(
+        "POST", "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": SENTENCE, "response_format": "pcm", "stream_format": "sse"},
+        headers={"accept": "application/octet-stream"},  # what the SDK sends, even for SSE
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines), lines[:3]
+    events = [json.loads(line[6:]) for line in lines]
+    *deltas, done = events
+    assert deltas and all(e["type"] == "speech.audio.delta" for e in deltas)
+    assert done["type"] == "speech.audio.done"
+    usage = done["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert 2.0 < pcm_duration(audio) < 8.0
+
+
+def test_sse_via_sdk_stream_format(openai_client):
+    response = openai_client.audio.speech.create(
+        model="gpt-4o-mini-tts", voice="coral", input=SENTENCE, stream_format="sse", response_format="mp3"
+    )
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    mp3 = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert MAGIC["mp3"](mp3) and 2.0 < duration(mp3) < 9.0
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0, 4.0, 0.25])
+def test_speed_changes_tempo(openai_client, speed, reference_seconds):
+    pcm = openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input=SENTENCE, response_format="pcm", speed=speed
+    ).content
+    expected = reference_seconds / speed
+    assert abs(pcm_duration(pcm) - expected) < 0.25 * expected
+
+
+def test_speed_keeps_pitch(openai_client):
+    """A tempo change, not a resample: the voice's fundamental stays where it was."""
+    import numpy as np
+
+    def pitch(pcm: bytes) -> float:
+        samples = np.frombuffer(pcm, np.int16).astype(np.float32)
+        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+        freqs = np.fft.rfftfreq(len(samples), 1 / 24000)
+        band = (freqs > 70) & (freqs < 300)
+        return float(freqs[band][np.argmax(spectrum[band])])
+
+    normal = openai_client.audio.speech.create(model="tts-1", voice="alloy", input=SENTENCE, response_format="pcm").content
+    fast = openai_client.audio.speech.create(model="tts-1", voice="alloy", input=SENTENCE, response_format="pcm", speed=3.0).content
+    assert abs(pitch(fast) - pitch(normal)) < 0.25 * pitch(normal)
+
+
+def test_instructions_and_voice_objects_are_accepted(http):
+    response = http.post(
+        "/v1/audio/speech",
+        json={"model": "gpt-4o-mini-tts", "voice": {"id": "jf_alpha"}, "input": SENTENCE,
+              "instructions": "Speak slowly and warmly.", "response_format": "wav"},
+    )
+    assert response.status_code == 200
+    assert 2.0 < duration(response.content) < 10.0
+
+
+def test_japanese_is_spoken_by_kokoro_even_with_an_english_voice_name(openai_client):
+    pcm = openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input="こんにちは。今日はいい天気ですね。", response_format="pcm"
+    ).content
+    assert 1.0 < pcm_duration(pcm) < 8.0
+
+
+def test_input_of_exactly_4096_characters_is_accepted(http):
+    text = ("Tick tock. " * 400)[:4096]
+    assert len(text) == 4096
+    with http.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}) as response:
+        assert response.status_code == 200
+        first = next(response.iter_bytes())
+        assert first
+
+
+def test_every_listed_openai_voice_speaks(http):
+    voices = http.get("/v1/audio/voices").json()["data"]
+    openai_names = {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar"}
+    listed = {v["id"] for v in voices}
+    assert openai_names <= listed
+    assert {"joe", "jf_alpha", "jm_kumo"} <= listed
+    for name in sorted(openai_names):
+        response = http.post("/v1/audio/speech", json={"model": "tts-1", "voice": name, "input": "Hi.", "response_format": "pcm"})
+        assert response.status_code == 200, (name, response.text)
+        assert len(response.content) > 4800
