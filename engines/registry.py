@@ -15,7 +15,7 @@ from typing import AsyncIterator, Mapping
 import anyio
 import structlog
 
-from .base import Capability, Engine, EngineContext, EngineError
+from .base import Capability, Engine, EngineContext, EngineError, EngineUnavailable
 from .catalog import CATALOG, EngineKind
 from .workers import Worker
 
@@ -160,9 +160,17 @@ class ModelRegistry:
                     registry=self,
                     voices=self._voices,
                 )
-                engine = engine_class(slot.spec.id, context, **dict(slot.spec.options))
                 started = time.perf_counter()
-                await engine.start()
+                try:
+                    engine = engine_class(slot.spec.id, context, **dict(slot.spec.options))
+                    await engine.start()
+                except EngineError:
+                    raise
+                except Exception as exc:  # a broken install must answer 503, not crash
+                    log.exception("model_load_failed", model=slot.spec.id)
+                    raise EngineUnavailable(
+                        f"The model '{slot.spec.id}' could not be loaded: {exc}"
+                    ) from exc
                 log.info(
                     "model_loaded",
                     model=slot.spec.id,

@@ -85,7 +85,9 @@ def create_app(
     registry = registry or registry_from_settings(settings)
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
-    metrics = PrometheusConfig(app_name="step_audio_gateway", group_path=True, exclude=["/metrics"])
+    metrics = PrometheusConfig(
+        app_name="step_audio_gateway", prefix="step_audio_gateway", group_path=True, exclude=["/metrics"]
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from litestar.response import Stream
 from engines.registry import ModelRegistry
 
 from ... import sse
+from ...settings import Settings
 from ...streaming import abort_on_failure, prime
 from .protocol import CreateSpeechRequest
 from .serving import sse_events, synthesize
@@ -22,14 +23,18 @@ from .serving import sse_events, synthesize
     tags=["audio"],
 )
 async def create_speech(
-    request: Request, data: JSONBody[CreateSpeechRequest], registry: NamedDependency[ModelRegistry]
+    request: Request,
+    data: JSONBody[CreateSpeechRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
     result = synthesize(registry, data)
     if data.stream_format == "sse":
         events = await prime(sse_events(data, result))
+        keepalive = settings.server.sse_keepalive_seconds
         return Stream(
-            sse.report_failures(_encode_events(events), request),
+            sse.with_keepalive(sse.report_failures(_encode_events(events), request), keepalive),
             media_type=sse.MEDIA_TYPE,
             headers=sse.HEADERS,
         )

@@ -1,0 +1,86 @@
+"""Pure adapters: sentence splitting, script detection, voices, subtitles, multipart folding."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.subtitles import to_srt, to_vtt
+from adapters.text.language import detect_language
+from adapters.text.sentences import split_sentences
+from adapters.text.tokens import count_audio_tokens, count_text_tokens
+from adapters.voices import VoiceNotFound, VoiceOption, choose_voice
+from engines.base import Segment
+from gateway.multipart import fold_form
+
+
+def test_sentences_split_on_latin_and_cjk_punctuation():
+    assert split_sentences("Hello there. How are you? Fine!") == ["Hello there.", "How are you?", "Fine!"]
+    assert split_sentences("こんにちは。元気ですか？はい！") == ["こんにちは。", "元気ですか？", "はい！"]
+    assert split_sentences("Dr. Smith paid $3.50 today. Then left.") == ["Dr. Smith paid $3.50 today.", "Then left."]
+    assert split_sentences("no punctuation at all") == ["no punctuation at all"]
+    assert split_sentences("   ") == []
+
+
+def test_long_sentences_are_capped_at_a_comma_or_space():
+    text = "word, " * 100
+    pieces = split_sentences(text, max_chars=60)
+    assert all(len(p) <= 60 for p in pieces)
+    assert " ".join(pieces).split() == text.split()
+
+
+@pytest.mark.parametrize("text,lang", [("Hello", "en"), ("こんにちは", "ja"), ("漢字とかな", "ja"), ("今天天气很好", "zh"), ("안녕하세요", "ko"), ("123 !?", "en")])
+def test_language_from_script(text, lang):
+    assert detect_language(text) == lang
+
+
+def test_token_counts():
+    assert count_text_tokens("Hello, world!") == 4
+    assert count_text_tokens("今日は") == 3
+    assert count_audio_tokens(2.0) == 50
+
+
+VOICES = [VoiceOption("joe", "piper", ("en",)), VoiceOption("jf_alpha", "kokoro", ("ja", "en"))]
+TABLE = {"alloy": ["joe", "jf_alpha"], "nova": ["jf_alpha"], "ghost": ["missing"]}
+
+
+def test_openai_names_pick_the_first_voice_speaking_the_language():
+    assert choose_voice("alloy", "en", TABLE, VOICES).id == "joe"
+    assert choose_voice("alloy", "ja", TABLE, VOICES).id == "jf_alpha"
+    assert choose_voice("nova", "en", TABLE, VOICES).id == "jf_alpha"
+    assert choose_voice("jf_alpha", "ja", TABLE, VOICES).id == "jf_alpha"
+
+
+def test_unknown_or_unfit_voices_fail_with_a_param():
+    with pytest.raises(VoiceNotFound) as caught:
+        choose_voice("bogus", "en", TABLE, VOICES)
+    assert caught.value.param == "voice" and "alloy" in caught.value.message
+    with pytest.raises(VoiceNotFound) as caught:
+        choose_voice("joe", "ja", TABLE, VOICES)
+    assert caught.value.param == "voice"
+    with pytest.raises(VoiceNotFound):
+        choose_voice("ghost", "en", TABLE, VOICES)
+
+
+def seg(start, end, text):
+    return Segment(id=0, seek=0, start=start, end=end, text=text, tokens=[], temperature=0, avg_logprob=0, compression_ratio=0, no_speech_prob=0)
+
+
+def test_srt_and_vtt_timestamps():
+    segments = [seg(0, 1.5, " Hello."), seg(3661.25, 3662.0, " Later.")]
+    assert to_srt(segments) == "1\n00:00:00,000 --> 00:00:01,500\nHello.\n\n2\n01:01:01,250 --> 01:01:02,000\nLater.\n"
+    assert to_vtt(segments).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello.\n")
+
+
+def test_multipart_folding():
+    items = [
+        ("model", "whisper-1"), ("timestamp_granularities[]", "word"), ("timestamp_granularities[]", "segment"),
+        ("include", "logprobs"), ("chunking_strategy[type]", "server_vad"), ("chunking_strategy[threshold]", "0.5"),
+        ("stream", "true"),
+    ]
+    folded = fold_form(items, list_fields=("timestamp_granularities", "include"))
+    assert folded == {
+        "model": "whisper-1", "timestamp_granularities": ["word", "segment"], "include": ["logprobs"],
+        "chunking_strategy": {"type": "server_vad", "threshold": "0.5"}, "stream": "true",
+    }
+    assert fold_form([("chunking_strategy", '{"type": "server_vad"}')]) == {"chunking_strategy": {"type": "server_vad"}}
+    assert fold_form([("timestamp_granularities", "word,segment")], ["timestamp_granularities"]) == {"timestamp_granularities": ["word", "segment"]}

@@ -1,0 +1,51 @@
+"""Fault-injection engines: real engines cannot be made to fail on cue mid-stream, so these
+stand in for them in the tests of the gateway's failure paths (and only there)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engines.base import AudioChunk, EngineError, SpeechEngine, VoiceInfo
+
+
+class FailingMidStream(SpeechEngine):
+    """Yields one real-looking sentence of audio, then fails like a crashed model would."""
+
+    def load(self) -> None:
+        pass
+
+    def voices(self):
+        return [VoiceInfo(id="alloy", engine="fault", languages=("en",))]
+
+    async def synthesize(self, request):
+        yield AudioChunk(samples=np.full(24000, 0.1, np.float32), sample_rate=24000, text="one")
+        raise EngineError("the speech model crashed")
+
+
+class FailsToLoad(SpeechEngine):
+    def load(self) -> None:
+        raise RuntimeError("weights are corrupt")
+
+    def voices(self):
+        return []
+
+    async def synthesize(self, request):  # pragma: no cover - never loads
+        yield
+
+
+class Slow(SpeechEngine):
+    """Takes ``input`` seconds (on its worker) for each of two sentences, like a big model
+    on a busy CPU; its worker's queue limit is what the overload test exercises."""
+
+    def load(self) -> None:
+        pass
+
+    def voices(self):
+        return [VoiceInfo(id="alloy", engine="fault", languages=("en",))]
+
+    async def synthesize(self, request):
+        import time
+
+        for sentence in ("first", "second"):
+            await self.worker.run(time.sleep, float(request.text))
+            yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=sentence)

@@ -1,0 +1,95 @@
+"""Settings from TOML plus environment; the registry's aliases, lazy loading and idle unloading."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.base import Capability
+from engines.catalog import CATALOG, EngineKind
+from engines.registry import ModelNotFound, ModelRegistry, ModelSpec, WrongModelKind
+from gateway.settings import SettingsError, load_settings
+
+
+def test_defaults_serve_on_loopback_8000():
+    settings = load_settings(environ={})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+    assert "tts-1" in settings.models["embedded-tts"].aliases
+
+
+def test_environment_overrides_any_key():
+    settings = load_settings(environ={
+        "GATEWAY__SERVER__PORT": "9001",
+        "GATEWAY__SERVER__API_KEYS": '["a", "b"]',
+        "GATEWAY__ENGINES__IDLE_UNLOAD_SECONDS": "30",
+        "GATEWAY__SERVER__LOG_FORMAT": "json",
+    })
+    assert settings.server.port == 9001
+    assert settings.server.api_keys == ["a", "b"]
+    assert settings.engines.idle_unload_seconds == 30
+    assert settings.server.log_format == "json"
+
+
+def test_config_file_from_env_and_errors(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[server]\nport = 7000\n')
+    assert load_settings(environ={"GATEWAY_CONFIG": str(path)}).server.port == 7000
+    path.write_text('[server]\nprot = 7000\n')
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings(path, environ={})
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+class Counting:
+    loads = 0
+
+
+@pytest.fixture
+def registry(tmp_path):
+    kind = EngineKind("tests.test_settings_and_registry:CountingEngine", frozenset({Capability.SPEECH}))
+    return ModelRegistry(
+        [ModelSpec("m", "counting", aliases=("alias-a", "org/alias-b"))],
+        cache_dir=tmp_path, catalog={**CATALOG, "counting": kind}, idle_unload_seconds=10,
+    )
+
+
+from engines.base import SpeechEngine  # noqa: E402
+
+
+class CountingEngine(SpeechEngine):
+    def load(self):
+        Counting.loads += 1
+
+    def voices(self):
+        return []
+
+    async def synthesize(self, request):  # pragma: no cover
+        yield
+
+
+async def test_aliases_resolve_and_unknown_names_fail(registry):
+    assert registry.canonical("alias-a") == registry.canonical("org/alias-b") == "m"
+    with pytest.raises(ModelNotFound):
+        registry.canonical("nope")
+    with pytest.raises(WrongModelKind):
+        registry.check("m", Capability.TRANSCRIPTION)
+    assert {c.id for c in registry.cards()} == {"m", "alias-a", "org/alias-b"}
+
+
+async def test_models_load_on_demand_and_unload_when_idle(registry):
+    before = Counting.loads
+    async with registry.use("alias-a", Capability.SPEECH):
+        async with registry.use("m", Capability.SPEECH):
+            pass
+        assert await registry.unload_idle(now=1e12) == []  # in use: never unloaded
+    assert Counting.loads == before + 1
+    assert await registry.unload_idle() == []  # used just now
+    assert await registry.unload_idle(now=1e12) == ["m"]
+    async with registry.use("m", Capability.SPEECH):
+        pass
+    assert Counting.loads == before + 2
+
+
+def test_duplicate_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="twice"):
+        ModelRegistry([ModelSpec("a", "piper", aliases=("x",)), ModelSpec("b", "kokoro", aliases=("x",))], cache_dir=tmp_path)
