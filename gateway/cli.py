@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.port:
         settings.server.port = args.port
     app = create_app(settings)
+    import structlog
+
+    structlog.get_logger("gateway").info(
+        "serving",
+        url=f"http://{settings.server.host}:{settings.server.port}/v1",
+        docs=f"http://{settings.server.host}:{settings.server.port}/docs",
+    )
     uvicorn.run(
         app,
         host=settings.server.host,

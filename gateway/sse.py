@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 import msgspec
 import structlog
 from litestar import Request
+from litestar.response import Stream
 
 from .errors import sse_error_event, to_api_error
 
@@ -93,3 +94,22 @@ async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> Async
                 await producer
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+
+
+async def encode_events(items: AsyncIterator[Any], *, done: bool) -> AsyncIterator[bytes]:
+    async for item in items:
+        yield event(item)
+    if done:
+        yield DONE
+
+
+def sse_response(
+    items: AsyncIterator[Any], request: Request, *, keepalive: float, done: bool
+) -> Stream:
+    """A streamed 200 of ``data:`` events: failures become an error event, silences pings.
+
+    ``done`` adds the ``data: [DONE]`` terminator (chat and transcription streams have it;
+    the speech stream's spec ends with its ``speech.audio.done`` event instead).
+    """
+    body = report_failures(encode_events(items, done=done), request)
+    return Stream(with_keepalive(body, keepalive), media_type=MEDIA_TYPE, headers=HEADERS)

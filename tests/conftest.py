@@ -16,7 +16,11 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.logging import configure_logging
 from gateway.settings import load_settings
+
+# Servers run in background threads, outside pytest's per-test capture: keep them quiet.
+configure_logging("warning", "console")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

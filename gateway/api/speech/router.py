@@ -13,7 +13,7 @@ from ... import sse
 from ...settings import Settings
 from ...streaming import abort_on_failure, prime
 from .protocol import CreateSpeechRequest
-from .serving import sse_events, synthesize
+from .serving import SpeechStream, sse_events
 
 
 @post(
@@ -29,19 +29,12 @@ async def create_speech(
     settings: NamedDependency[Settings],
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
-    result = synthesize(registry, data)
+    stream = SpeechStream(registry, data)
     if data.stream_format == "sse":
-        events = await prime(sse_events(data, result))
-        keepalive = settings.server.sse_keepalive_seconds
-        return Stream(
-            sse.with_keepalive(sse.report_failures(_encode_events(events), request), keepalive),
-            media_type=sse.MEDIA_TYPE,
-            headers=sse.HEADERS,
+        events = await prime(sse_events(stream))
+        return sse.sse_response(
+            events, request, keepalive=settings.server.sse_keepalive_seconds, done=False
         )
-    chunks = await prime(result.chunks)
-    return Stream(abort_on_failure(chunks), media_type=result.media_type)
+    chunks = await prime(aiter(stream))
+    return Stream(abort_on_failure(chunks), media_type=stream.media_type)
 
-
-async def _encode_events(events):
-    async for event in events:
-        yield sse.event(event)

@@ -8,7 +8,6 @@ deltas) without waiting for the rest of the input.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import anyio.to_thread
@@ -24,57 +23,49 @@ from ...errors import InvalidRequest
 from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 
 
-@dataclass
-class SpeechResult:
-    """Encoded audio as it is produced; ``seconds`` is final once the stream is drained."""
+class SpeechStream:
+    """Encoded audio, produced as it is iterated; ``seconds`` is final once drained."""
 
-    chunks: AsyncIterator[bytes]
-    media_type: str
-    pipeline: SpeechAudioPipeline | None = None
+    def __init__(self, registry: ModelRegistry, request: CreateSpeechRequest) -> None:
+        registry.check(request.model, Capability.SPEECH)
+        if not request.input.strip():
+            raise InvalidRequest("The input must contain text to speak.", param="input")
+        self.registry = registry
+        self.request = request
+        self.media_type = CONTENT_TYPES[request.response_format]
+        self.seconds = 0.0
 
-    @property
-    def seconds(self) -> float:
-        return self.pipeline.seconds if self.pipeline else 0.0
-
-
-def synthesize(registry: ModelRegistry, request: CreateSpeechRequest) -> SpeechResult:
-    registry.check(request.model, Capability.SPEECH)
-    if not request.input.strip():
-        raise InvalidRequest("The input must contain text to speak.", param="input")
-    result = SpeechResult(chunks=None, media_type=CONTENT_TYPES[request.response_format])  # type: ignore[arg-type]
-    result.chunks = _encoded(registry, request, result)
-    return result
-
-
-async def _encoded(
-    registry: ModelRegistry, request: CreateSpeechRequest, result: SpeechResult
-) -> AsyncIterator[bytes]:
-    async with registry.use(request.model, Capability.SPEECH) as engine:
-        assert isinstance(engine, SpeechEngine)
-        native, residual = split_speed(request.speed, engine.speed_range)
-        pipeline = SpeechAudioPipeline(request.response_format, tempo=residual)
-        result.pipeline = pipeline
-        engine_request = SpeechRequest(
-            text=request.input,
-            voice=request.voice_name,
-            language=detect_language(request.input),
-            speed=native,
-            instructions=request.instructions,
-        )
-        async for chunk in engine.synthesize(engine_request):
-            data = await anyio.to_thread.run_sync(pipeline.process, chunk.samples, chunk.sample_rate)
-            if data:
-                yield data
-        tail = await anyio.to_thread.run_sync(pipeline.finish)
-        if tail:
-            yield tail
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        request = self.request
+        async with self.registry.use(request.model, Capability.SPEECH) as engine:
+            assert isinstance(engine, SpeechEngine)
+            native, residual = split_speed(request.speed, engine.speed_range)
+            pipeline = SpeechAudioPipeline(request.response_format, tempo=residual)
+            engine_request = SpeechRequest(
+                text=request.input,
+                voice=request.voice_name,
+                language=detect_language(request.input),
+                speed=native,
+                instructions=request.instructions,
+            )
+            async for chunk in engine.synthesize(engine_request):
+                data = await anyio.to_thread.run_sync(
+                    pipeline.process, chunk.samples, chunk.sample_rate
+                )
+                self.seconds = pipeline.seconds
+                if data:
+                    yield data
+            tail = await anyio.to_thread.run_sync(pipeline.finish)
+            self.seconds = pipeline.seconds
+            if tail:
+                yield tail
 
 
-async def sse_events(request: CreateSpeechRequest, result: SpeechResult) -> AsyncIterator[object]:
-    async for data in result.chunks:
+async def sse_events(stream: SpeechStream) -> AsyncIterator[object]:
+    async for data in stream:
         yield SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii"))
-    input_tokens = count_text_tokens(request.input)
-    output_tokens = count_audio_tokens(result.seconds)
+    input_tokens = count_text_tokens(stream.request.input)
+    output_tokens = count_audio_tokens(stream.seconds)
     yield SpeechAudioDone(
         usage=SpeechUsage(
             input_tokens=input_tokens,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 from litestar.di import NamedDependency
 from litestar import Request, Response, post
 from litestar.response import Stream
@@ -34,10 +32,8 @@ async def create_transcription(
     transcripts = run(registry, form.model, Capability.TRANSCRIPTION, upload, options)
     if form.stream:
         first_ready = await prime(events(transcripts, form.prompt, options.logprobs))
-        return Stream(
-            sse.report_failures(_sse(first_ready), request),
-            media_type=sse.MEDIA_TYPE,
-            headers=sse.HEADERS,
+        return sse.sse_response(
+            first_ready, request, keepalive=settings.server.sse_keepalive_seconds, done=True
         )
     return await _complete(transcripts, form.response_format, "transcribe", options)
 
@@ -64,8 +60,3 @@ async def _complete(transcripts, fmt, task, options) -> Response:
         body, media_type = render(fmt, task, stream.info, segments, options)
     return Response(body, media_type=media_type)
 
-
-async def _sse(items: AsyncIterator[object]) -> AsyncIterator[bytes]:
-    async for item in items:
-        yield sse.event(item)
-    yield sse.DONE

@@ -1,0 +1,30 @@
+"""Tool calling for models without native tool support: pure functions, no I/O.
+
+* :mod:`.schema`: JSON schemas (and so grammars) for well-formed calls to given tools.
+* :mod:`.router`: the deterministic "call a tool or answer?" policy for ``tool_choice="auto"``.
+* :mod:`.extract`: tool calls pulled out of JSON text while it is being generated.
+* :mod:`.prompt`: tool turns and tool lists written as plain chat text.
+"""
+
+from .extract import ArgumentsDelta, CallFinished, CallStarted, ToolCallExtractor
+from .prompt import render_messages, tools_system_prompt
+from .router import DEFAULT_THRESHOLD, route, score_tools, tool_vocabulary, words
+from .schema import JSON_OBJECT_SCHEMA, call_schema, calls_schema, sequence_schema
+
+__all__ = [
+    "ArgumentsDelta",
+    "CallFinished",
+    "CallStarted",
+    "DEFAULT_THRESHOLD",
+    "JSON_OBJECT_SCHEMA",
+    "ToolCallExtractor",
+    "call_schema",
+    "calls_schema",
+    "render_messages",
+    "route",
+    "score_tools",
+    "sequence_schema",
+    "tool_vocabulary",
+    "tools_system_prompt",
+    "words",
+]
