@@ -38,4 +38,5 @@ CATALOG: dict[str, EngineKind] = {
     "piper": EngineKind("engines.embedded.piper:PiperEngine", _SPEECH),
     "kokoro": EngineKind("engines.embedded.kokoro:KokoroEngine", _SPEECH),
     "speech-router": EngineKind("engines.speech_router:SpeechRouter", _SPEECH),
+    "llama-cpp": EngineKind("engines.embedded.llama:LlamaChatEngine", frozenset({Capability.CHAT})),
 }

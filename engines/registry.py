@@ -74,6 +74,7 @@ class ModelRegistry:
         max_concurrency: int = 1,
         max_queue: int = 16,
         idle_unload_seconds: float = 0.0,
+        parallel_inference: int = 1,
         catalog: Mapping[str, EngineKind] = CATALOG,
     ) -> None:
         self._cache_dir = cache_dir
@@ -81,6 +82,8 @@ class ModelRegistry:
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
         self.idle_unload_seconds = idle_unload_seconds
+        self._parallel_inference = max(1, parallel_inference)
+        self._compute: anyio.CapacityLimiter | None = None
         created = int(time.time())
         self._slots: dict[str, _Slot] = {}
         self._names: dict[str, str] = {}
@@ -155,7 +158,9 @@ class ModelRegistry:
             if slot.engine is None:
                 engine_class = slot.kind.load_class()
                 context = EngineContext(
-                    worker=Worker(slot.spec.id, self._max_concurrency, self._max_queue),
+                    worker=Worker(
+                        slot.spec.id, self._max_concurrency, self._max_queue, self._compute_limiter()
+                    ),
                     cache_dir=self._cache_dir,
                     registry=self,
                     voices=self._voices,
@@ -178,6 +183,12 @@ class ModelRegistry:
                 )
                 slot.engine = engine
         return slot.engine  # type: ignore[return-value]
+
+    def _compute_limiter(self) -> anyio.CapacityLimiter:
+        # Created lazily: a limiter belongs to the event loop that first uses it.
+        if self._compute is None:
+            self._compute = anyio.CapacityLimiter(self._parallel_inference)
+        return self._compute
 
     async def preload(self, names: list[str]) -> None:
         """Load ``names`` now; on failure keep serving (lazily) but report it in /ready."""
@@ -237,4 +248,5 @@ def registry_from_settings(settings) -> ModelRegistry:
         max_concurrency=settings.engines.max_concurrency,
         max_queue=settings.engines.max_queue,
         idle_unload_seconds=settings.engines.idle_unload_seconds,
+        parallel_inference=settings.engines.parallel_inference,
     )

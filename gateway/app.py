@@ -21,6 +21,10 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from engines.registry import ModelRegistry, registry_from_settings
 
 from . import __version__
+from adapters.chat.audio_store import MemoryAudioStore
+
+from .api.chat.router import create_chat_completion
+from .api.chat.serving import ChatService
 from .api.health.router import health, ready
 from .api.models.router import list_models, retrieve_model
 from .api.speech.router import create_speech
@@ -40,6 +44,7 @@ ROUTES = [
     create_speech,
     create_transcription,
     create_translation,
+    create_chat_completion,
 ]
 
 
@@ -83,6 +88,7 @@ def create_app(
 ) -> Litestar:
     settings = settings or load_settings()
     registry = registry or registry_from_settings(settings)
+    chat_service = ChatService(registry, settings.chat, MemoryAudioStore())
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
     metrics = PrometheusConfig(
@@ -112,6 +118,7 @@ def create_app(
         dependencies={
             "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "chat_service": Provide(lambda: chat_service, use_cache=True, sync_to_thread=False),
         },
         middleware=[metrics.middleware],
         exception_handlers={Exception: handle_exception},

@@ -37,6 +37,7 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idle_unload_seconds: float = 0.0
     max_concurrency: int = 1
     max_queue: int = 16
+    parallel_inference: int = 1
     cache_dir: str = "~/.cache/step-audio-gateway"
 
     @property
@@ -51,9 +52,19 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = {}
 
 
+class ChatSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Turns input_audio into text for chat engines that take text (the embedded ones).
+    input_audio_model: str = "whisper-1"
+    # Voices replies when a request asks for the audio modality.
+    speech_model: str = "tts-1"
+    # How long a spoken reply stays resolvable by its audio id.
+    audio_ttl_seconds: int = 3600
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
 

@@ -72,7 +72,7 @@ def start_server(settings=None, registry=None, **kwargs) -> LiveServer:
 @pytest.fixture(scope="session")
 def server() -> LiveServer:
     settings = load_settings()
-    settings.engines.preload = ["tts-1", "whisper-1", "whisper-tiny.en"]
+    settings.engines.preload = ["tts-1", "whisper-1", "whisper-tiny.en", "gpt-4o-mini"]
     live = start_server(settings)
     yield live
     live.stop()

@@ -49,3 +49,22 @@ class Slow(SpeechEngine):
         for sentence in ("first", "second"):
             await self.worker.run(time.sleep, float(request.text))
             yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=sentence)
+
+
+from engines.chat import ChatEngine, Finish, TextDelta  # noqa: E402
+
+
+class ChatFailingMidStream(ChatEngine):
+    """Streams two words, then fails like a crashed upstream would."""
+
+    def load(self) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def generate(self, request):
+        yield TextDelta("Hello")
+        yield TextDelta(" there")
+        raise EngineError("the chat model crashed")
+        yield Finish("stop", 1, 2)  # pragma: no cover

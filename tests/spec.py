@@ -10,8 +10,25 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 
+def _nullable_to_json_schema(node):
+    """The spec says 3.1 but still marks optional values with 3.0's ``nullable: true``,
+    which JSON Schema ignores; rewrite it as the 3.1 spelling (a ``null`` alternative)."""
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable_to_json_schema(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        if isinstance(node.get("type"), str) and "enum" not in node:
+            node["type"] = [node["type"], "null"]
+        else:
+            node = {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
 class OpenAISpec:
     def __init__(self, document: dict) -> None:
+        document = _nullable_to_json_schema(document)
         self.document = document
         resource = Resource.from_contents(document, default_specification=DRAFT202012)
         self.registry = Registry().with_resource("urn:openai", resource)

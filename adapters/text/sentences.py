@@ -64,3 +64,28 @@ def _cap(sentence: str, max_chars: int) -> list[str]:
     if sentence:
         out.append(sentence)
     return out
+
+
+class SentenceBuffer:
+    """Collects streamed text and hands out each sentence once it is complete.
+
+    A sentence counts as complete when another one has started after it, so the cut
+    never falls inside "Dr." or "3.5" just because the next token has not arrived yet.
+    """
+
+    def __init__(self, max_chars: int = 300) -> None:
+        self.max_chars = max_chars
+        self._pending = ""
+
+    def push(self, text: str) -> list[str]:
+        self._pending += text
+        sentences = split_sentences(self._pending, self.max_chars)
+        if len(sentences) <= 1:
+            return []
+        last = sentences[-1]
+        self._pending = self._pending[self._pending.rfind(last) :]
+        return sentences[:-1]
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return split_sentences(rest, self.max_chars)

@@ -88,7 +88,9 @@ def _branches(tools: Sequence[ToolLike], names: Iterable[str] | None) -> tuple[l
         if name not in by_name:
             raise KeyError(name)
         position, tool = by_name[name]
-        parameters, tool_defs = _hoist_defs(tool.parameters or _EMPTY_PARAMETERS, f"tool{position}_")
+        parameters, tool_defs = _hoist_defs(
+            tool.parameters or _EMPTY_PARAMETERS, f"tool{position}_"
+        )
         defs.update(tool_defs)
         branches.append(
             {

