@@ -45,7 +45,11 @@ FIVE_SENTENCES = {
         "グラフィックカードもネットワークも要りません。"
     ),
 }
-ENGINES = [("piper (joe)", "joe", "en"), ("kokoro (jf_alpha)", "jf_alpha", "ja"), ("kokoro (jf_alpha, English)", "jf_alpha", "en")]
+ENGINES = [
+    ("piper (joe)", "joe", "en"),
+    ("kokoro (jf_alpha)", "jf_alpha", "ja"),
+    ("kokoro (jf_alpha, English)", "jf_alpha", "en"),
+]
 FORMATS = ["pcm", "wav", "mp3", "opus", "aac", "flac"]
 
 
@@ -56,7 +60,9 @@ def start_server():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -69,11 +75,17 @@ def start_server():
     raise SystemExit("server did not start")
 
 
-def timed_speech(client: httpx.Client, voice: str, text: str, fmt: str) -> tuple[float, float, bytes]:
+def timed_speech(
+    client: httpx.Client, voice: str, text: str, fmt: str
+) -> tuple[float, float, bytes]:
     started = time.perf_counter()
     first = None
     body = bytearray()
-    with client.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": voice, "input": text, "response_format": fmt}) as response:
+    with client.stream(
+        "POST",
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": voice, "input": text, "response_format": fmt},
+    ) as response:
         response.raise_for_status()
         for chunk in response.iter_bytes():
             if chunk and first is None:
@@ -98,19 +110,27 @@ def main() -> None:
         timed_speech(client, voice, "Warm up.", "pcm")
 
     print(f"Speech, five sentences, median of {args.repeats} (streamed over HTTP on 127.0.0.1)")
-    print(f"{'engine':28} {'format':6} {'first byte s':>12} {'total s':>8} {'first/total':>11} {'audio s':>8} {'RTF':>6}")
+    print(
+        f"{'engine':28} {'format':6} {'first byte s':>12} {'total s':>8} {'first/total':>11} {'audio s':>8} {'RTF':>6}"
+    )
     rtf_by_engine: dict[str, list[float]] = {}
     for name, voice, lang in ENGINES:
         for fmt in FORMATS:
-            runs = [timed_speech(client, voice, FIVE_SENTENCES[lang], fmt) for _ in range(args.repeats)]
+            runs = [
+                timed_speech(client, voice, FIVE_SENTENCES[lang], fmt) for _ in range(args.repeats)
+            ]
             first = statistics.median(r[0] for r in runs)
             total = statistics.median(r[1] for r in runs)
             audio = seconds_of(runs[0][2], fmt)
             rtf = total / audio
             rtf_by_engine.setdefault(name, []).append(rtf)
-            print(f"{name:28} {fmt:6} {first:12.3f} {total:8.3f} {first / total:11.2f} {audio:8.2f} {rtf:6.3f}")
+            print(
+                f"{name:28} {fmt:6} {first:12.3f} {total:8.3f} {first / total:11.2f} {audio:8.2f} {rtf:6.3f}"
+            )
 
-    print("\nReal-time factor of each embedded engine (compute s / audio s; below 1 is faster than real time)")
+    print(
+        "\nReal-time factor of each embedded engine (compute s / audio s; below 1 is faster than real time)"
+    )
     for name, values in rtf_by_engine.items():
         print(f"  speech        {name:28} RTF {min(values):.3f} (best format) .. {max(values):.3f}")
     _, _, clip = timed_speech(client, "joe", " ".join([FIVE_SENTENCES["en"]] * 2), "wav")
@@ -119,11 +139,17 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            response = client.post("/v1/audio/transcriptions", files={"file": ("clip.wav", io.BytesIO(clip), "audio/wav")}, data={"model": model})
+            response = client.post(
+                "/v1/audio/transcriptions",
+                files={"file": ("clip.wav", io.BytesIO(clip), "audio/wav")},
+                data={"model": model},
+            )
             response.raise_for_status()
             times.append(time.perf_counter() - started)
         median = statistics.median(times)
-        print(f"  transcription {model:28} RTF {median / clip_seconds:.3f} ({clip_seconds:.1f} s clip in {median:.2f} s)")
+        print(
+            f"  transcription {model:28} RTF {median / clip_seconds:.3f} ({clip_seconds:.1f} s clip in {median:.2f} s)"
+        )
     server.should_exit = True
 
 

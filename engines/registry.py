@@ -104,9 +104,7 @@ class ModelRegistry:
         try:
             return self._names[name]
         except KeyError:
-            raise ModelNotFound(
-                f"The model '{name}' does not exist.", param="model"
-            ) from None
+            raise ModelNotFound(f"The model '{name}' does not exist.", param="model") from None
 
     def cards(self) -> list[ModelCard]:
         cards = []
@@ -159,7 +157,10 @@ class ModelRegistry:
                 engine_class = slot.kind.load_class()
                 context = EngineContext(
                     worker=Worker(
-                        slot.spec.id, self._max_concurrency, self._max_queue, self._compute_limiter()
+                        slot.spec.id,
+                        self._max_concurrency,
+                        self._max_queue,
+                        self._compute_limiter(),
                     ),
                     cache_dir=self._cache_dir,
                     registry=self,

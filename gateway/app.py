@@ -18,11 +18,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
+from adapters.chat.audio_store import MemoryAudioStore
 from engines.registry import ModelRegistry, registry_from_settings
 
 from . import __version__
-from adapters.chat.audio_store import MemoryAudioStore
-
 from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
@@ -92,7 +91,10 @@ def create_app(
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
     metrics = PrometheusConfig(
-        app_name="step_audio_gateway", prefix="step_audio_gateway", group_path=True, exclude=["/metrics"]
+        app_name="step_audio_gateway",
+        prefix="step_audio_gateway",
+        group_path=True,
+        exclude=["/metrics"],
     )
 
     @asynccontextmanager

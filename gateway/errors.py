@@ -20,6 +20,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from engines.base import EngineError
@@ -123,7 +124,9 @@ def error_from_validation(exc: ValidationException) -> APIError:
         param = None
         if message.startswith("'") or "Expected `object`" in message:
             message = "The request body must be a JSON object."
-    return InvalidRequest(f"Invalid value for '{param}': {message}" if param else message, param=param)
+    return InvalidRequest(
+        f"Invalid value for '{param}': {message}" if param else message, param=param
+    )
 
 
 def _error_from_http(exc: HTTPException, request: Request) -> APIError:
@@ -202,3 +205,25 @@ def error_from_msgspec(exc: msgspec.ValidationError) -> APIError:
     param = at.group(1) if at else None
     text = _AT_PATH.sub("", message)
     return InvalidRequest(f"Invalid value for '{param}': {text}" if param else text, param=param)
+
+
+_STATUS_TEXT = {
+    400: "Invalid request: the error names the offending parameter in `param`.",
+    401: "Missing or wrong API key.",
+    404: "Unknown model (`model_not_found`).",
+    413: "Upload or request body too large.",
+    429: "The engine's queue is full; retry after `retry-after` seconds.",
+    500: "Unexpected server error.",
+    503: "The model could not be loaded.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries documenting the OpenAI error envelope for ``statuses``."""
+    statuses = statuses or (400, 401, 404, 429, 500, 503)
+    return {
+        status: ResponseSpec(
+            data_container=ErrorResponse, description=_STATUS_TEXT[status], generate_examples=False
+        )
+        for status in statuses
+    }

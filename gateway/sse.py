@@ -32,9 +32,7 @@ def event(payload: Any) -> bytes:
     return b"data: " + _encoder.encode(payload) + b"\n\n"
 
 
-async def report_failures(
-    events: AsyncIterator[bytes], request: Request
-) -> AsyncIterator[bytes]:
+async def report_failures(events: AsyncIterator[bytes], request: Request) -> AsyncIterator[bytes]:
     """End the stream with an error event instead of silence when the source fails."""
     try:
         async for chunk in events:

@@ -73,7 +73,8 @@ def test_stream_helper_accumulates_one_role_and_the_full_content(openai_client):
 
 def test_usage_chunk_when_asked(openai_client):
     chunks = list(openai_client.chat.completions.create(
-        model=MODEL, messages=ASK, stream=True, max_tokens=10, stream_options={"include_usage": True}))
+        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}], temperature=0,
+        stream=True, max_tokens=10, stream_options={"include_usage": True}))
     *body, last = chunks
     assert last.choices == [] and last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     assert all(c.usage is None for c in body)
@@ -176,7 +177,7 @@ def test_stop_and_logprobs(openai_client):
 def test_non_streamed_answer_with_audio(openai_client, spec):
     raw = openai_client.chat.completions.with_raw_response.create(
         model=AUDIO_MODEL, modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
-        messages=[{"role": "user", "content": "Say something nice about cats."}], max_tokens=40)
+        messages=[{"role": "user", "content": "Say something nice about cats."}], max_tokens=40, temperature=0)
     response = raw.parse()
     audio = response.choices[0].message.audio
     assert response.choices[0].message.content is None
@@ -190,7 +191,7 @@ def test_non_streamed_answer_with_audio(openai_client, spec):
 def test_streamed_answer_with_audio_says_its_transcript(openai_client):
     chunks = list(openai_client.chat.completions.create(
         model=AUDIO_MODEL, modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-        messages=[{"role": "user", "content": "Tell me one fact about dogs."}], stream=True, max_tokens=40,
+        messages=[{"role": "user", "content": "Tell me one fact about dogs."}], stream=True, max_tokens=40, temperature=0,
         stream_options={"include_usage": True}))
     audio_deltas = [c.choices[0].delta.audio for c in chunks if c.choices and c.choices[0].delta.audio]
     as_dicts = [a if isinstance(a, dict) else a.model_dump(exclude_none=True) for a in audio_deltas]
@@ -204,6 +205,7 @@ def test_streamed_answer_with_audio_says_its_transcript(openai_client):
     assert chunks[-1].usage.completion_tokens_details.audio_tokens > 0
     # The audio says the transcript: transcribe it back.
     import numpy as np
+
     from adapters.audio.encode import encode_all
 
     wav = encode_all(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768, 24000, "wav")
@@ -214,7 +216,7 @@ def test_streamed_answer_with_audio_says_its_transcript(openai_client):
 def test_stream_helper_with_audio_keeps_id_and_expiry_whole(openai_client):
     with openai_client.chat.completions.stream(
         model=AUDIO_MODEL, modalities=["text", "audio"], audio={"voice": "nova", "format": "pcm16"},
-        messages=[{"role": "user", "content": "Hi!"}], max_tokens=400) as stream:
+        messages=[{"role": "user", "content": "Hi!"}], max_tokens=400, temperature=0) as stream:
         final = stream.get_final_completion()
     audio = final.choices[0].message.audio
     assert audio.id.count("audio_") == 1
@@ -235,7 +237,7 @@ def test_question_as_input_audio_gets_the_same_answer_as_text(openai_client):
 def test_conversation_continues_by_audio_id(openai_client):
     first = openai_client.chat.completions.create(
         model=AUDIO_MODEL, modalities=["text", "audio"], audio={"voice": "alloy", "format": "mp3"},
-        messages=[{"role": "user", "content": "Name a color."}], max_tokens=20)
+        messages=[{"role": "user", "content": "Name a color."}], max_tokens=20, temperature=0)
     reply = first.choices[0].message
     follow_up = {"role": "user", "content": "Why that one?"}
     by_id = openai_client.chat.completions.create(model=MODEL, max_tokens=20, messages=[

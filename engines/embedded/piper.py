@@ -50,9 +50,7 @@ class PiperEngine(SpeechEngine):
 
         assert self._voice is not None, "engine used before load()"
         base = self._voice.config.length_scale or 1.0
-        config = SynthesisConfig(
-            length_scale=base / request.speed, noise_scale=self.noise_scale
-        )
+        config = SynthesisConfig(length_scale=base / request.speed, noise_scale=self.noise_scale)
         for chunk in self._voice.synthesize(request.text, syn_config=config):
             yield AudioChunk(
                 samples=chunk.audio_float_array,

@@ -8,13 +8,20 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from ... import sse
+from ...errors import error_responses
 from ...settings import Settings
 from ...streaming import prime
 from .protocol import ChatCompletion, CreateChatCompletionRequest
 from .serving import ChatService, chunks, complete
 
 
-@post("/v1/chat/completions", status_code=200, summary="Create a chat completion", tags=["chat"])
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    summary="Create a chat completion",
+    tags=["chat"],
+    responses=error_responses(),
+)
 async def create_chat_completion(
     request: Request,
     data: JSONBody[CreateChatCompletionRequest],

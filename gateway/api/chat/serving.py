@@ -12,6 +12,7 @@ import base64
 import hashlib
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -155,7 +156,9 @@ class ChatService:
             voice=voice,
         )
 
-    async def _check_audio(self, wire: CreateChatCompletionRequest) -> tuple[str | None, str | None]:
+    async def _check_audio(
+        self, wire: CreateChatCompletionRequest
+    ) -> tuple[str | None, str | None]:
         if "audio" not in (wire.modalities or []):
             return None, None
         if wire.audio is None:
@@ -212,11 +215,15 @@ class ChatService:
                             param=f"{where}.content[{j}]",
                             code="unsupported_content",
                         )
-                messages.append(ChatMessage("user", "\n".join(p for p in pieces if p), name=message.name))
+                messages.append(
+                    ChatMessage("user", "\n".join(p for p in pieces if p), name=message.name)
+                )
             elif isinstance(message, AssistantMessage):
                 messages.append(await self._assistant(message, where))
             elif isinstance(message, ToolMessage):
-                messages.append(ChatMessage("tool", _text(message.content), tool_call_id=message.tool_call_id))
+                messages.append(
+                    ChatMessage("tool", _text(message.content), tool_call_id=message.tool_call_id)
+                )
             elif isinstance(message, FunctionMessage):
                 messages.append(ChatMessage("tool", message.content or "", name=message.name))
         return messages, audio_seconds
@@ -254,7 +261,9 @@ class ChatService:
         """
         reply = None
         if prepared.speaks:
-            reply = SpokenReply(self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format)
+            reply = SpokenReply(
+                self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format
+            )
         try:
             async with self.registry.use(prepared.wire.model, Capability.CHAT) as engine:
                 assert isinstance(engine, ChatEngine)
@@ -262,18 +271,20 @@ class ChatService:
                 called_tools = False
                 if reply is not None:
                     reply.start()
-                async for event in engine.generate(prepared.engine_request):
-                    if isinstance(event, Finish):
-                        finish = event
-                        continue
-                    if isinstance(event, ToolCallStart):
-                        called_tools = True
-                    if reply is not None and isinstance(event, TextDelta):
-                        reply.feed(event.text)
-                    yield event
-                    if reply is not None:
-                        for data in reply.ready():
-                            yield AudioBytes(data)
+                events = engine.generate(prepared.engine_request)
+                async with aclosing(events):  # a hang-up frees the engine at once
+                    async for event in events:
+                        if isinstance(event, Finish):
+                            finish = event
+                            continue
+                        if isinstance(event, ToolCallStart):
+                            called_tools = True
+                        if reply is not None and isinstance(event, TextDelta):
+                            reply.feed(event.text)
+                        yield event
+                        if reply is not None:
+                            for data in reply.ready():
+                                yield AudioBytes(data)
             if reply is not None:
                 reply.close()
                 async for data in reply.drain():
@@ -282,7 +293,9 @@ class ChatService:
                     stored = await self.store.put(
                         prepared.audio_id, reply.transcript, self.settings.audio_ttl_seconds
                     )
-                    yield AudioEnd(prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds)
+                    yield AudioEnd(
+                        prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds
+                    )
             assert finish is not None, "chat engine ended without a Finish event"
             yield finish
         finally:
@@ -317,7 +330,9 @@ def _logprobs_wire(items: list[TokenLogprob]) -> list[TokenLogprobWire]:
             token=t.token,
             logprob=t.logprob,
             bytes=t.bytes,
-            top_logprobs=[TopLogprobWire(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top],
+            top_logprobs=[
+                TopLogprobWire(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top
+            ],
         )
         for t in items
     ]
@@ -330,31 +345,37 @@ async def complete(service: ChatService, prepared: Prepared) -> ChatCompletion:
     audio = bytearray()
     end: AudioEnd | None = None
     finish: Finish | None = None
-    async for event in service.run(prepared):
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-            logprobs.extend(event.logprobs or [])
-        elif isinstance(event, ToolCallStart):
-            calls[event.index] = [event.id, event.name, ""]
-        elif isinstance(event, ToolCallArgsDelta):
-            calls[event.index][2] += event.fragment
-        elif isinstance(event, AudioBytes):
-            audio += event.data
-        elif isinstance(event, AudioEnd):
-            end = event
-        elif isinstance(event, Finish):
-            finish = event
+    async with aclosing(service.run(prepared)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+                logprobs.extend(event.logprobs or [])
+            elif isinstance(event, ToolCallStart):
+                calls[event.index] = [event.id, event.name, ""]
+            elif isinstance(event, ToolCallArgsDelta):
+                calls[event.index][2] += event.fragment
+            elif isinstance(event, AudioBytes):
+                audio += event.data
+            elif isinstance(event, AudioEnd):
+                end = event
+            elif isinstance(event, Finish):
+                finish = event
     assert finish is not None
     content = "".join(text)
-    message = ResponseMessage(content=None if end is not None or (calls and not content) else content)
+    message = ResponseMessage(
+        content=None if end is not None or (calls and not content) else content
+    )
     if calls:
         message.tool_calls = [
-            ToolCallWire(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in (calls[k] for k in sorted(calls))
+            ToolCallWire(id=i, function=FunctionCall(name=n, arguments=a))
+            for i, n, a in (calls[k] for k in sorted(calls))
         ]
     if end is not None:
         message.audio = ChatAudio(
-            id=end.id, data=base64.b64encode(bytes(audio)).decode("ascii"),
-            expires_at=end.expires_at, transcript=end.transcript,
+            id=end.id,
+            data=base64.b64encode(bytes(audio)).decode("ascii"),
+            expires_at=end.expires_at,
+            transcript=end.transcript,
         )
     return ChatCompletion(
         id=prepared.id,
@@ -364,7 +385,9 @@ async def complete(service: ChatService, prepared: Prepared) -> ChatCompletion:
             Choice(
                 index=0,
                 message=message,
-                logprobs=ChoiceLogprobs(content=_logprobs_wire(logprobs)) if prepared.engine_request.logprobs else None,
+                logprobs=ChoiceLogprobs(content=_logprobs_wire(logprobs))
+                if prepared.engine_request.logprobs
+                else None,
                 finish_reason=finish.reason,
             )
         ],
@@ -377,7 +400,9 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
     """The stream, obeying what the SDK accumulators need: ``role``, tool ``id``/``name``
     and ``audio.id``/``expires_at`` exactly once; a ``finish_reason`` always; a usage
     chunk with empty choices when asked for."""
-    include_usage = bool(prepared.wire.stream_options and prepared.wire.stream_options.include_usage)
+    include_usage = bool(
+        prepared.wire.stream_options and prepared.wire.stream_options.include_usage
+    )
     base = {
         "id": prepared.id,
         "created": prepared.created,
@@ -389,7 +414,8 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
 
     def chunk(delta: Delta, finish_reason: str | None = None, logprobs=None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            **base, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
+            **base,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
         )
 
     speaks = prepared.speaks
@@ -404,29 +430,54 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
         return AudioDelta(**fields)
 
     audio_seconds = 0.0
-    async for event in service.run(prepared):
-        if isinstance(event, TextDelta):
-            logprobs = ChoiceLogprobs(content=_logprobs_wire(event.logprobs)) if event.logprobs else None
-            if speaks:
-                yield chunk(Delta(audio=audio_delta(transcript=event.text)), logprobs=logprobs)
-            else:
-                yield chunk(Delta(content=event.text), logprobs=logprobs)
-        elif isinstance(event, ToolCallStart):
-            yield chunk(Delta(tool_calls=[ToolCallDelta(
-                index=event.index, id=event.id, type="function",
-                function=FunctionDelta(name=event.name, arguments=""),
-            )]))
-        elif isinstance(event, ToolCallArgsDelta):
-            yield chunk(Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionDelta(arguments=event.fragment))]))
-        elif isinstance(event, AudioBytes):
-            yield chunk(Delta(audio=audio_delta(data=base64.b64encode(event.data).decode("ascii"))))
-        elif isinstance(event, AudioEnd):
-            audio_seconds = event.seconds
-            yield chunk(Delta(audio=audio_delta(expires_at=event.expires_at)))
-        elif isinstance(event, Finish):
-            yield chunk(Delta(), finish_reason=event.reason)
-            if include_usage:
-                yield ChatCompletionChunk(**{**base, "usage": usage(prepared, event, audio_seconds)}, choices=[])
+    async with aclosing(service.run(prepared)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                logprobs = (
+                    ChoiceLogprobs(content=_logprobs_wire(event.logprobs))
+                    if event.logprobs
+                    else None
+                )
+                if speaks:
+                    yield chunk(Delta(audio=audio_delta(transcript=event.text)), logprobs=logprobs)
+                else:
+                    yield chunk(Delta(content=event.text), logprobs=logprobs)
+            elif isinstance(event, ToolCallStart):
+                yield chunk(
+                    Delta(
+                        tool_calls=[
+                            ToolCallDelta(
+                                index=event.index,
+                                id=event.id,
+                                type="function",
+                                function=FunctionDelta(name=event.name, arguments=""),
+                            )
+                        ]
+                    )
+                )
+            elif isinstance(event, ToolCallArgsDelta):
+                yield chunk(
+                    Delta(
+                        tool_calls=[
+                            ToolCallDelta(
+                                index=event.index, function=FunctionDelta(arguments=event.fragment)
+                            )
+                        ]
+                    )
+                )
+            elif isinstance(event, AudioBytes):
+                yield chunk(
+                    Delta(audio=audio_delta(data=base64.b64encode(event.data).decode("ascii")))
+                )
+            elif isinstance(event, AudioEnd):
+                audio_seconds = event.seconds
+                yield chunk(Delta(audio=audio_delta(expires_at=event.expires_at)))
+            elif isinstance(event, Finish):
+                yield chunk(Delta(), finish_reason=event.reason)
+                if include_usage:
+                    yield ChatCompletionChunk(
+                        **{**base, "usage": usage(prepared, event, audio_seconds)}, choices=[]
+                    )
 
 
 # ------------------------------------------------------------------ helpers
@@ -468,4 +519,3 @@ def _response_format(wire: CreateChatCompletionRequest) -> ResponseFormat:
     if isinstance(fmt, JsonObjectFormat):
         return ResponseFormat.JSON_OBJECT
     return ResponseFormat.TEXT
-

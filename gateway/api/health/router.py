@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import get
+from litestar.di import NamedDependency
 
 from engines.registry import ModelRegistry
 
@@ -35,4 +35,6 @@ async def ready(registry: NamedDependency[ModelRegistry]) -> Readiness:
         )
     if not registry.ready:
         raise APIError("Models are still loading.", status_code=503, code="not_ready")
-    return Readiness(status="ready", models=sorted({c.target for c in registry.cards() if c.loaded}))
+    return Readiness(
+        status="ready", models=sorted({c.target for c in registry.cards() if c.loaded})
+    )

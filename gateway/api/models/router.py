@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar import get
 
 from engines.registry import ModelRegistry
 
+from ...errors import error_responses
 from .protocol import Model, ModelList
 
 
-@get("/v1/models", summary="List models", tags=["models"])
+@get("/v1/models", summary="List models", tags=["models"], responses=error_responses(401, 404))
 async def list_models(registry: NamedDependency[ModelRegistry]) -> ModelList:
     return ModelList(
         data=[Model(id=c.id, created=c.created, owned_by=c.owned_by) for c in registry.cards()]
     )
 
 
-@get("/v1/models/{model_id:path}", summary="Retrieve a model", tags=["models"])
-async def retrieve_model(model_id: FromPath[str], registry: NamedDependency[ModelRegistry]) -> Model:
+@get(
+    "/v1/models/{model_id:path}",
+    summary="Retrieve a model",
+    tags=["models"],
+    responses=error_responses(401, 404),
+)
+async def retrieve_model(
+    model_id: FromPath[str], registry: NamedDependency[ModelRegistry]
+) -> Model:
     card = registry.card(model_id.lstrip("/"))
     return Model(id=card.id, created=card.created, owned_by=card.owned_by)

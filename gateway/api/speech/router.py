@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar import Request, post
 from litestar.response import Stream
 
 from engines.registry import ModelRegistry
 
 from ... import sse
+from ...errors import error_responses
 from ...settings import Settings
 from ...streaming import abort_on_failure, prime
 from .protocol import CreateSpeechRequest
@@ -21,6 +22,7 @@ from .serving import SpeechStream, sse_events
     status_code=200,
     summary="Generate audio from text",
     tags=["audio"],
+    responses=error_responses(),
 )
 async def create_speech(
     request: Request,
@@ -37,4 +39,3 @@ async def create_speech(
         )
     chunks = await prime(aiter(stream))
     return Stream(abort_on_failure(chunks), media_type=stream.media_type)
-

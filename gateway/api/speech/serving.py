@@ -20,7 +20,12 @@ from engines.base import Capability, SpeechEngine, SpeechRequest
 from engines.registry import ModelRegistry
 
 from ...errors import InvalidRequest
-from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone, SpeechUsage
+from .protocol import (
+    CreateSpeechRequest,
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    SpeechUsage,
+)
 
 
 class SpeechStream:

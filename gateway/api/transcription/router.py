@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from litestar.di import NamedDependency
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from engines.base import Capability
 from engines.registry import ModelRegistry
 
 from ... import sse
+from ...errors import error_responses
 from ...openapi_forms import multipart_operation
 from ...settings import Settings
 from ...streaming import prime
@@ -22,6 +23,7 @@ from .serving import events, options_for, read_form, render, run
     status_code=200,
     summary="Transcribe audio into the input language",
     tags=["audio"],
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503),
     operation_class=multipart_operation(TranscriptionForm),
 )
 async def create_transcription(
@@ -43,6 +45,7 @@ async def create_transcription(
     status_code=200,
     summary="Translate audio into English",
     tags=["audio"],
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503),
     operation_class=multipart_operation(TranslationForm),
 )
 async def create_translation(
@@ -59,4 +62,3 @@ async def _complete(transcripts, fmt, task, options) -> Response:
         segments = [segment async for segment in stream.segments]
         body, media_type = render(fmt, task, stream.info, segments, options)
     return Response(body, media_type=media_type)
-

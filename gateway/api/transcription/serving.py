@@ -97,7 +97,9 @@ async def decode(upload: AudioUpload, sample_rate: int):
 
 def options_for(form: TranscriptionForm | TranslationForm) -> TranscriptionOptions:
     if isinstance(form, TranslationForm):
-        return TranscriptionOptions(prompt=form.prompt, temperature=form.temperature, task="translate")
+        return TranscriptionOptions(
+            prompt=form.prompt, temperature=form.temperature, task="translate"
+        )
     return TranscriptionOptions(
         language=form.language or None,
         prompt=form.prompt,
@@ -108,7 +110,10 @@ def options_for(form: TranscriptionForm | TranslationForm) -> TranscriptionOptio
 
 
 async def run(
-    registry: ModelRegistry, model: str, capability: Capability, upload: AudioUpload,
+    registry: ModelRegistry,
+    model: str,
+    capability: Capability,
+    upload: AudioUpload,
     options: TranscriptionOptions,
 ) -> AsyncIterator[TranscriptionStream]:
     """Yield one stream, keeping the engine in use until the caller is done with it."""
@@ -124,7 +129,9 @@ async def run(
 
 def _logprobs(words: list[Word]) -> list[LogProb]:
     return [
-        LogProb(token=w.word, logprob=math.log(max(w.probability, 1e-12)), bytes=list(w.word.encode()))
+        LogProb(
+            token=w.word, logprob=math.log(max(w.probability, 1e-12)), bytes=list(w.word.encode())
+        )
         for w in words
     ]
 
@@ -155,15 +162,23 @@ def render(
                 text=text,
                 segments=[
                     TranscriptionSegment(
-                        id=s.id, seek=s.seek, start=round(s.start, 3), end=round(s.end, 3),
-                        text=s.text, tokens=s.tokens, temperature=s.temperature,
-                        avg_logprob=s.avg_logprob, compression_ratio=s.compression_ratio,
+                        id=s.id,
+                        seek=s.seek,
+                        start=round(s.start, 3),
+                        end=round(s.end, 3),
+                        text=s.text,
+                        tokens=s.tokens,
+                        temperature=s.temperature,
+                        avg_logprob=s.avg_logprob,
+                        compression_ratio=s.compression_ratio,
                         no_speech_prob=s.no_speech_prob,
                     )
                     for s in segments
                 ],
                 words=[
-                    TranscriptionWord(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
+                    TranscriptionWord(
+                        word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3)
+                    )
                     for w in words
                 ]
                 if options.word_timestamps
@@ -203,7 +218,9 @@ async def events(
             logprobs=options_logprobs or None,
             usage=TokenUsage(
                 input_tokens=audio_tokens + prompt_tokens,
-                input_token_details=InputTokenDetails(text_tokens=prompt_tokens, audio_tokens=audio_tokens),
+                input_token_details=InputTokenDetails(
+                    text_tokens=prompt_tokens, audio_tokens=audio_tokens
+                ),
                 output_tokens=output_tokens,
                 total_tokens=audio_tokens + prompt_tokens + output_tokens,
             ),

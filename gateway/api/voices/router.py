@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import get
+from litestar.di import NamedDependency
 
 from engines.base import Capability, SpeechEngine
 from engines.registry import ModelRegistry
+
+from ...errors import error_responses
 
 
 class Voice(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -27,7 +29,7 @@ class VoiceList(msgspec.Struct, kw_only=True):
     data: list[Voice]
 
 
-@get("/v1/audio/voices", summary="List voices", tags=["audio"])
+@get("/v1/audio/voices", summary="List voices", tags=["audio"], responses=error_responses(401, 503))
 async def list_voices(registry: NamedDependency[ModelRegistry]) -> VoiceList:
     data: list[Voice] = []
     for card in registry.cards():
@@ -41,7 +43,9 @@ async def list_voices(registry: NamedDependency[ModelRegistry]) -> VoiceList:
                 available = [c for c in choices if c in native]
                 if available:
                     languages = sorted({lang for c in available for lang in native[c].languages})
-                    data.append(Voice(id=name, model=card.id, languages=languages, maps_to=available))
+                    data.append(
+                        Voice(id=name, model=card.id, languages=languages, maps_to=available)
+                    )
             data.extend(
                 Voice(
                     id=v.id,

@@ -1,0 +1,50 @@
+"""The control strings of the Step-1 tokenizer that Step-Audio-Chat and TTS-3B share.
+
+Every Step-Audio prompt is a run of turns ``<|BOT|>{role}\\n{content}<|EOT|>`` written
+back to back with no separator (reference §2.1, §2.2). The strings and ids live here, in
+one small module, because the prompt builder and the tool-turn renderer both frame turns
+and neither should import the other.
+
+The ids are the reference's **[inferred]** mapping (``tts.py`` builds prompts from raw ids
+1, 4 and 3; both ``config.json`` files say ``bos_token_id`` 1 and ``eos_token_id`` 3).
+``<s>`` is added by the tokenizer (``add_bos_token``), so the builders never write it.
+"""
+
+from __future__ import annotations
+
+import re
+
+BOS = "<s>"
+BOT = "<|BOT|>"
+EOT = "<|EOT|>"
+
+BOS_TOKEN_ID = 1
+EOT_TOKEN_ID = 3  # also the EOS of both models
+BOT_TOKEN_ID = 4
+
+#: Stop generation on the end of the assistant turn, and on a new turn as a safety net
+#: (reference, "What a gateway must implement" item 4).
+STOP_STRINGS = (EOT, BOT)
+
+#: Strings the tokenizer turns into control or audio tokens when they appear in text.
+SPECIAL_TOKEN_PATTERN = re.compile(r"<s>|</s>|<\|BOT\|>|<\|EOT\|>|<audio_\d+>")
+
+
+def turn(role: str, content: str) -> str:
+    """One closed turn: ``<|BOT|>{role}\\n{content}<|EOT|>``."""
+    return f"{BOT}{role}\n{content}{EOT}"
+
+
+def open_turn(role: str) -> str:
+    """A turn left open for the model to continue: ``<|BOT|>{role}\\n`` (no EOT)."""
+    return f"{BOT}{role}\n"
+
+
+def find_special_token(text: str) -> str | None:
+    """The first control or audio token string written inside ``text``, or None.
+
+    Text that carries one would be tokenized into that control token, letting a client
+    close its turn and open a ``system`` one, or smuggle audio codes in as typed text.
+    """
+    match = SPECIAL_TOKEN_PATTERN.search(text)
+    return match.group(0) if match else None
