@@ -1,0 +1,513 @@
+"""Streaming completions from the vLLM replicas that serve Step-Audio-Chat.
+
+The 130B chat model runs in vLLM (tensor parallel, possibly several replicas) and the
+gateway reaches it over HTTP through ``/v1/completions`` with a prompt the Step-Audio
+adapter has already rendered: the fork's ``/v1/chat/completions`` rejects audio and
+ignores tools. This module is only the transport and knows nothing of the prompt format.
+
+Why it behaves as it does:
+
+* **Least outstanding requests.** Answers differ in length by orders of magnitude, so
+  plain round-robin can pile long generations onto one replica; counting the streams
+  open on each balances the work actually in flight. Ties rotate, so an idle pool still
+  spreads its load.
+* **Failover only before the first piece.** Until then the caller has seen nothing and
+  the request can be replayed on another replica. Afterwards a replay would repeat or
+  change text already sent, so a failure raises :class:`EngineError` and the gateway
+  ends the stream with an error event.
+* **Abort on disconnect.** vLLM aborts a request when its HTTP connection closes. The
+  upstream stream is opened inside the generator, so closing or cancelling the consumer
+  closes the response and the GPUs stop generating for a client that has gone.
+* **Health.** A replica that fails a request is marked down and skipped by routing until
+  its ``GET /health`` answers 200 again. A request still tries replicas marked down once
+  every healthy one has failed, because a mark can be stale (the health loop may not be
+  running, or the replica may just have come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+import anyio
+import httpx
+import msgspec
+import structlog
+
+from ..base import EngineError, EngineUnavailable, InvalidInput
+from ..chat import ContextOverflow
+
+log = structlog.get_logger(__name__)
+
+#: Body fields the pool owns; ``extra`` may not override them.
+_RESERVED = frozenset({"model", "prompt", "stream"})
+#: An error body longer than this is cut: only the message is wanted.
+_ERROR_BODY_LIMIT = 16_384
+
+
+@dataclass(frozen=True)
+class CompletionPiece:
+    """One streamed piece of a completion.
+
+    ``finish_reason`` (vLLM: ``"stop"``, ``"length"``, or ``"abort"``) is set only on the
+    last piece, which also carries vLLM's token counts (``prompt_tokens`` and
+    ``completion_tokens``). The pool asks for usage, so only a server that ignores
+    ``stream_options`` leaves them None.
+    """
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """One replica as the pool sees it. ``requests`` counts attempts sent to it,
+    ``failures`` those that failed (refused, 5xx/429, broken stream)."""
+
+    url: str
+    healthy: bool
+    outstanding: int
+    requests: int
+    failures: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A read-only copy of the pool's state, for readiness and metrics endpoints."""
+
+    model: str
+    replicas: tuple[ReplicaSnapshot, ...]
+
+    @property
+    def healthy(self) -> int:
+        return sum(r.healthy for r in self.replicas)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(r.outstanding for r in self.replicas)
+
+    @property
+    def ready(self) -> bool:
+        return self.healthy > 0
+
+
+class _Replica:
+    __slots__ = ("url", "index", "healthy", "outstanding", "requests", "failures", "last_error")
+
+    def __init__(self, url: str, index: int) -> None:
+        self.url = url
+        self.index = index
+        self.healthy = True  # optimistic until the first health check says otherwise
+        self.outstanding = 0
+        self.requests = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def mark_down(self, reason: str) -> None:
+        self.last_error = reason
+        if self.healthy:
+            self.healthy = False
+            log.warning("vllm_replica_down", url=self.url, reason=reason)
+
+    def mark_up(self) -> None:
+        if not self.healthy:
+            self.healthy = True
+            log.info("vllm_replica_up", url=self.url)
+
+    def snapshot(self) -> ReplicaSnapshot:
+        return ReplicaSnapshot(
+            self.url, self.healthy, self.outstanding, self.requests, self.failures, self.last_error
+        )
+
+
+class _Retry(Exception):
+    """This replica failed before any piece was received: try another one."""
+
+
+class _UpstreamError(Exception):
+    """vLLM reported an error inside a 200 stream (``data: {"error": ...}``)."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Broken(Exception):
+    """The stream is not what vLLM sends: unreadable event, or it ended unfinished."""
+
+
+def _base_url(url: str) -> str:
+    """``http://host:8000``, also accepting the ``.../v1`` form OpenAI clients are given."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _message_of(data: Any) -> str:
+    """vLLM's error text, from either of its envelopes: ``{"object": "error", "message",
+    "code"}`` (0.7) or ``{"error": {"message", "code"}}`` (later), or FastAPI's ``detail``."""
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        for key in ("message", "detail"):
+            if isinstance(data.get(key), str):
+                return data[key]
+    return str(data)[:500]
+
+
+def _status_of(data: dict) -> int | None:
+    error = data.get("error")
+    code = error.get("code") if isinstance(error, dict) else data.get("code")
+    return code if isinstance(code, int) else None
+
+
+async def _error_message(response: httpx.Response) -> str:
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    try:
+        return _message_of(msgspec.json.decode(body))
+    except msgspec.DecodeError:
+        return body.decode("utf-8", "replace").strip()[:500] or response.reason_phrase
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status == 429
+
+
+def _rejection(status: int, message: str) -> EngineError:
+    """A 4xx: the same request would fail on every replica, so it is not retried.
+
+    401/403/404 mean the gateway is misconfigured (API key, served model name, URL), not
+    that the caller's input is bad, so they are not reported as the caller's fault.
+    """
+    if status in (401, 403, 404):
+        return EngineError(
+            f"vLLM refused the gateway's request (HTTP {status}: {message}); check the "
+            "chat model's URL, served model name and API key in the gateway settings."
+        )
+    if "context length" in message.lower():
+        return ContextOverflow(message, param="messages")
+    return InvalidInput(message, param="messages")
+
+
+def _describe(exc: BaseException, read_timeout: float) -> str:
+    """A short reason without addresses: it may reach the API caller."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    if isinstance(exc, httpx.ReadTimeout):
+        return f"sent nothing for {read_timeout:g} s"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "closed the connection mid-response"
+    if isinstance(exc, httpx.RequestError):
+        return type(exc).__name__
+    return str(exc)
+
+
+def _usage(chunk: dict) -> tuple[int | None, int | None]:
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+async def _pieces(response: httpx.Response) -> AsyncIterator[CompletionPiece]:
+    """Parse vLLM's SSE stream into pieces.
+
+    vLLM sends the finishing choice (often with empty text) and then, when usage was
+    asked for, a chunk with no choices and the token counts. The finishing piece is held
+    back until the counts arrive, so callers get one last piece with both.
+    Empty non-final pieces (a token that decodes to nothing yet) are dropped.
+    """
+    held: CompletionPiece | None = None
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, ": ping" comments, other SSE fields
+        data = line[5:].strip()
+        if data == "[DONE]":
+            if held is not None:
+                yield held
+            return
+        try:
+            chunk = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise _Broken(f"unreadable event {data[:100]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise _Broken(f"unexpected event {data[:100]!r}")
+        if "error" in chunk or chunk.get("object") == "error":
+            raise _UpstreamError(_status_of(chunk), _message_of(chunk))
+        prompt_tokens, completion_tokens = _usage(chunk)
+        choices = chunk.get("choices") or []
+        if choices:
+            choice = choices[0]
+            piece = CompletionPiece(
+                choice.get("text") or "",
+                choice.get("finish_reason"),
+                prompt_tokens,
+                completion_tokens,
+            )
+            if held is not None:  # a second finishing choice: pass the first one on
+                yield held
+                held = None
+            if piece.finish_reason is not None:
+                held = piece
+            elif piece.text:
+                yield piece
+        elif held is not None and prompt_tokens is not None:
+            yield dataclasses.replace(
+                held, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+            held = None
+    if held is not None:
+        yield held  # finished, but the server left out [DONE]
+        return
+    raise _Broken("the stream ended before the answer was finished")
+
+
+class VLLMReplicaPool:
+    """Streams ``/v1/completions`` from the least busy healthy vLLM replica.
+
+    ``urls`` are the replicas' base URLs (``http://host:8000``; a trailing ``/v1`` is
+    accepted), all serving ``model`` (vLLM's ``--served-model-name``). ``read_timeout``
+    is the longest silence tolerated on a stream, queueing before the first token
+    included. Call :meth:`start` to begin health checks and :meth:`aclose` when done,
+    or use the pool as an async context manager.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        model: str,
+        api_key: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
+        health_interval: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("VLLMReplicaPool needs at least one replica URL")
+        self.model = model
+        self._replicas = [_Replica(_base_url(url), i) for i, url in enumerate(urls)]
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._read_timeout = read_timeout
+        self._timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+        )
+        self._health_timeout = httpx.Timeout(connect_timeout)
+        self._health_interval = health_interval
+        self._owns_client = client is None
+        # trust_env=False: a proxy configured for downloads must not sit between the
+        # gateway and its GPUs. Connections are not capped here: each open stream holds
+        # one, and admission control belongs to the gateway, not to a pool timeout.
+        self._client = client or httpx.AsyncClient(
+            trust_env=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        self._next = 0  # rotation point for breaking ties
+        self._health_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Check every replica once (bounded by the connect timeout), then keep checking
+        every ``health_interval`` seconds in a background task."""
+        if self._health_task is not None:
+            return
+        await self.check_health_once()
+        self._health_task = asyncio.create_task(
+            self.run_health_checks(immediately=False), name="vllm-health"
+        )
+
+    async def aclose(self) -> None:
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> "VLLMReplicaPool":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ health
+
+    async def check_health_once(self) -> PoolSnapshot:
+        """Probe every replica's ``GET /health`` concurrently; 200 means healthy."""
+        async with anyio.create_task_group() as tasks:
+            for replica in self._replicas:
+                tasks.start_soon(self._probe, replica)
+        return self.snapshot()
+
+    async def run_health_checks(self, *, immediately: bool = True) -> None:
+        """Check every ``health_interval`` seconds until cancelled."""
+        if not immediately:
+            await anyio.sleep(self._health_interval)
+        while True:
+            try:
+                await self.check_health_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("vllm_health_check_failed")
+            await anyio.sleep(self._health_interval)
+
+    async def _probe(self, replica: _Replica) -> None:
+        try:
+            response = await self._client.get(
+                replica.url + "/health", headers=self._headers, timeout=self._health_timeout
+            )
+        except httpx.RequestError as exc:
+            replica.mark_down(f"health check: {_describe(exc, self._read_timeout)}")
+            return
+        if response.status_code == 200:
+            replica.mark_up()
+        else:
+            replica.mark_down(f"health check: HTTP {response.status_code}")
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(self.model, tuple(r.snapshot() for r in self._replicas))
+
+    def _choose(self, tried: list[_Replica]) -> _Replica | None:
+        """Least outstanding among the healthy untried replicas, ties in rotation; the
+        untried ones marked down only when no healthy one is left."""
+        start = self._next
+        self._next = (start + 1) % len(self._replicas)
+        rotated = self._replicas[start:] + self._replicas[:start]
+        untried = [r for r in rotated if r not in tried]
+        if not untried:
+            return None
+        healthy = [r for r in untried if r.healthy]
+        return min(healthy or untried, key=lambda r: r.outstanding)
+
+    # ------------------------------------------------------------------ completions
+
+    def _body(
+        self,
+        prompt: str | list[int],
+        max_tokens: int | None,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str],
+        seed: int | None,
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            # Always sent: /v1/completions defaults to 16 tokens. None (JSON null)
+            # makes vLLM generate up to the end of the context window.
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": list(stop),
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if extra:
+            clash = _RESERVED & extra.keys()
+            if clash:
+                raise ValueError(f"extra may not set {sorted(clash)}")
+            body.update(extra)
+        return body
+
+    async def stream_completion(
+        self,
+        prompt: str | list[int],
+        *,
+        max_tokens: int | None,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str],
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> AsyncIterator[CompletionPiece]:
+        """Stream the completion of ``prompt`` (text, or token ids) piece by piece.
+
+        ``extra`` adds vLLM sampling fields (``stop_token_ids``, ``skip_special_tokens``,
+        ``repetition_penalty``, ...). Raises :class:`InvalidInput` when vLLM rejects the
+        request (4xx; :class:`ContextOverflow` for a prompt too long), before any piece;
+        :class:`EngineUnavailable` when no replica could take it; :class:`EngineError`
+        when the stream breaks after pieces were yielded.
+
+        Nothing is sent until the first ``__anext__``. Consume it with ``async for``
+        inside ``contextlib.aclosing(...)`` (or cancel the task) so that a caller who
+        stops early closes the upstream response at once, which aborts the generation.
+        """
+        body = self._body(prompt, max_tokens, temperature, top_p, stop, seed, extra)
+        tried: list[_Replica] = []
+        reasons: list[str] = []
+        while (replica := self._choose(tried)) is not None:
+            tried.append(replica)
+            replica.outstanding += 1
+            replica.requests += 1
+            yielded = finished = False
+            try:
+                async with self._client.stream(
+                    "POST",
+                    replica.url + "/v1/completions",
+                    json=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                ) as response:
+                    if response.status_code != 200:
+                        message = await _error_message(response)
+                        if _retryable(response.status_code):
+                            raise _Retry(f"HTTP {response.status_code}: {message}")
+                        raise _rejection(response.status_code, message)
+                    async for piece in _pieces(response):
+                        yielded = True
+                        finished = piece.finish_reason is not None
+                        yield piece
+                replica.mark_up()
+                return
+            except _UpstreamError as exc:
+                status = exc.status or 500
+                if not yielded and not _retryable(status):
+                    raise _rejection(status, exc.message) from None
+                reason = f"error event ({status}): {exc.message}"
+                replica_fault = _retryable(status)
+                error: BaseException = exc
+            except (_Retry, _Broken, httpx.RequestError) as exc:
+                reason = _describe(exc, self._read_timeout)
+                replica_fault = True
+                error = exc
+            finally:
+                replica.outstanding -= 1
+            if finished:
+                # The last piece is out; a fault while waiting for [DONE] loses nothing.
+                log.info("vllm_stream_tail_lost", url=replica.url, reason=reason)
+                return
+            if replica_fault:
+                replica.failures += 1
+                replica.mark_down(reason)
+            if yielded:
+                log.warning("vllm_stream_broken", url=replica.url, reason=reason)
+                raise EngineError(
+                    f"The chat model's server failed in the middle of the answer ({reason}); "
+                    "the answer is incomplete."
+                ) from error
+            log.info("vllm_failover", url=replica.url, reason=reason)
+            reasons.append(f"replica {replica.index + 1}: {reason}")
+        raise EngineUnavailable(
+            f"The chat model is unavailable: none of its {len(self._replicas)} vLLM "
+            f"replica(s) could take the request ({'; '.join(reasons)}). Retry shortly."
+        )

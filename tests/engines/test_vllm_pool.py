@@ -1,0 +1,547 @@
+"""The vLLM transport (``engines.step_audio.vllm``) against FAKE vLLM servers.
+
+vLLM and the 130B Step-Audio-Chat model cannot run in this test tier, so every replica
+here is a fake: :class:`FakeVLLM`, a small real HTTP/1.1 server on 127.0.0.1 (raw
+``asyncio.start_server``, in the test's own event loop) that implements ``GET /health``
+and a streaming ``POST /v1/completions`` in vLLM's SSE format. Its behaviour is set per
+test: tokens with delays, 500/429/400 before the first byte, a connection dropped
+mid-stream, an error event inside the stream, and it records every request body and the
+moment a client disconnects. A refused connection is a port nothing listens on.
+
+What a fake cannot show (real vLLM aborting generation on disconnect, its exact error
+texts) is taken from vLLM's documented behaviour, not tested here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from contextlib import aclosing, asynccontextmanager
+
+import pytest
+
+from engines.base import EngineError, EngineUnavailable, InvalidInput
+from engines.chat import ContextOverflow
+from engines.step_audio.vllm import CompletionPiece, VLLMReplicaPool
+
+pytestmark = pytest.mark.timeout(30)
+
+TOKENS = ["Hello", ",", " world", "!", " Bye", "."]
+
+
+def closed_port_url() -> str:
+    """A URL whose port nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _event(payload: object) -> bytes:
+    return _chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+
+def _completion_chunk(request: dict, text: str, finish_reason: str | None) -> dict:
+    """One chunk the way vLLM streams ``/v1/completions``."""
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": request["model"],
+        "choices": [choice],
+    }
+
+
+class FakeVLLM:
+    """A fake vLLM replica. ``mode`` picks its behaviour for ``/v1/completions``:
+
+    * ``"ok"``: stream ``tokens`` (``delay`` seconds apart, at most ``max_tokens``), a
+      finishing chunk, a usage chunk and ``[DONE]``;
+    * ``"status"``: answer ``status`` with ``error_message`` in vLLM 0.7's error envelope,
+      before any byte of a stream;
+    * ``"drop"``: stream ``drop_after`` tokens, then close the connection mid-body;
+    * ``"error_event"``: a 200 stream whose first event is an in-band error (``status``).
+    """
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.tokens = list(TOKENS)
+        self.delay = 0.0
+        self.status = 500
+        self.error_message = "engine is dead"
+        self.drop_after = 2
+        self.healthy = True
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.active = 0
+        self.max_active = 0
+        self.disconnects: list[float] = []
+        self.completed = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.url = ""
+
+    async def start(self) -> "FakeVLLM":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:  # keep-alive: one request after another on this connection
+                request_line = await reader.readline()
+                if not request_line:
+                    return
+                method, path, _ = request_line.decode().split(" ", 2)
+                headers = {}
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    key, value = line.decode().split(":", 1)
+                    headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if method == "GET" and path == "/health":
+                    await self._plain(writer, 200 if self.healthy else 503, b"")
+                elif method == "POST" and path == "/v1/completions":
+                    self.requests.append(json.loads(body))
+                    self.headers.append(headers)
+                    if not await self._complete(reader, writer, self.requests[-1]):
+                        return
+                else:
+                    await self._plain(writer, 404, b'{"detail":"Not Found"}')
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _plain(self, writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+
+    def _error_body(self) -> dict:
+        return {
+            "object": "error",
+            "message": self.error_message,
+            "type": "BadRequestError" if self.status < 500 else "InternalServerError",
+            "param": None,
+            "code": self.status,
+        }
+
+    async def _complete(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict
+    ) -> bool:
+        """Answer one completion; False when the connection is finished with."""
+        if self.mode == "status":
+            await self._plain(writer, self.status, json.dumps(self._error_body()).encode())
+            return True
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        if self.mode == "error_event":
+            writer.write(_event(self._error_body()) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            return True
+        # The client sends nothing while it reads a response, so a read that returns is
+        # the client going away (EOF, or a reset).
+        gone = asyncio.ensure_future(reader.read(1))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            limit = request.get("max_tokens")
+            tokens = self.tokens if limit is None else self.tokens[:limit]
+            for i, token in enumerate(tokens):
+                if i and self.delay:
+                    await asyncio.wait({gone}, timeout=self.delay)
+                if gone.done():
+                    self.disconnects.append(time.monotonic())
+                    return False
+                if self.mode == "drop" and i == self.drop_after:
+                    return False  # close mid-body, without the terminating chunk
+                writer.write(_event(_completion_chunk(request, token, None)))
+                await writer.drain()
+            finish = "length" if len(tokens) < len(self.tokens) else "stop"
+            writer.write(_event(_completion_chunk(request, "", finish)))
+            usage = {"prompt_tokens": 7, "completion_tokens": len(tokens)}
+            writer.write(
+                _event({**_completion_chunk(request, "", None), "choices": [], "usage": usage})
+            )
+            writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            self.completed += 1
+            return True
+        finally:
+            self.active -= 1
+            if not gone.done():
+                gone.cancel()
+            elif not gone.cancelled():
+                gone.exception()  # retrieved: a reset is an expected way to leave
+
+
+@pytest.fixture
+async def fakes():
+    """A factory of started fake replicas, all stopped after the test."""
+    started: list[FakeVLLM] = []
+
+    async def make(**settings) -> FakeVLLM:
+        fake = await FakeVLLM().start()
+        for key, value in settings.items():
+            setattr(fake, key, value)
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.stop()
+
+
+@asynccontextmanager
+async def pool_of(*urls: str, **options):
+    options.setdefault("connect_timeout", 2.0)
+    options.setdefault("read_timeout", 10.0)
+    pool = VLLMReplicaPool(list(urls), model="step-audio-chat", **options)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+SAMPLING = dict(max_tokens=64, temperature=0.7, top_p=0.9, stop=["<|EOT|>", "<|BOT|>"])
+
+
+async def collect(
+    pool: VLLMReplicaPool, prompt: str = "<|BOT|>human\nhi<|EOT|><|BOT|>assistant\n", **kw
+):
+    """All pieces of one completion, with the time each arrived."""
+    args = {**SAMPLING, **kw}
+    pieces: list[tuple[float, CompletionPiece]] = []
+    started = time.monotonic()
+    async with aclosing(pool.stream_completion(prompt, **args)) as stream:
+        async for piece in stream:
+            pieces.append((time.monotonic() - started, piece))
+    return pieces
+
+
+def text_of(pieces) -> str:
+    return "".join(piece.text for _, piece in pieces)
+
+
+async def wait_until(predicate, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+async def test_pieces_arrive_incrementally_and_end_with_usage(fakes):
+    fake = await fakes(delay=0.2)
+    async with pool_of(fake.url) as pool:
+        pieces = await collect(pool)
+    assert text_of(pieces) == "".join(TOKENS)
+    first_at, last_at = pieces[0][0], pieces[-1][0]
+    assert last_at >= 0.2 * (len(TOKENS) - 1) * 0.9
+    assert first_at < 0.3 < last_at - 0.5, f"first piece at {first_at:.2f}s, last at {last_at:.2f}s"
+    # Only the last piece finishes, and it carries the usage that followed it.
+    assert [p.finish_reason for _, p in pieces[:-1]] == [None] * (len(pieces) - 1)
+    last = pieces[-1][1]
+    assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == (
+        "stop",
+        7,
+        len(TOKENS),
+    )
+
+
+async def test_request_body_forwards_sampling_and_stops(fakes):
+    fake = await fakes()
+    async with pool_of(fake.url + "/v1/", api_key="sk-test") as pool:
+        pieces = await collect(
+            pool,
+            "PROMPT",
+            max_tokens=3,
+            seed=42,
+            extra={"stop_token_ids": [3], "skip_special_tokens": False},
+        )
+    [body] = fake.requests
+    assert body == {
+        "model": "step-audio-chat",
+        "prompt": "PROMPT",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 3,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stop": ["<|EOT|>", "<|BOT|>"],
+        "seed": 42,
+        "stop_token_ids": [3],
+        "skip_special_tokens": False,
+    }
+    assert fake.headers[0]["authorization"] == "Bearer sk-test"
+    assert text_of(pieces) == "Hello, world"
+    assert pieces[-1][1].finish_reason == "length"
+
+
+async def test_extra_may_not_override_owned_fields(fakes):
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        with pytest.raises(ValueError, match="stream"):
+            await collect(pool, extra={"stream": False})
+    assert fake.requests == []
+
+
+# --------------------------------------------------------------------------- routing
+
+
+async def test_concurrent_requests_spread_over_two_replicas(fakes):
+    a, b = await fakes(delay=0.1), await fakes(delay=0.1)
+    async with pool_of(a.url, b.url) as pool:
+        results = await asyncio.gather(*(collect(pool) for _ in range(4)))
+    assert all(text_of(r) == "".join(TOKENS) for r in results)
+    assert (len(a.requests), len(b.requests)) == (2, 2)
+    assert (a.max_active, b.max_active) == (2, 2)
+
+
+async def test_least_outstanding_beats_round_robin(fakes):
+    """While one long answer streams from A, every new request goes to B."""
+    a, b = await fakes(delay=0.1, tokens=["x"] * 100), await fakes(tokens=["y"])
+    async with pool_of(a.url, b.url) as pool:
+        async with aclosing(pool.stream_completion("long", **SAMPLING)) as long_stream:
+            await anext(long_stream)  # A now has one request outstanding
+            assert [r.outstanding for r in pool.snapshot().replicas] == [1, 0]
+            for _ in range(3):
+                assert text_of(await collect(pool)) == "y"
+        assert pool.snapshot().outstanding == 0
+    assert (len(a.requests), len(b.requests)) == (1, 3)
+
+
+async def test_ties_rotate(fakes):
+    a, b = await fakes(), await fakes()
+    async with pool_of(a.url, b.url) as pool:
+        for _ in range(4):
+            await collect(pool)
+    assert (len(a.requests), len(b.requests)) == (2, 2)
+
+
+# --------------------------------------------------------------------------- failover
+
+
+async def test_failover_from_a_refused_connection(fakes):
+    good = await fakes()
+    async with pool_of(closed_port_url(), good.url) as pool:
+        first = await collect(pool)  # tries the closed port first (ties start at replica 1)
+        second = await collect(pool)
+        down, up = pool.snapshot().replicas
+    assert text_of(first) == text_of(second) == "".join(TOKENS)
+    assert len(good.requests) == 2
+    assert (down.healthy, down.requests, down.failures) == (False, 1, 1)
+    assert down.last_error == "could not connect"
+    assert (up.healthy, up.outstanding) == (True, 0)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_failover_from_an_error_status_before_the_first_byte(fakes, status):
+    bad = await fakes(mode="status", status=status)
+    good = await fakes()
+    async with pool_of(bad.url, good.url) as pool:
+        pieces = await collect(pool)
+        snapshot = pool.snapshot()
+    assert text_of(pieces) == "".join(TOKENS)
+    assert (len(bad.requests), len(good.requests)) == (1, 1)
+    assert [r.healthy for r in snapshot.replicas] == [False, True]
+    assert snapshot.replicas[0].last_error == f"HTTP {status}: engine is dead"
+
+
+async def test_failover_from_an_error_event_before_the_first_piece(fakes):
+    bad = await fakes(mode="error_event", status=500)
+    good = await fakes()
+    async with pool_of(bad.url, good.url) as pool:
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+    assert (len(bad.requests), len(good.requests)) == (1, 1)
+
+
+async def test_failure_mid_stream_raises_after_the_yielded_pieces(fakes):
+    dropping = await fakes(mode="drop", drop_after=2, delay=0.05)
+    spare = await fakes()
+    async with pool_of(dropping.url, spare.url) as pool:
+        received: list[str] = []
+        with pytest.raises(EngineError) as caught:
+            async with aclosing(pool.stream_completion("p", **SAMPLING)) as stream:
+                async for piece in stream:
+                    received.append(piece.text)
+        snapshot = pool.snapshot()
+    assert received == TOKENS[:2]
+    assert type(caught.value) is EngineError
+    assert "middle of the answer" in caught.value.message
+    assert spare.requests == []  # no replay once text went out
+    assert [r.healthy for r in snapshot.replicas] == [False, True]
+    assert snapshot.outstanding == 0
+
+
+async def test_every_replica_down_is_unavailable(fakes):
+    failing = await fakes(mode="status", status=500)
+    async with pool_of(closed_port_url(), failing.url) as pool:
+        with pytest.raises(EngineUnavailable) as caught:
+            await collect(pool)
+        # Marked down now, but a request still tries them rather than fail blind.
+        with pytest.raises(EngineUnavailable):
+            await collect(pool)
+        snapshot = pool.snapshot()
+    message = caught.value.message
+    assert "replica 1: could not connect" in message
+    assert "replica 2: HTTP 500: engine is dead" in message
+    assert "127.0.0.1" not in message  # addresses stay in the logs
+    assert caught.value.status_code == 503
+    assert snapshot.healthy == 0 and not snapshot.ready
+    assert [r.requests for r in snapshot.replicas] == [2, 2]
+
+
+# --------------------------------------------------------------------------- rejections
+
+
+async def test_400_is_invalid_input_and_not_retried(fakes):
+    picky = await fakes(mode="status", status=400, error_message="stop must be a list of strings")
+    other = await fakes()
+    async with pool_of(picky.url, other.url) as pool:
+        with pytest.raises(InvalidInput) as caught:
+            await collect(pool)
+        snapshot = pool.snapshot()
+    assert not isinstance(caught.value, ContextOverflow)
+    assert caught.value.message == "stop must be a list of strings"
+    assert caught.value.param == "messages"
+    assert caught.value.status_code == 400
+    assert other.requests == []
+    assert all(r.healthy for r in snapshot.replicas)  # the request was bad, not the replica
+
+
+async def test_prompt_too_long_is_context_overflow(fakes):
+    message = (
+        "This model's maximum context length is 32768 tokens. However, you requested "
+        "40000 tokens (39936 in the messages, 64 in the completion). Please reduce the "
+        "length of the messages or completion."
+    )
+    fake = await fakes(mode="status", status=400, error_message=message)
+    async with pool_of(fake.url) as pool:
+        with pytest.raises(ContextOverflow) as caught:
+            await collect(pool)
+    assert caught.value.message == message
+    assert caught.value.code == "context_length_exceeded"
+
+
+async def test_400_error_event_inside_the_stream_is_invalid_input(fakes):
+    fake = await fakes(mode="error_event", status=400, error_message="bad prompt")
+    async with pool_of(fake.url) as pool:
+        with pytest.raises(InvalidInput, match="bad prompt"):
+            await collect(pool)
+
+
+async def test_404_is_a_configuration_error_not_the_callers(fakes):
+    fake = await fakes(mode="status", status=404, error_message="The model `x` does not exist.")
+    async with pool_of(fake.url) as pool:
+        with pytest.raises(EngineError) as caught:
+            await collect(pool)
+    assert not isinstance(caught.value, InvalidInput)
+    assert "served model name" in caught.value.message
+
+
+# --------------------------------------------------------------------------- disconnects
+
+
+async def test_closing_the_consumer_closes_the_upstream_stream(fakes):
+    fake = await fakes(delay=0.1, tokens=["t"] * 200)  # 20 s if nobody stops it
+    async with pool_of(fake.url) as pool:
+        async with aclosing(pool.stream_completion("p", **SAMPLING)) as stream:
+            await anext(stream)
+            await anext(stream)
+        closed_at = time.monotonic()
+        assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
+        assert fake.disconnects[0] - closed_at < 1.0
+        assert pool.snapshot().outstanding == 0
+    assert fake.completed == 0
+
+
+async def test_cancelling_the_consumer_closes_the_upstream_stream(fakes):
+    fake = await fakes(delay=0.1, tokens=["t"] * 200)
+    async with pool_of(fake.url) as pool:
+        got_one = asyncio.Event()
+
+        async def consume() -> None:
+            async with aclosing(pool.stream_completion("p", **SAMPLING)) as stream:
+                async for _ in stream:
+                    got_one.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(got_one.wait(), 5)
+        task.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
+        assert fake.disconnects[0] - cancelled_at < 1.0
+        assert pool.snapshot().outstanding == 0
+
+
+# --------------------------------------------------------------------------- health
+
+
+async def test_health_checks_mark_a_replica_down_and_back_up(fakes):
+    a, b = await fakes(), await fakes()
+    async with pool_of(a.url, b.url, closed_port_url()) as pool:
+        snapshot = await pool.check_health_once()
+        assert [r.healthy for r in snapshot.replicas] == [True, True, False]
+        a.healthy = False
+        snapshot = await pool.check_health_once()
+        assert [r.healthy for r in snapshot.replicas] == [False, True, False]
+        assert snapshot.replicas[0].last_error == "health check: HTTP 503"
+        # Routing skips the replica marked down.
+        for _ in range(3):
+            await collect(pool)
+        assert (len(a.requests), len(b.requests)) == (0, 3)
+        a.healthy = True
+        snapshot = await pool.check_health_once()
+        assert [r.healthy for r in snapshot.replicas] == [True, True, False]
+
+
+async def test_background_health_loop_follows_the_replica(fakes):
+    fake = await fakes()
+    async with pool_of(fake.url, health_interval=0.05) as pool:
+        await pool.start()
+        assert pool.snapshot().ready
+        fake.healthy = False
+        assert await wait_until(lambda: not pool.snapshot().ready, timeout=2.0)
+        fake.healthy = True
+        assert await wait_until(lambda: pool.snapshot().ready, timeout=2.0)
+    assert pool._health_task is None
+
+
+async def test_replicas_marked_down_are_still_tried_as_a_last_resort(fakes):
+    """A stale mark (health loop not running yet) must not fail requests blind."""
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        fake.healthy = False
+        await pool.check_health_once()
+        assert not pool.snapshot().ready
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+        assert pool.snapshot().ready  # a served request proves the replica is back
