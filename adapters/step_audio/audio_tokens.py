@@ -90,8 +90,10 @@ def interleave(linguistic: Sequence[int], semantic: Sequence[int]) -> list[int]:
     values: list[int] = []
     for group in range(whole_groups(len(linguistic), len(semantic))):
         i, j = group * LINGUISTIC_PER_GROUP, group * SEMANTIC_PER_GROUP
-        values.extend(operator.index(code) for code in linguistic[i : i + LINGUISTIC_PER_GROUP])
-        values.extend(SEMANTIC_OFFSET + operator.index(code) for code in semantic[j : j + SEMANTIC_PER_GROUP])
+        values.extend(operator.index(c) for c in linguistic[i : i + LINGUISTIC_PER_GROUP])
+        values.extend(
+            SEMANTIC_OFFSET + operator.index(c) for c in semantic[j : j + SEMANTIC_PER_GROUP]
+        )
     return values
 
 
@@ -146,9 +148,7 @@ def parse_audio_tokens(text: str) -> list[int]:
         match = _TOKEN.match(text, position)
         if match is None:
             snippet = text[position : position + 16]
-            raise ValueError(
-                f"not an <audio_N> token at character {position}: {snippet!r}"
-            )
+            raise ValueError(f"not an <audio_N> token at character {position}: {snippet!r}")
         value = int(match.group(1))
         if value >= AUDIO_TOKEN_COUNT:
             raise ValueError(
@@ -159,7 +159,9 @@ def parse_audio_tokens(text: str) -> list[int]:
     return values
 
 
-def deinterleave(values: Sequence[int], *, drop_partial: bool = False) -> tuple[list[int], list[int]]:
+def deinterleave(
+    values: Sequence[int], *, drop_partial: bool = False
+) -> tuple[list[int], list[int]]:
     """Split token numbers back into raw (linguistic, semantic) codes.
 
     Each group must be 2 numbers in 0-1023 then 3 in 1024-5119; anything else raises

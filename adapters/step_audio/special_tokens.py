@@ -26,8 +26,10 @@ BOT_TOKEN_ID = 4
 #: (reference, "What a gateway must implement" item 4).
 STOP_STRINGS = (EOT, BOT)
 
-#: Strings the tokenizer turns into control or audio tokens when they appear in text.
-SPECIAL_TOKEN_PATTERN = re.compile(r"<s>|</s>|<\|BOT\|>|<\|EOT\|>|<audio_\d+>")
+#: Strings in text that the tokenizer would turn into turn markers or audio tokens.
+#: ``<s>``/``</s>`` are left out: they are ordinary HTML (strikethrough) in user text, and
+#: a stray BOS cannot open a turn.
+SPECIAL_TOKEN_PATTERN = re.compile(r"<\|BOT\|>|<\|EOT\|>|<audio_\d+>")
 
 
 def turn(role: str, content: str) -> str:
