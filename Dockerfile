@@ -4,7 +4,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .
-# Creates .venv with every embedded engine (and builds llama-cpp-python once).
+# Which extras go into .venv: the GPU image adds "step-audio" (torch, onnxruntime, vllm).
+ARG GATEWAY_EXTRAS=embedded,embedded-gpl,chat
+ENV GATEWAY_EXTRAS=${GATEWAY_EXTRAS}
+# Creates .venv with the engines (and builds llama-cpp-python once).
 RUN python3 dev.py install
 ENV GATEWAY__SERVER__HOST=0.0.0.0 GATEWAY__SERVER__LOG_FORMAT=json HF_HUB_OFFLINE=1
 EXPOSE 8000

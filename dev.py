@@ -24,7 +24,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".step-audio-gateway-installed"
 WHEELS = Path(os.environ.get("GATEWAY_WHEEL_CACHE", "~/.cache/step-audio-gateway/wheels")).expanduser()
-EXTRAS = "embedded,embedded-gpl,chat,test"
+EXTRAS = os.environ.get("GATEWAY_EXTRAS", "embedded,embedded-gpl,chat") + ",test"
 BUILT_FROM_SOURCE = {"llama-cpp-python": "0.3.36"}
 INPUTS = ["pyproject.toml", "requirements/constraints.txt", "requirements/no-deps.txt", "dev.py"]
 

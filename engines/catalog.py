@@ -39,4 +39,7 @@ CATALOG: dict[str, EngineKind] = {
     "kokoro": EngineKind("engines.embedded.kokoro:KokoroEngine", _SPEECH),
     "speech-router": EngineKind("engines.speech_router:SpeechRouter", _SPEECH),
     "llama-cpp": EngineKind("engines.embedded.llama:LlamaChatEngine", frozenset({Capability.CHAT})),
+    "step-audio-chat": EngineKind(
+        "engines.step_audio.chat:StepAudioChatEngine", frozenset({Capability.CHAT})
+    ),
 }

@@ -242,6 +242,8 @@ def registry_from_settings(settings) -> ModelRegistry:
         )
         for model_id, model in settings.models.items()
     ]
+    if settings.step_audio.enabled:
+        specs = _with_step_audio(specs, settings.step_audio)
     return ModelRegistry(
         specs,
         cache_dir=settings.engines.cache_path,
@@ -251,3 +253,32 @@ def registry_from_settings(settings) -> ModelRegistry:
         idle_unload_seconds=settings.engines.idle_unload_seconds,
         parallel_inference=settings.engines.parallel_inference,
     )
+
+
+def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
+    """Add the Step-Audio models; the OpenAI names they claim move over from the embedded
+    ones, so code written for OpenAI reaches Step-Audio unchanged."""
+    chat = ModelSpec(
+        id="step-audio-chat",
+        kind="step-audio-chat",
+        owned_by="stepfun-ai",
+        aliases=tuple(step_audio.chat_aliases),
+        options={
+            "vllm_urls": list(step_audio.vllm_urls),
+            "vllm_model": step_audio.vllm_model,
+            "api_key": step_audio.vllm_api_key,
+        },
+    )
+    claimed = {chat.id, *chat.aliases}
+    kept = [
+        ModelSpec(
+            id=spec.id,
+            kind=spec.kind,
+            owned_by=spec.owned_by,
+            aliases=tuple(a for a in spec.aliases if a not in claimed),
+            options=spec.options,
+        )
+        for spec in specs
+        if spec.id not in claimed
+    ]
+    return [*kept, chat]

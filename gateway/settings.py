@@ -61,10 +61,35 @@ class ChatSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     audio_ttl_seconds: int = 3600
 
 
+class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The GPU deployment. Empty ``model_dir`` leaves the Step-Audio models out."""
+
+    # Folder holding Step-Audio-Tokenizer/, Step-Audio-Chat/ and Step-Audio-TTS-3B/.
+    model_dir: str = ""
+    # vLLM replicas serving Step-Audio-Chat (tensor-parallel), and its served name.
+    vllm_urls: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:8001"])
+    vllm_model: str = "step-audio-chat"
+    vllm_api_key: str | None = None
+    # The model names OpenAI clients use that move to the Step-Audio models.
+    chat_aliases: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "gpt-4o-audio-preview",
+            "gpt-4o-mini-audio-preview",
+            "gpt-4o",
+            "gpt-4o-mini",
+        ]
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model_dir)
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
+    step_audio: StepAudioSettings = msgspec.field(default_factory=StepAudioSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
 
@@ -95,18 +120,41 @@ def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> None:
         node[path[-1]] = _parse_env_value(raw)
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a TOML file; ``extends = "other.toml"`` (relative to it) is read first, then
+    this file's keys override it, so a deployment file only says what differs."""
+    path = path.resolve()
+    if path in seen:
+        raise SettingsError(f"{path}: 'extends' loops back to itself")
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    return _merge(_read_tree(path.parent / str(parent), (*seen, path)), tree)
+
+
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Read settings from ``path`` (or $GATEWAY_CONFIG, or config/default.toml) plus env."""
     environ = os.environ if environ is None else environ
     config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    try:
-        tree = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SettingsError(f"config file not found: {config_path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{config_path}: {exc}") from exc
+    tree = _read_tree(config_path)
     _apply_env(tree, environ)
     try:
         return msgspec.convert(tree, Settings, strict=False)

@@ -93,3 +93,24 @@ async def test_models_load_on_demand_and_unload_when_idle(registry):
 def test_duplicate_names_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="twice"):
         ModelRegistry([ModelSpec("a", "piper", aliases=("x",)), ModelSpec("b", "kokoro", aliases=("x",))], cache_dir=tmp_path)
+
+
+def test_step_audio_config_extends_the_default_and_takes_over_the_openai_chat_names():
+    from engines.registry import registry_from_settings
+
+    settings = load_settings("config/step-audio.toml", environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": '["http://vllm:8001"]'})
+    assert settings.step_audio.model_dir == "/models" and settings.step_audio.vllm_urls == ["http://vllm:8001"]
+    assert settings.server.port == 8000 and "whisper-base" in settings.models  # inherited
+    registry = registry_from_settings(settings)
+    assert registry.canonical("gpt-4o-audio-preview") == "step-audio-chat"
+    assert registry.canonical("smollm2-135m") == "smollm2-135m"  # still reachable by its own id
+    assert registry.canonical("tts-1") == "embedded-tts"
+    default = registry_from_settings(load_settings(environ={}))
+    assert default.canonical("gpt-4o-audio-preview") == "smollm2-135m"
+
+
+def test_extends_loops_are_refused(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(SettingsError, match="loops"):
+        load_settings(tmp_path / "a.toml", environ={})

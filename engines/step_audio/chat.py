@@ -1,0 +1,215 @@
+"""Step-Audio-Chat (130B) behind vLLM, as a chat engine.
+
+The prompt is rendered by :mod:`adapters.step_audio.prompt` and completed through vLLM's
+``/v1/completions`` (:mod:`.vllm`); the streamed text goes through the incremental
+``<tool_call>`` parser, so tool markup becomes tool-call events and never reaches the
+text (or the speech made from it).
+
+Choices the reference leaves open, made here:
+
+* Sampling defaults are the reference's (temperature 0.7, top_p 0.9, max 2048 tokens)
+  when a request leaves them at OpenAI's defaults of 1.0; explicit values are sent.
+* Stops: ``<|EOT|>`` (also as token id 3, in case vLLM hides special tokens from stop
+  strings) and ``<|BOT|>`` as a safety stop, plus the request's own.
+* A named ``tool_choice`` is honoured by opening the assistant turn with
+  ``<tool_call>function\\n{name}\\n`` and constraining the arguments to the tool's schema
+  with vLLM's guided decoding: the model cannot answer otherwise. ``required`` with one
+  tool is the same; with several it opens ``<tool_call>function\\n`` and lets the model
+  name one. ``json_object``/``json_schema`` response formats use guided decoding too.
+* Log probabilities are not relayed yet (the pool streams text only): asking for them is
+  a 400 rather than a silently missing field.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import AsyncIterator
+
+from adapters.step_audio.prompt import SystemPolicy, build_prompt, strip_end_of_turn
+from adapters.step_audio.special_tokens import EOT_TOKEN_ID, STOP_STRINGS
+from adapters.step_audio.tools import (
+    FUNCTION_OUTPUT,
+    Text,
+    ToolCallArguments,
+    ToolCallBegin,
+    ToolCallEnd,
+    ToolCallParser,
+    ToolResultFormat,
+)
+
+from ..base import EngineError, InvalidInput
+from ..chat import (
+    ChatEngine,
+    ChatEvent,
+    ChatRequest,
+    Finish,
+    TextDelta,
+    ToolCallArgsDelta,
+    ToolCallStart,
+)
+from .vllm import VLLMReplicaPool
+
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_TOKENS = 2048
+_CALL_OPEN = "<tool_call>function\n"
+
+
+def new_tool_call_id() -> str:
+    import secrets
+    import string
+
+    alphabet = string.ascii_letters + string.digits
+    return "call_" + "".join(secrets.choice(alphabet) for _ in range(24))
+
+
+class StepAudioChatEngine(ChatEngine):
+    def __init__(
+        self,
+        name,
+        context,
+        *,
+        vllm_urls: list[str],
+        vllm_model: str = "step-audio-chat",
+        api_key: str | None = None,
+        system_policy: str = SystemPolicy.REQUEST.value,
+        default_system: str | None = None,
+        tool_result_role: str = FUNCTION_OUTPUT.role,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        health_interval: float = 5.0,
+    ) -> None:
+        super().__init__(name, context)
+        self.urls = list(vllm_urls)
+        self.vllm_model = vllm_model
+        self.api_key = api_key
+        self.system_policy = SystemPolicy(system_policy)
+        self.default_system = default_system
+        self.tool_result_format = ToolResultFormat(role=tool_result_role)
+        self.max_tokens = max_tokens
+        self.health_interval = health_interval
+        self.pool: VLLMReplicaPool | None = None
+
+    def load(self) -> None:  # nothing in-process: vLLM holds the model
+        pass
+
+    async def start(self) -> None:
+        self.pool = VLLMReplicaPool(
+            self.urls,
+            model=self.vllm_model,
+            api_key=self.api_key,
+            health_interval=self.health_interval,
+        )
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await pool.aclose()
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate (about four characters a token); vLLM reports exact usage."""
+        return max(1, len(text) // 4)
+
+    # ------------------------------------------------------------------ request → prompt
+
+    def _prompt(self, request: ChatRequest) -> tuple[str, str | None, dict]:
+        """The prompt, the forced tool name (if any) and vLLM extras for the request."""
+        if request.logprobs:
+            raise InvalidInput(
+                f"The model '{self.name}' does not return log probabilities.", param="logprobs"
+            )
+        mode = request.tool_choice.mode
+        tools = [] if mode == "none" else request.tools
+        try:
+            prompt = build_prompt(
+                request.messages,
+                tools=tools,
+                system_policy=self.system_policy,
+                default_system=self.default_system,
+                tool_result_format=self.tool_result_format,
+            )
+        except ValueError as exc:
+            raise InvalidInput(str(exc), param="messages") from exc
+        extra: dict = {"stop_token_ids": [EOT_TOKEN_ID]}
+        forced: str | None = None
+        if mode == "function":
+            forced = request.tool_choice.name
+        elif mode == "required" and len(tools) == 1:
+            forced = tools[0].name
+        if forced is not None:
+            spec = next(t for t in tools if t.name == forced)
+            prompt += f"{_CALL_OPEN}{forced}\n"
+            extra["guided_json"] = spec.parameters
+        elif mode == "required":
+            prompt += _CALL_OPEN
+        elif request.response_format.type == "json_schema":
+            extra["guided_json"] = request.response_format.schema
+        elif request.response_format.type == "json_object":
+            extra["guided_json"] = {"type": "object"}
+        return prompt, forced, extra
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        if self.pool is None:
+            raise EngineError(f"model {self.name!r} is not started")
+        prompt, forced, extra = self._prompt(request)
+        names = {t.name for t in request.tools}
+        parser = ToolCallParser(tool_names=names)
+        pending = ""
+        if forced is not None:
+            pending = f"{_CALL_OPEN}{forced}\n"
+        elif request.tool_choice.mode == "required" and request.tools:
+            pending = _CALL_OPEN
+        calls = 0
+        ids: dict[int, str] = {}
+        finish_reason, prompt_tokens, completion_tokens = "stop", 0, 0
+        stops = [*STOP_STRINGS, *request.stop]
+        if forced is not None:
+            stops.append("</tool_call>")
+        pieces = self.pool.stream_completion(
+            prompt,
+            max_tokens=request.max_tokens or self.max_tokens,
+            temperature=DEFAULT_TEMPERATURE if request.temperature == 1.0 else request.temperature,
+            top_p=DEFAULT_TOP_P if request.top_p == 1.0 else request.top_p,
+            stop=stops,
+            seed=request.seed,
+            extra=extra,
+        )
+        async with aclosing(pieces):
+            async for piece in pieces:
+                text = pending + piece.text
+                pending = ""
+                for event in self._events(parser.feed(text), ids):
+                    calls += isinstance(event, ToolCallStart)
+                    yield event
+                if piece.finish_reason is not None:
+                    finish_reason = piece.finish_reason
+                    prompt_tokens = piece.prompt_tokens or self.count_tokens(prompt)
+                    completion_tokens = piece.completion_tokens or 0
+        tail = parser.feed("</tool_call>") if forced is not None else []
+        for event in self._events([*tail, *parser.close()], ids):
+            calls += isinstance(event, ToolCallStart)
+            yield event
+        if calls:
+            finish_reason = "tool_calls" if finish_reason != "length" else "length"
+        elif finish_reason not in ("stop", "length"):
+            finish_reason = "stop"
+        yield Finish(finish_reason, prompt_tokens, completion_tokens)
+
+    @staticmethod
+    def _events(parsed, ids: dict[int, str]) -> list[ChatEvent]:
+        out: list[ChatEvent] = []
+        for event in parsed:
+            if isinstance(event, Text):
+                text = strip_end_of_turn(event.text)
+                if text:
+                    out.append(TextDelta(text))
+            elif isinstance(event, ToolCallBegin):
+                ids[event.index] = new_tool_call_id()
+                out.append(ToolCallStart(event.index, ids[event.index], event.name))
+            elif isinstance(event, ToolCallArguments):
+                out.append(ToolCallArgsDelta(event.index, event.fragment))
+            elif isinstance(event, ToolCallEnd) and event.error:
+                raise EngineError(f"the model wrote a malformed tool call: {event.error}")
+        return out
