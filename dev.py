@@ -60,6 +60,30 @@ def build_wheels() -> None:
         run(PYTHON, "-m", "pip", "wheel", "--no-deps", "-w", WHEELS, f"{name}=={version}")
 
 
+# Tools some tests drive, with the Debian packages that provide them.
+SYSTEM_TOOLS = {"node": "nodejs", "npm": "npm", "docker-compose": "docker-compose"}
+
+
+def ensure_test_tools() -> None:
+    """Install the system tools the tests use (Node for the Node SDK tests, a Compose CLI
+    for the compose test) when missing and this is a Debian machine we may change."""
+    import shutil
+
+    missing = [pkg for tool, pkg in SYSTEM_TOOLS.items() if not shutil.which(tool)]
+    if "docker-compose" in missing and shutil.which("docker"):
+        if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+            missing.remove("docker-compose")
+    if not missing:
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        say(f"missing system tools for some tests: {', '.join(missing)} (install them)")
+        return
+    say(f"installing {', '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", *missing, env=env)
+
+
 def ensure_environment() -> None:
     if sys.version_info < (3, 11):
         sys.exit("step-audio-gateway needs Python 3.11 or newer")
@@ -94,6 +118,7 @@ def main(argv: list[str]) -> int:
     if command == "serve":
         args = [str(BIN / "step-audio-gateway"), "serve", *rest]
     else:
+        ensure_test_tools()
         args = [str(PYTHON), "-m", "pytest", *rest]
     os.chdir(ROOT)
     os.execve(args[0], args, env)
