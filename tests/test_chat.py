@@ -154,7 +154,7 @@ def test_parallel_tool_calls_false_gives_one_call(openai_client):
 def test_json_schema_response_format(openai_client):
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
     response = openai_client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], max_tokens=80,
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], max_tokens=200, temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     jsonschema.validate(json.loads(response.choices[0].message.content), schema)
 

@@ -544,7 +544,8 @@ async def test_json_schema_response_format(engine):
     request = ChatRequest(
         user("Describe a person called Ann who is 31 years old."),
         response_format=ResponseFormat.json_schema(PERSON),
-        max_tokens=100,
+        temperature=0,
+        max_tokens=200,
     )
     events = await collect(engine, request)
     assert events[-1].reason == "stop"
