@@ -11,45 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import sys
-import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-
-from gateway.app import create_app  # noqa: E402
-from gateway.settings import load_settings  # noqa: E402
+import httpx
+from _server import start_server
 
 QUESTION = "Tell me three facts about the ocean."
-
-
-def start_server():
-    settings = load_settings()
-    settings.engines.preload = ["tts-1", "whisper-1", "gpt-4o-mini"]
-    settings.server.log_level = "warning"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/ready").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server did not start")
 
 
 def run_once(client: httpx.Client, audio: bool, max_tokens: int) -> dict:
@@ -97,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=120)
     args = parser.parse_args()
-    server, url = start_server()
+    server, url = start_server(["tts-1", "whisper-1", "gpt-4o-mini"])
     client = httpx.Client(base_url=url, timeout=300)
     run_once(client, True, 10)  # warm-up
     print(

@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
-import sys
-import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+from _server import start_server
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-
-from adapters.audio.decode import decode_audio  # noqa: E402
-from gateway.app import create_app  # noqa: E402
-from gateway.settings import load_settings  # noqa: E402
+from adapters.audio.decode import decode_audio
 
 FIVE_SENTENCES = {
     "en": (
@@ -51,28 +42,6 @@ ENGINES = [
     ("kokoro (jf_alpha, English)", "jf_alpha", "en"),
 ]
 FORMATS = ["pcm", "wav", "mp3", "opus", "aac", "flac"]
-
-
-def start_server():
-    settings = load_settings()
-    settings.engines.preload = ["tts-1", "whisper-1", "whisper-tiny.en"]
-    settings.server.log_level = "warning"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/ready").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server did not start")
 
 
 def timed_speech(
@@ -104,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    server, url = start_server()
+    server, url = start_server(["tts-1", "whisper-1", "whisper-tiny.en"])
     client = httpx.Client(base_url=url, timeout=300)
     for _, voice, lang in ENGINES:  # warm up every engine once
         timed_speech(client, voice, "Warm up.", "pcm")

@@ -224,3 +224,13 @@ class ChatEngine(Engine):
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` is for this model (no special tokens added)."""
+
+
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_tool_call_id() -> str:
+    """A fresh id in OpenAI's shape (``call_`` and 24 letters and digits)."""
+    import secrets
+
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))

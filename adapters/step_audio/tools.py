@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass
 from typing import Collection, Protocol, Sequence, Union
 
+from ..text.holdback import partial_marker_length
 from .special_tokens import turn
 
 TOOL_SCHEMAS_ROLE = "tool_json_schemas"
@@ -180,17 +181,6 @@ ParserEvent = Union[Text, ToolCallBegin, ToolCallArguments, ToolCallEnd]
 _TEXT, _HEADER, _ARGS, _SKIP = "text", "header", "args", "skip"
 
 
-def _partial_tag_length(text: str, tags: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that is a proper prefix of one of ``tags``."""
-    longest = 0
-    for tag in tags:
-        for size in range(min(len(tag) - 1, len(text)), longest, -1):
-            if text.endswith(tag[:size]):
-                longest = size
-                break
-    return longest
-
-
 def _arguments_error(arguments: str) -> str | None:
     try:
         value = json.loads(arguments)
@@ -257,7 +247,7 @@ class ToolCallParser:
         buffer = self._buffer
         opened, closed = buffer.find(CALL_OPEN), buffer.find(CALL_CLOSE)
         if opened == -1 and closed == -1:
-            keep = 0 if final else _partial_tag_length(buffer, (CALL_OPEN, CALL_CLOSE))
+            keep = 0 if final else partial_marker_length(buffer, (CALL_OPEN, CALL_CLOSE))
             self._emit_text(events, buffer[: len(buffer) - keep])
             self._buffer = buffer[len(buffer) - keep :]
             return False
@@ -318,7 +308,7 @@ class ToolCallParser:
             return False
         # Hold back a possible partial </tool_call>, and trailing whitespace, which is
         # only part of the arguments if more arguments follow it.
-        ready = buffer[: len(buffer) - _partial_tag_length(buffer, (CALL_CLOSE,))].rstrip()
+        ready = buffer[: len(buffer) - partial_marker_length(buffer, (CALL_CLOSE,))].rstrip()
         self._emit_arguments(events, ready)
         self._buffer = buffer[len(ready) :]
         return False
@@ -332,7 +322,7 @@ class ToolCallParser:
             self.dropped.append(DroppedCall("".join(self._skipped), self._skip_reason))
             self._state = _TEXT
             return True
-        keep = 0 if final else _partial_tag_length(buffer, (CALL_CLOSE,))
+        keep = 0 if final else partial_marker_length(buffer, (CALL_CLOSE,))
         self._skipped.append(buffer[: len(buffer) - keep])
         self._buffer = buffer[len(buffer) - keep :]
         if final:

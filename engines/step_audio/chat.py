@@ -46,6 +46,7 @@ from ..chat import (
     TextDelta,
     ToolCallArgsDelta,
     ToolCallStart,
+    new_tool_call_id,
 )
 from .vllm import VLLMReplicaPool
 
@@ -53,14 +54,6 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 2048
 _CALL_OPEN = "<tool_call>function\n"
-
-
-def new_tool_call_id() -> str:
-    import secrets
-    import string
-
-    alphabet = string.ascii_letters + string.digits
-    return "call_" + "".join(secrets.choice(alphabet) for _ in range(24))
 
 
 class StepAudioChatEngine(ChatEngine):
