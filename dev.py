@@ -122,7 +122,11 @@ SA_NO_DEPS = [
     "requirements/step-audio-tts-no-deps.txt",
     "requirements/step-audio-tokenizer-no-deps.txt",
 ]
-SA_TESTS = ["tests/engines/test_step_audio_tokenizer.py", "tests/engines/test_step_audio_tts.py"]
+SA_TESTS = [
+    "tests/engines/test_step_audio_tokenizer.py",
+    "tests/engines/test_step_audio_tts.py",
+    "tests/engines/test_step_audio_deployment.py",
+]
 
 
 def ensure_step_audio_environment() -> None:

@@ -26,6 +26,7 @@ class Capability(str, enum.Enum):
     TRANSLATION = "translation"
     SPEECH = "speech"
     CHAT = "chat"
+    AUDIO_TOKENS = "audio_tokens"  # speech -> discrete codes (the Step-Audio tokenizer)
 
 
 # --------------------------------------------------------------------------- errors

@@ -39,6 +39,10 @@ CATALOG: dict[str, EngineKind] = {
     "kokoro": EngineKind("engines.embedded.kokoro:KokoroEngine", _SPEECH),
     "speech-router": EngineKind("engines.speech_router:SpeechRouter", _SPEECH),
     "llama-cpp": EngineKind("engines.embedded.llama:LlamaChatEngine", frozenset({Capability.CHAT})),
+    "step-audio-tokenizer": EngineKind(
+        "engines.step_audio.tokenizer:StepAudioTokenizer", frozenset({Capability.AUDIO_TOKENS})
+    ),
+    "step-audio-tts": EngineKind("engines.step_audio.tts:StepAudioTTS", _SPEECH),
     "step-audio-chat": EngineKind(
         "engines.step_audio.chat:StepAudioChatEngine", frozenset({Capability.CHAT})
     ),

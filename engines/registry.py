@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Mapping
 
 import anyio
@@ -258,6 +259,26 @@ def registry_from_settings(settings) -> ModelRegistry:
 def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
     """Add the Step-Audio models; the OpenAI names they claim move over from the embedded
     ones, so code written for OpenAI reaches Step-Audio unchanged."""
+    root = Path(step_audio.model_dir).expanduser()
+    tokenizer = ModelSpec(
+        id="step-audio-tokenizer",
+        kind="step-audio-tokenizer",
+        owned_by="stepfun-ai",
+        options={"model_dir": str(root / "Step-Audio-Tokenizer"), **step_audio.tokenizer_options},
+    )
+    tts = ModelSpec(
+        id="step-audio-tts-3b",
+        kind="step-audio-tts",
+        owned_by="stepfun-ai",
+        aliases=tuple(step_audio.speech_aliases),
+        options={
+            "model_path": str(root / "Step-Audio-TTS-3B"),
+            "speakers_dir": step_audio.speakers_dir or str(root / "speakers"),
+            "tokenizer_model": tokenizer.id,
+            "aliases": dict(step_audio.voices),
+            **step_audio.tts_options,
+        },
+    )
     chat = ModelSpec(
         id="step-audio-chat",
         kind="step-audio-chat",
@@ -269,7 +290,8 @@ def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
             "api_key": step_audio.vllm_api_key,
         },
     )
-    claimed = {chat.id, *chat.aliases}
+    added = [tokenizer, tts, chat]
+    claimed = {name for spec in added for name in (spec.id, *spec.aliases)}
     kept = [
         ModelSpec(
             id=spec.id,
@@ -281,4 +303,4 @@ def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
         for spec in specs
         if spec.id not in claimed
     ]
-    return [*kept, chat]
+    return [*kept, *added]

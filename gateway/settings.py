@@ -70,7 +70,37 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     vllm_urls: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:8001"])
     vllm_model: str = "step-audio-chat"
     vllm_api_key: str | None = None
+    # The speakers folder of the Step-Audio repository (speakers_info.json and
+    # {id}_prompt.wav); default: <model_dir>/speakers.
+    speakers_dir: str = ""
+    # OpenAI voice names -> Step-Audio speakers (upstream ships one voice, Tingting).
+    voices: dict[str, str] = msgspec.field(
+        default_factory=lambda: {
+            name: "Tingting"
+            for name in (
+                "alloy",
+                "ash",
+                "ballad",
+                "coral",
+                "echo",
+                "fable",
+                "nova",
+                "onyx",
+                "sage",
+                "shimmer",
+                "verse",
+                "marin",
+                "cedar",
+            )
+        }
+    )
+    # Extra engine options (device, max_new_tokens, cpu_threads, ...).
+    tokenizer_options: dict[str, Any] = {}
+    tts_options: dict[str, Any] = {}
     # The model names OpenAI clients use that move to the Step-Audio models.
+    speech_aliases: list[str] = msgspec.field(
+        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+    )
     chat_aliases: list[str] = msgspec.field(
         default_factory=lambda: [
             "gpt-4o-audio-preview",

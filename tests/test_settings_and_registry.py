@@ -95,7 +95,7 @@ def test_duplicate_names_are_rejected(tmp_path):
         ModelRegistry([ModelSpec("a", "piper", aliases=("x",)), ModelSpec("b", "kokoro", aliases=("x",))], cache_dir=tmp_path)
 
 
-def test_step_audio_config_extends_the_default_and_takes_over_the_openai_chat_names():
+def test_step_audio_config_extends_the_default_and_takes_over_the_openai_names():
     from engines.registry import registry_from_settings
 
     settings = load_settings("config/step-audio.toml", environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": '["http://vllm:8001"]'})
@@ -104,7 +104,9 @@ def test_step_audio_config_extends_the_default_and_takes_over_the_openai_chat_na
     registry = registry_from_settings(settings)
     assert registry.canonical("gpt-4o-audio-preview") == "step-audio-chat"
     assert registry.canonical("smollm2-135m") == "smollm2-135m"  # still reachable by its own id
-    assert registry.canonical("tts-1") == "embedded-tts"
+    assert registry.canonical("tts-1") == "step-audio-tts-3b"
+    assert registry.canonical("kokoro-82m") == "kokoro-82m"  # embedded voices stay reachable
+    assert registry.card("step-audio-tokenizer").target == "step-audio-tokenizer"
     default = registry_from_settings(load_settings(environ={}))
     assert default.canonical("gpt-4o-audio-preview") == "smollm2-135m"
 

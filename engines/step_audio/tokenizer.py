@@ -60,7 +60,7 @@ import numpy as np
 from adapters.audio.pcm import resample
 from adapters.step_audio.audio_tokens import LINGUISTIC_CODEBOOK_SIZE, audio_token_string
 
-from ..base import Engine, EngineError, EngineUnavailable, InvalidInput
+from ..base import Capability, Engine, EngineError, EngineUnavailable, InvalidInput
 
 PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 CENTROIDS_FILE = "linguistic_tokenizer.npy"
@@ -100,6 +100,8 @@ class AudioTokens:
 
 class StepAudioTokenizer(Engine):
     """The Step-Audio audio tokenizer as an engine the chat path calls for audio input."""
+
+    capabilities = frozenset({Capability.AUDIO_TOKENS})
 
     def __init__(
         self,
@@ -278,6 +280,11 @@ class StepAudioTokenizer(Engine):
         """Codes and prompt text for mono float audio at ``sample_rate`` (any rate)."""
         samples = _checked(audio, sample_rate)
         return await self.worker.run(self._tokenize, samples, sample_rate)
+
+    def prompt_codes(self, audio: np.ndarray, sample_rate: int) -> AudioTokens:
+        """Blocking tokenisation for another engine's worker thread (the TTS computes its
+        speakers' prompt codes with it while it loads or registers a voice)."""
+        return self._tokenize(_checked(audio, sample_rate), sample_rate)
 
     async def token_string(self, audio: np.ndarray, sample_rate: int) -> str:
         """Just the ``<audio_N>`` text, what upstream's ``StepAudioTokenizer.__call__`` returns."""

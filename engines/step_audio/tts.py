@@ -58,6 +58,7 @@ import json
 import re
 import sys
 import threading
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -76,6 +77,7 @@ from adapters.voices import VoiceNotFound
 
 from ..base import (
     AudioChunk,
+    Capability,
     EngineUnavailable,
     InvalidInput,
     SpeechEngine,
@@ -423,6 +425,7 @@ class StepAudioTTS(SpeechEngine):
         model_path: str,
         speakers_dir: str,
         prompt_coder: Any = None,
+        tokenizer_model: str | None = None,
         aliases: dict[str, str] | None = None,
         device: str | None = None,
         max_length: int = MAX_LENGTH,
@@ -435,6 +438,8 @@ class StepAudioTTS(SpeechEngine):
         self.model_path = Path(model_path)
         self.speakers_dir = Path(speakers_dir)
         self.prompt_coder = prompt_coder
+        self.tokenizer_model = tokenizer_model
+        self._tokenizer_hold: AsyncExitStack | None = None
         self.aliases = dict(aliases or {})
         self.device_name = device
         self.max_length = max_length
@@ -455,6 +460,31 @@ class StepAudioTTS(SpeechEngine):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
+
+    async def start(self) -> None:
+        """Borrow the tokenizer model from the registry (for the speakers' prompt codes),
+        then load; the tokenizer stays loaded while this engine is."""
+        if self.prompt_coder is None and self.tokenizer_model:
+            stack = AsyncExitStack()
+            self.prompt_coder = await stack.enter_async_context(
+                self.context.registry.use(self.tokenizer_model, Capability.AUDIO_TOKENS)
+            )
+            self._tokenizer_hold = stack
+        try:
+            await super().start()
+        except BaseException:
+            await self._release_tokenizer()
+            raise
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._release_tokenizer()
+
+    async def _release_tokenizer(self) -> None:
+        if self._tokenizer_hold is not None:
+            stack, self._tokenizer_hold = self._tokenizer_hold, None
+            self.prompt_coder = None
+            await stack.aclose()
 
     def load(self) -> None:
         try:

@@ -1,0 +1,117 @@
+"""One setting brings up the Step-Audio pipeline: tokenizer, TTS-3B and the vLLM chat LM.
+
+The model folders are tiny random-weight replicas in the real layout (the real weights
+cannot be downloaded here) and vLLM is the fake replica of test_vllm_pool.py; everything
+else is the real gateway configured by config/step-audio.toml plus ``model_dir``, driven
+with the official openai SDK. The TTS computes its speaker's prompt codes with the real
+tokenizer engine, borrowed from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+pytest.importorskip("torch")
+pytest.importorskip("funasr")
+pytest.importorskip("cosyvoice.flow.flow")
+
+from openai import AsyncOpenAI  # noqa: E402
+
+from engines.registry import registry_from_settings  # noqa: E402
+from gateway.app import create_app  # noqa: E402
+from gateway.settings import load_settings  # noqa: E402
+from tests.audio_utils import stream_info  # noqa: E402
+from tests.engines.test_step_audio_tokenizer import build_replica as build_tokenizer  # noqa: E402
+from tests.engines.test_step_audio_tts import wav_bytes, write_cosyvoice, write_lm  # noqa: E402
+from tests.engines.test_vllm_pool import FakeVLLM  # noqa: E402
+
+
+def build_model_dir(root):
+    tokenizer = root / "Step-Audio-Tokenizer"
+    tokenizer.mkdir(parents=True)
+    build_tokenizer(tokenizer, root / ".build")
+    tts = root / "Step-Audio-TTS-3B"
+    tts.mkdir()
+    write_lm(tts)
+    write_cosyvoice(tts / "CosyVoice-300M-25Hz", seed=1)
+    write_cosyvoice(tts / "CosyVoice-300M-25Hz-Music", seed=2)
+    speakers = root / "speakers"
+    speakers.mkdir()
+    (speakers / "speakers_info.json").write_text(json.dumps({"Tingting": "Hello there."}))
+    (speakers / "Tingting_prompt.wav").write_bytes(wav_bytes(1.0, 44_100))
+    return root
+
+
+@pytest.fixture
+async def gateway(tmp_path):
+    root = build_model_dir(tmp_path / "models")
+    vllm = await FakeVLLM().start()
+    vllm.tokens = ["Hello", " there.", " Nice", " to meet you."]
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={
+            "GATEWAY__STEP_AUDIO__MODEL_DIR": str(root),
+            "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([vllm.url]),
+            "GATEWAY__STEP_AUDIO__TOKENIZER_OPTIONS": '{device = "cpu", cpu_threads = 1}',
+            "GATEWAY__STEP_AUDIO__TTS_OPTIONS": '{device = "cpu", max_new_tokens = 24}',
+            "GATEWAY__ENGINES__PRELOAD": '["tts-1", "gpt-4o"]',
+            "GATEWAY__ENGINES__CACHE_DIR": str(tmp_path / "cache"),
+        },
+    )
+    app = create_app(settings, registry_from_settings(settings), configure_logs=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                response = await client.get(url + "/ready")
+                if response.status_code == 200:
+                    break
+                if "failed" in response.text:
+                    raise AssertionError(response.text)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    yield url, vllm
+    server.should_exit = True
+    thread.join(timeout=20)
+    await vllm.stop()
+
+
+async def test_one_setting_serves_speech_and_spoken_chat_from_step_audio(gateway):
+    url, vllm = gateway
+    ready = httpx.get(url + "/ready").json()
+    assert {"step-audio-tts-3b", "step-audio-tokenizer", "step-audio-chat"} <= set(ready["models"])
+    client = AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+
+    speech = await client.audio.speech.create(
+        model="tts-1", voice="alloy", input="Hello there. How are you?", response_format="wav"
+    )
+    assert stream_info(speech.content) == ("pcm_s16le", 24000, 1)  # 22.05 kHz resampled
+    assert len(speech.content) > 1000
+
+    reply = await client.chat.completions.create(
+        model="gpt-4o-audio-preview",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "Hi!"}],
+    )
+    audio = reply.choices[0].message.audio
+    assert audio.transcript == "Hello there. Nice to meet you."
+    import base64
+
+    assert base64.b64decode(audio.data)[:4] == b"RIFF"
+    assert vllm.requests[-1]["prompt"].endswith("<|BOT|>human\nHi!<|EOT|><|BOT|>assistant\n")
