@@ -41,7 +41,9 @@ class ChatMessage:
     """One turn. ``role`` is ``system``, ``user``, ``assistant`` or ``tool``.
 
     ``content`` may be None on an assistant turn that only calls tools. A ``tool`` turn
-    carries the result of the call named by ``tool_call_id``.
+    carries the result of the call named by ``tool_call_id``. ``audio_tokens`` is set on the
+    current user turn for engines that read speech as discrete tokens
+    (:attr:`ChatEngine.accepts_audio_tokens`); ``content`` then holds its transcript, if known.
     """
 
     role: str
@@ -49,6 +51,7 @@ class ChatMessage:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
+    audio_tokens: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,10 @@ class ContextOverflow(InvalidInput):
 
 class ChatEngine(Engine):
     capabilities = frozenset({Capability.CHAT})
+
+    #: True when the engine reads the current user turn's speech as ``<audio_N>`` tokens
+    #: (Step-Audio); otherwise the gateway hands it a transcript.
+    accepts_audio_tokens: bool = False
 
     @abc.abstractmethod
     def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:

@@ -55,6 +55,9 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ChatSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Turns input_audio into text for chat engines that take text (the embedded ones).
     input_audio_model: str = "whisper-1"
+    # Turns the current user's input_audio into <audio_N> tokens for chat engines that read
+    # speech directly (Step-Audio).
+    input_audio_tokenizer: str = "step-audio-tokenizer"
     # Voices replies when a request asks for the audio modality.
     speech_model: str = "tts-1"
     # How long a spoken reply stays resolvable by its audio id.

@@ -25,7 +25,12 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import AsyncIterator
 
-from adapters.step_audio.prompt import SystemPolicy, build_prompt, strip_end_of_turn
+from adapters.step_audio.prompt import (
+    SpokenTurn,
+    SystemPolicy,
+    build_prompt,
+    strip_end_of_turn,
+)
 from adapters.step_audio.special_tokens import EOT_TOKEN_ID, STOP_STRINGS
 from adapters.step_audio.tools import (
     FUNCTION_OUTPUT,
@@ -56,7 +61,17 @@ DEFAULT_MAX_TOKENS = 2048
 _CALL_OPEN = "<tool_call>function\n"
 
 
+def _spoken(message):
+    """A user turn carrying audio tokens is a SpokenTurn for the prompt builder (sent as
+    audio while it is the current turn, as its transcript once it is history)."""
+    if message.audio_tokens:
+        return SpokenTurn(message.audio_tokens, transcript=message.content)
+    return message
+
+
 class StepAudioChatEngine(ChatEngine):
+    accepts_audio_tokens = True
+
     def __init__(
         self,
         name,
@@ -115,7 +130,7 @@ class StepAudioChatEngine(ChatEngine):
         tools = [] if mode == "none" else request.tools
         try:
             prompt = build_prompt(
-                request.messages,
+                [_spoken(message) for message in request.messages],
                 tools=tools,
                 system_policy=self.system_policy,
                 default_system=self.default_system,

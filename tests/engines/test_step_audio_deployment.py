@@ -115,3 +115,30 @@ async def test_one_setting_serves_speech_and_spoken_chat_from_step_audio(gateway
 
     assert base64.b64decode(audio.data)[:4] == b"RIFF"
     assert vllm.requests[-1]["prompt"].endswith("<|BOT|>human\nHi!<|EOT|><|BOT|>assistant\n")
+
+
+async def test_spoken_question_reaches_step_audio_chat_as_audio_tokens(gateway):
+    """The current user turn's audio is tokenised (not transcribed) into <audio_N> tokens:
+    2 linguistic then 3 semantic codes, as the human turn of the prompt."""
+    import base64
+    import re
+
+    url, vllm = gateway
+    client = AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+    question = wav_bytes(2.0, 16_000)
+    reply = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Listen:"},
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(question).decode(), "format": "wav"}},
+        ]}],
+    )
+    assert reply.choices[0].message.content == "Hello there. Nice to meet you."
+    assert reply.usage.prompt_tokens_details.audio_tokens > 0
+    prompt = vllm.requests[-1]["prompt"]
+    assert prompt.startswith("<|BOT|>human\nListen:<|EOT|><|BOT|>human\n<audio_")
+    values = [int(n) for n in re.findall(r"<audio_(\d+)>", prompt)]
+    assert len(values) % 5 == 0 and 70 <= len(values) <= 90  # ~41.67 tokens/s for 2 s
+    for start in range(0, len(values), 5):
+        assert all(v < 1024 for v in values[start : start + 2])
+        assert all(1024 <= v < 5120 for v in values[start + 2 : start + 5])

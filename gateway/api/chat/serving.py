@@ -72,7 +72,7 @@ from .protocol import (
     Usage,
     UserMessage,
 )
-from .voice import SpokenReply, TranscribingInput
+from .voice import SpokenReply, TokenizingInput, TranscribingInput
 
 
 @dataclass
@@ -188,6 +188,16 @@ class ChatService:
 
     async def _messages(self, wire: CreateChatCompletionRequest) -> tuple[list[ChatMessage], float]:
         transcriber = TranscribingInput(self.registry, self.settings.input_audio_model)
+        tokenizer = None
+        if any(
+            isinstance(m, UserMessage) and not isinstance(m.content, str) for m in wire.messages
+        ):
+            async with self.registry.use(wire.model, Capability.CHAT) as engine:
+                if getattr(engine, "accepts_audio_tokens", False):
+                    tokenizer = TokenizingInput(self.registry, self.settings.input_audio_tokenizer)
+        last_user = max(
+            (i for i, m in enumerate(wire.messages) if isinstance(m, UserMessage)), default=-1
+        )
         messages: list[ChatMessage] = []
         audio_seconds = 0.0
         for i, message in enumerate(wire.messages):
@@ -198,16 +208,19 @@ class ChatService:
                 if isinstance(message.content, str):
                     messages.append(ChatMessage("user", message.content, name=message.name))
                     continue
-                pieces = []
+                # Only the current user turn reaches an audio-reading engine as tokens;
+                # earlier spoken turns are history and go as transcripts (reference §8).
+                stage = tokenizer if tokenizer is not None and i == last_user else transcriber
+                pieces, tokens = [], []
                 for j, part in enumerate(message.content):
                     if isinstance(part, TextPart):
                         pieces.append(part.text)
                     elif isinstance(part, InputAudioPart):
-                        prepared = await transcriber.prepare(
+                        prepared = await stage.prepare(
                             part.input_audio.data, f"{where}.content[{j}].input_audio.data"
                         )
                         audio_seconds += prepared.seconds
-                        pieces.append(prepared.text)
+                        (tokens if stage is tokenizer else pieces).append(prepared.text)
                     else:
                         kind = "image" if isinstance(part, ImageUrlPart) else "file"
                         raise InvalidRequest(
@@ -215,9 +228,16 @@ class ChatService:
                             param=f"{where}.content[{j}]",
                             code="unsupported_content",
                         )
-                messages.append(
-                    ChatMessage("user", "\n".join(p for p in pieces if p), name=message.name)
-                )
+                text = "\n".join(p for p in pieces if p)
+                if tokens:
+                    # Step-Audio takes text or audio in a turn, not both: text goes first.
+                    if text:
+                        messages.append(ChatMessage("user", text, name=message.name))
+                    messages.append(
+                        ChatMessage("user", None, name=message.name, audio_tokens="".join(tokens))
+                    )
+                else:
+                    messages.append(ChatMessage("user", text, name=message.name))
             elif isinstance(message, AssistantMessage):
                 messages.append(await self._assistant(message, where))
             elif isinstance(message, ToolMessage):

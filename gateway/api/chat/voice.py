@@ -25,6 +25,7 @@ from adapters.text.language import detect_language
 from adapters.text.sentences import SentenceBuffer
 from engines.base import (
     Capability,
+    InvalidInput,
     SpeechEngine,
     SpeechRequest,
     TranscriptionEngine,
@@ -41,6 +42,19 @@ class PreparedAudio:
     seconds: float
 
 
+async def _decode(data_b64: str, param: str, sample_rate: int):
+    try:
+        data = base64.b64decode(data_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("The audio data is not valid base64.", param=param) from None
+    try:
+        return await anyio.to_thread.run_sync(decode_audio, data, sample_rate)
+    except AudioDecodeError as exc:
+        raise InvalidRequest(
+            f"{exc} Send wav or mp3 audio as base64.", param=param, code="invalid_audio"
+        ) from None
+
+
 class TranscribingInput:
     """Input audio → text, with the configured transcription model."""
 
@@ -49,21 +63,31 @@ class TranscribingInput:
         self.model = model
 
     async def prepare(self, data_b64: str, param: str) -> PreparedAudio:
-        try:
-            data = base64.b64decode(data_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("The audio data is not valid base64.", param=param) from None
         async with self.registry.use(self.model, Capability.TRANSCRIPTION) as engine:
             assert isinstance(engine, TranscriptionEngine)
-            try:
-                audio = await anyio.to_thread.run_sync(decode_audio, data, engine.sample_rate)
-            except AudioDecodeError as exc:
-                raise InvalidRequest(
-                    f"{exc} Send wav or mp3 audio as base64.", param=param, code="invalid_audio"
-                ) from None
+            audio = await _decode(data_b64, param, engine.sample_rate)
             stream = await engine.transcribe(audio, TranscriptionOptions())
             text = "".join([segment.text async for segment in stream.segments]).strip()
         return PreparedAudio(text=text, seconds=len(audio) / engine.sample_rate)
+
+
+class TokenizingInput:
+    """Input audio → ``<audio_N>`` tokens, for chat engines that read speech (Step-Audio)."""
+
+    sample_rate = 16_000
+
+    def __init__(self, registry: ModelRegistry, model: str) -> None:
+        self.registry = registry
+        self.model = model
+
+    async def prepare(self, data_b64: str, param: str) -> PreparedAudio:
+        audio = await _decode(data_b64, param, self.sample_rate)
+        async with self.registry.use(self.model, Capability.AUDIO_TOKENS) as engine:
+            try:
+                tokens = await engine.tokenize(audio, self.sample_rate)
+            except InvalidInput as exc:
+                raise InvalidRequest(exc.message, param=param, code="invalid_audio") from None
+        return PreparedAudio(text=tokens.text, seconds=len(audio) / self.sample_rate)
 
 
 class SpokenReply:
