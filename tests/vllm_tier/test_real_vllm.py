@@ -248,6 +248,102 @@ async def test_time_to_first_token_through_the_pool_against_direct(vllm_cluster:
     assert p - d < 0.1, (pooled, direct)
 
 
+async def _ttft_gateway(client: httpx.AsyncClient, url: str, question: str) -> float:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": question}],
+        "stream": True,
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    sent = time.monotonic()
+    first: float | None = None
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data: {"):
+                chunk = msgspec.json.decode(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.monotonic() - sent
+    assert first is not None
+    return first
+
+
+async def test_time_to_first_token_through_the_gateway_against_direct(
+    vllm_cluster: Cluster, tmp_path
+) -> None:
+    """The whole gateway (HTTP, chat service, Step-Audio prompt, pool) in front of one real
+    vLLM, against the same prompt sent straight to that vLLM."""
+    import json
+    import threading
+
+    import uvicorn
+
+    from adapters.step_audio.prompt import build_prompt
+    from engines.chat import ChatMessage
+    from engines.registry import registry_from_settings
+    from gateway.app import create_app
+    from gateway.settings import load_settings
+
+    from .conftest import free_port
+
+    replica = vllm_cluster.replicas[0]
+    question = "Tell me about lighthouses."
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={
+            "GATEWAY__STEP_AUDIO__MODEL_DIR": str(tmp_path),
+            "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url]),
+            "GATEWAY__STEP_AUDIO__VLLM_MODEL": vllm_cluster.model,
+            "GATEWAY__ENGINES__PRELOAD": '["gpt-4o"]',
+        },
+    )
+    app = create_app(settings, registry_from_settings(settings), configure_logs=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    body = {
+        "model": vllm_cluster.model,
+        "prompt": build_prompt([ChatMessage("user", question)]),
+        "stream": True,
+        "max_tokens": 8,
+        "stop": ["<|EOT|>", "<|BOT|>"],
+        **GREEDY,
+    }
+    direct: list[float] = []
+    through: list[float] = []
+    try:
+        async with asyncio.timeout(180), httpx.AsyncClient(trust_env=False, timeout=60) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get(url + "/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            await _ttft_direct(client, replica.url, body)  # warm up both paths
+            await _ttft_gateway(client, url, question)
+            for i in range(7):
+                if i % 2:
+                    direct.append(await _ttft_direct(client, replica.url, body))
+                    through.append(await _ttft_gateway(client, url, question))
+                else:
+                    through.append(await _ttft_gateway(client, url, question))
+                    direct.append(await _ttft_direct(client, replica.url, body))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    d, g = statistics.median(direct), statistics.median(through)
+    report(
+        f"time to first token, median of 7 (same vLLM, same Step-Audio prompt): through the "
+        f"gateway's /v1/chat/completions {g * 1000:.1f} ms, direct /v1/completions "
+        f"{d * 1000:.1f} ms, difference {(g - d) * 1000:+.1f} ms"
+    )
+    assert g - d < 0.25, (through, direct)
+
+
 async def test_failover_when_a_replica_is_killed(vllm_cluster: Cluster) -> None:
     """SIGKILL one server: a stream it was serving fails; new requests go to the other."""
     async with asyncio.timeout(180):
