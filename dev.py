@@ -110,6 +110,9 @@ def ensure_environment() -> None:
         "-c", ROOT / "requirements/constraints.txt", "-e", f".[{EXTRAS}]",
     )
     run(*pip, "install", "--quiet", "--no-deps", "-r", ROOT / "requirements/no-deps.txt")
+    if "step-audio" in EXTRAS.split(","):
+        no_deps = [arg for name in SA_NO_DEPS for arg in ("-r", ROOT / name)]
+        run(*pip, "install", "--quiet", "--no-deps", *no_deps)
     STAMP.write_text(fingerprint + "\n")
     say("environment ready")
 

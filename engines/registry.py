@@ -288,6 +288,9 @@ def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
             "vllm_urls": list(step_audio.vllm_urls),
             "vllm_model": step_audio.vllm_model,
             "api_key": step_audio.vllm_api_key,
+            "system_policy": step_audio.system_policy,
+            "default_system": step_audio.default_system,
+            "tool_result_role": step_audio.tool_result_role,
         },
     )
     added = [tokenizer, tts, chat]

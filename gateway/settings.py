@@ -73,6 +73,13 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     vllm_urls: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:8001"])
     vllm_model: str = "step-audio-chat"
     vllm_api_key: str | None = None
+    # Which system prompt Step-Audio-Chat sees: "request" (only the request's, as
+    # upstream's stepaudio.py), "default_if_missing" (default_system when the request has
+    # none, as the HF/vLLM template), "default" (always default_system) or "combine".
+    system_policy: str = "request"
+    default_system: str | None = None
+    # Role name of tool-result turns: "function_output" (Step-Audio 2's vLLM template).
+    tool_result_role: str = "function_output"
     # The speakers folder of the Step-Audio repository (speakers_info.json and
     # {id}_prompt.wav); default: <model_dir>/speakers.
     speakers_dir: str = ""

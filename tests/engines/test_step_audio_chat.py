@@ -176,3 +176,30 @@ async def test_logprobs_are_refused_with_a_400(deployment):
     with pytest.raises(openai.BadRequestError) as caught:
         await client_for(url).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], logprobs=True)
     assert caught.value.param == "logprobs"
+
+
+async def test_system_prompt_policy_is_a_setting(tmp_path):
+    """default_if_missing injects the configured system prompt, as the HF/vLLM template does."""
+    replica = await FakeVLLM().start()
+    try:
+        settings = load_settings(
+            "config/step-audio.toml",
+            environ={
+                "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url]),
+                "GATEWAY__STEP_AUDIO__SYSTEM_POLICY": "default_if_missing",
+                "GATEWAY__STEP_AUDIO__DEFAULT_SYSTEM": "You are a helpful assistant.",
+            },
+        )
+        registry = registry_from_settings(settings)
+        from engines.base import Capability
+        from engines.chat import ChatRequest
+
+        async with registry.use("gpt-4o", Capability.CHAT) as engine:
+            events = [e async for e in engine.generate(ChatRequest([ChatMessage("user", "Hi")]))]
+        assert events[-1].reason == "stop"
+        assert replica.requests[-1]["prompt"].startswith(
+            "<|BOT|>system\nYou are a helpful assistant.<|EOT|><|BOT|>human\nHi<|EOT|>"
+        )
+        await registry.close()
+    finally:
+        await replica.stop()
