@@ -157,6 +157,10 @@ class SpeechEngine(Engine):
     def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
         """Yield audio sentence by sentence, as soon as each is ready."""
 
+    async def register_voice(self, name: str, wav_bytes: bytes, transcript: str) -> VoiceInfo:
+        """Clone a voice from a recording and its exact transcript, where the model can."""
+        raise InvalidInput(f"The model '{self.name}' cannot clone voices.", param="model")
+
 
 # --------------------------------------------------------------------------- transcription
 

@@ -28,7 +28,7 @@ from .api.health.router import health, ready
 from .api.models.router import list_models, retrieve_model
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
-from .api.voices.router import list_voices
+from .api.voices.router import create_voice, list_voices
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
 from .logging import configure_logging, request_id_middleware
@@ -40,6 +40,7 @@ ROUTES = [
     list_models,
     retrieve_model,
     list_voices,
+    create_voice,
     create_speech,
     create_transcription,
     create_translation,

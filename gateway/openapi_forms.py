@@ -13,16 +13,16 @@ import msgspec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 
 
-def _form_schema(form_type: type[msgspec.Struct]) -> Schema:
+def _form_schema(form_type: type[msgspec.Struct], file_field: str = "file") -> Schema:
     (schema,), components = msgspec.json.schema_components([form_type], ref_template="{name}")
     body = components[form_type.__name__]
-    properties = {"file": Schema(type="string", format="binary", description="The audio file.")}
+    properties = {file_field: Schema(type="string", format="binary", description="The audio file.")}
     for name, prop in body.get("properties", {}).items():
         properties[name] = Schema(**_schema_kwargs(prop))
     return Schema(
         type="object",
         properties=properties,
-        required=["file", *body.get("required", [])],
+        required=[file_field, *body.get("required", [])],
     )
 
 
@@ -38,8 +38,10 @@ def _schema_kwargs(prop: dict) -> dict:
     return kwargs
 
 
-def multipart_operation(form_type: type[msgspec.Struct]) -> type[Operation]:
-    schema = _form_schema(form_type)
+def multipart_operation(
+    form_type: type[msgspec.Struct], file_field: str = "file"
+) -> type[Operation]:
+    schema = _form_schema(form_type, file_field)
 
     @dataclass
     class MultipartOperation(Operation):

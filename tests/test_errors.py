@@ -213,3 +213,15 @@ def test_errors_are_not_retried_by_the_sdk(base_url):
     with pytest.raises(openai.BadRequestError):
         client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 5000)
     assert len(attempts) == 1
+
+
+# ------------------------------------------------------------------ voice cloning
+
+
+def test_voice_cloning_needs_a_model_that_can_clone(http):
+    wav = encode_all(np.zeros(16000, np.float32), 16000, "wav")
+    files = {"audio_sample": ("me.wav", wav, "audio/wav")}
+    assert_envelope(http.post("/v1/audio/voices", files=files, data={"name": "me", "transcript": "hi", "model": "tts-1"}), 400, param="model")
+    assert_envelope(http.post("/v1/audio/voices", data={"name": "me", "transcript": "hi"}, files={"x": ("a", b"1")}), 400, param="audio_sample")
+    assert_envelope(http.post("/v1/audio/voices", files=files, data={"name": "me"}), 400, param="transcript")
+    assert_envelope(http.post("/v1/audio/voices", json={"name": "me"}), 400, code="invalid_content_type")

@@ -142,3 +142,24 @@ async def test_spoken_question_reaches_step_audio_chat_as_audio_tokens(gateway):
     for start in range(0, len(values), 5):
         assert all(v < 1024 for v in values[start : start + 2])
         assert all(1024 <= v < 5120 for v in values[start + 2 : start + 5])
+
+
+async def test_a_voice_cloned_over_the_api_speaks(gateway):
+    url, _ = gateway
+    sample = wav_bytes(1.5, 22_050, freq=180.0)
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        created = await client.post(
+            "/v1/audio/voices",
+            files={"audio_sample": ("ann.wav", sample, "audio/wav")},
+            data={"name": "ann", "transcript": "This is my voice.", "model": "tts-1"},
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["id"] == "ann" and created.json()["model"] == "step-audio-tts-3b"
+        voices = (await client.get("/v1/audio/voices")).json()["data"]
+        assert "ann" in {v["id"] for v in voices}
+        speech = await client.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "voice": "ann", "input": "Hello again.", "response_format": "pcm"},
+        )
+        assert speech.status_code == 200 and len(speech.content) > 100
+        assert len(speech.content) % 2 == 0

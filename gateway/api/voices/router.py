@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from litestar import get
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 
-from engines.base import Capability, SpeechEngine
+from engines.base import Capability, EngineUnavailable, SpeechEngine
 from engines.registry import ModelRegistry
 
-from ...errors import error_responses
+from ...errors import InvalidRequest, PayloadTooLarge, error_responses
+from ...multipart import fold_form, upload
+from ...openapi_forms import multipart_operation
+from ...settings import Settings
 
 
 class Voice(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -35,25 +38,84 @@ async def list_voices(registry: NamedDependency[ModelRegistry]) -> VoiceList:
     for card in registry.cards():
         if Capability.SPEECH not in card.capabilities or card.id != card.target:
             continue
-        async with registry.use(card.id, Capability.SPEECH) as engine:
-            assert isinstance(engine, SpeechEngine)
-            native = {v.id: v for v in engine.voices()}
-            table = engine.context.voices if hasattr(engine, "route") else {}
-            for name, choices in table.items():
-                available = [c for c in choices if c in native]
-                if available:
-                    languages = sorted({lang for c in available for lang in native[c].languages})
-                    data.append(
-                        Voice(id=name, model=card.id, languages=languages, maps_to=available)
-                    )
-            data.extend(
-                Voice(
-                    id=v.id,
-                    model=card.id,
-                    languages=list(v.languages),
-                    gender=v.gender,
-                    description=v.description,
-                )
-                for v in native.values()
-            )
+        try:
+            data.extend(await _voices_of(registry, card.id))
+        except EngineUnavailable:
+            continue  # a model that cannot load here (say, its extra is not installed)
     return VoiceList(data=data)
+
+
+async def _voices_of(registry: ModelRegistry, model: str) -> list[Voice]:
+    async with registry.use(model, Capability.SPEECH) as engine:
+        assert isinstance(engine, SpeechEngine)
+        native = {v.id: v for v in engine.voices()}
+        table = engine.context.voices if hasattr(engine, "route") else {}
+    data = []
+    for name, choices in table.items():
+        available = [c for c in choices if c in native]
+        if available:
+            languages = sorted({lang for c in available for lang in native[c].languages})
+            data.append(Voice(id=name, model=model, languages=languages, maps_to=available))
+    data.extend(
+        Voice(
+            id=v.id,
+            model=model,
+            languages=list(v.languages),
+            gender=v.gender,
+            description=v.description,
+        )
+        for v in native.values()
+    )
+    return data
+
+
+class CreateVoiceForm(msgspec.Struct, kw_only=True):
+    """``name`` and ``audio_sample`` as OpenAI's custom voices; ``transcript`` (the exact
+    words of the sample) is this gateway's extension, which cloning models need."""
+
+    name: str
+    transcript: str
+    model: str = "tts-1"
+    consent: str | None = None
+
+
+@post(
+    "/v1/audio/voices",
+    status_code=201,
+    summary="Create a voice from a recording and its transcript",
+    tags=["audio"],
+    responses=error_responses(400, 401, 404, 413),
+    operation_class=multipart_operation(CreateVoiceForm, file_field="audio_sample"),
+)
+async def create_voice(
+    request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
+) -> Voice:
+    if request.content_type[0] != "multipart/form-data":
+        raise InvalidRequest("Expected multipart/form-data.", code="invalid_content_type")
+    items = list((await request.form()).multi_items())
+    sample = upload(items, "audio_sample")
+    if sample is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'audio_sample'.",
+            param="audio_sample",
+            code="missing_required_parameter",
+        )
+    data = await sample.read()
+    if len(data) > settings.server.max_upload_bytes:
+        raise PayloadTooLarge("The audio sample is too large.", param="audio_sample")
+    try:
+        form = msgspec.convert(fold_form(items), CreateVoiceForm, strict=False)
+    except msgspec.ValidationError as exc:
+        from ...errors import error_from_msgspec
+
+        raise error_from_msgspec(exc) from None
+    async with registry.use(form.model, Capability.SPEECH) as engine:
+        assert isinstance(engine, SpeechEngine)
+        info = await engine.register_voice(form.name, data, form.transcript)
+    return Voice(
+        id=info.id,
+        model=registry.canonical(form.model),
+        languages=list(info.languages),
+        gender=info.gender,
+        description=info.description,
+    )
