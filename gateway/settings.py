@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import msgspec
 
+from adapters.voices import OPENAI_VOICES
+
 ENV_PREFIX = "GATEWAY__"
 CONFIG_ENV = "GATEWAY_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,24 +87,7 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     speakers_dir: str = ""
     # OpenAI voice names -> Step-Audio speakers (upstream ships one voice, Tingting).
     voices: dict[str, str] = msgspec.field(
-        default_factory=lambda: {
-            name: "Tingting"
-            for name in (
-                "alloy",
-                "ash",
-                "ballad",
-                "coral",
-                "echo",
-                "fable",
-                "nova",
-                "onyx",
-                "sage",
-                "shimmer",
-                "verse",
-                "marin",
-                "cedar",
-            )
-        }
+        default_factory=lambda: {name: "Tingting" for name in OPENAI_VOICES}
     )
     # Extra engine options (device, max_new_tokens, cpu_threads, ...).
     tokenizer_options: dict[str, Any] = {}
