@@ -49,7 +49,7 @@ def test_non_streamed_text_answer_validates_against_the_spec(openai_client, spec
 
 
 def test_streamed_text_answer(openai_client, spec):
-    stream = openai_client.chat.completions.create(model=MODEL, messages=ASK, stream=True, max_tokens=40)
+    stream = openai_client.chat.completions.create(model=MODEL, messages=ASK, stream=True, max_tokens=40, temperature=0)
     chunks = list(stream)
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
     assert all(c.object == "chat.completion.chunk" for c in chunks)
@@ -139,7 +139,7 @@ def test_tool_result_round_trip_gives_a_final_answer(openai_client):
     assert isinstance(call.function.arguments, str) and json.loads(call.function.arguments)
     messages.append(message)  # the SDK object as-is, as agent code does
     messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "unit": "celsius"})})
-    final = openai_client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=60)
+    final = openai_client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=60, temperature=0)
     assert final.choices[0].finish_reason in ("stop", "length")
     assert final.choices[0].message.content and not final.choices[0].message.tool_calls
 

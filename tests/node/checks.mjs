@@ -52,7 +52,7 @@ let toolMessage;
 {
   const messages = [...question, toolMessage,
     { role: "tool", tool_call_id: toolMessage.tool_calls[0].id, content: JSON.stringify({ temperature: 21, unit: "celsius" }) }];
-  const final = await client.chat.completions.create({ model: MODEL, messages, tools, max_tokens: 60 });
+  const final = await client.chat.completions.create({ model: MODEL, messages, tools, max_tokens: 60, temperature: 0 });
   out.after_tool = { content: final.choices[0].message.content, finish: final.choices[0].finish_reason };
 }
 
