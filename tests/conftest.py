@@ -6,6 +6,7 @@ session in a background thread; tests talk to it over HTTP exactly as users do.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -42,31 +43,58 @@ class LiveServer:
     def __init__(self, app, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def _ready(self, response: httpx.Response) -> bool:
+        if response.status_code == 503 and "preload failed" in response.text:
+            raise RuntimeError(f"gateway at {self.url} could not load its models: {response.text}")
+        return response.status_code == 200
 
     def start(self, ready_path: str = "/ready", timeout: float = 120.0) -> "LiveServer":
         self.thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                if self._ready(httpx.get(self.url + ready_path, timeout=2)):
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"gateway did not become ready at {self.url}")
 
+    async def astart(self, ready_path: str = "/ready", timeout: float = 120.0) -> "LiveServer":
+        """``start`` for async tests: the event loop keeps running while the gateway comes
+        up, so servers on that loop (fake vLLM replicas) can answer its start-up calls."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+            while time.monotonic() < deadline:
+                try:
+                    if self._ready(await client.get(self.url + ready_path)):
+                        return self
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"gateway did not become ready at {self.url}")
+
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=20)
+
+
+def live_server(settings=None, registry=None, **kwargs) -> LiveServer:
+    """The real app on a free loopback port, not yet started."""
+    settings = settings or load_settings()
+    app = create_app(settings, registry, configure_logs=False, **kwargs)
+    return LiveServer(app, free_port())
 
 
 def start_server(settings=None, registry=None, **kwargs) -> LiveServer:
-    settings = settings or load_settings()
-    app = create_app(settings, registry, configure_logs=False, **kwargs)
-    return LiveServer(app, free_port()).start()
+    return live_server(settings, registry, **kwargs).start()
 
 
 @pytest.fixture(scope="session")

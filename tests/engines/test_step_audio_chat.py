@@ -11,20 +11,15 @@ vLLM itself.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
-import httpx
 import pytest
-import uvicorn
 from openai import AsyncOpenAI
 
 from adapters.step_audio.prompt import build_prompt
 from engines.chat import ChatMessage, ToolCall, ToolSpec
 from engines.registry import registry_from_settings
-from gateway.app import create_app
 from gateway.settings import load_settings
+from tests.conftest import live_server
 from tests.engines.test_vllm_pool import FakeVLLM
 
 WEATHER = {
@@ -32,15 +27,13 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Get the weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -53,23 +46,10 @@ async def deployment(tmp_path):
     )
     settings.step_audio.model_dir = str(tmp_path)
     settings.engines.preload = []
-    app = create_app(settings, registry_from_settings(settings), configure_logs=False)
-    port = _port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client:
-        for _ in range(100):
-            try:
-                if (await client.get(url + "/health")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+    live = await live_server(settings).astart("/health")
+    url = live.url
     yield url, replicas
-    server.should_exit = True
-    thread.join(timeout=10)
+    live.stop()
     for replica in replicas:
         if replica._server is not None and replica._server.is_serving():
             await replica.stop()
@@ -85,12 +65,19 @@ async def test_openai_names_reach_step_audio_and_the_prompt_is_the_reference_for
         replica.tokens = ["Hello", " from", " Step", "-Audio."]
     client = client_for(url)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
-    stream = await client.chat.completions.create(model="gpt-4o-audio-preview", messages=messages, stream=True)
+    stream = await client.chat.completions.create(
+        model="gpt-4o-audio-preview", messages=messages, stream=True
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Hello from Step-Audio."
     sent = next(r for r in replicas if r.requests).requests[-1]
-    assert sent["prompt"] == "<|BOT|>system\nBe brief.<|EOT|><|BOT|>human\nHi there<|EOT|><|BOT|>assistant\n"
-    assert sent["prompt"] == build_prompt([ChatMessage("system", "Be brief."), ChatMessage("user", "Hi there")])
+    assert (
+        sent["prompt"]
+        == "<|BOT|>system\nBe brief.<|EOT|><|BOT|>human\nHi there<|EOT|><|BOT|>assistant\n"
+    )
+    assert sent["prompt"] == build_prompt(
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi there")]
+    )
     assert sent["model"] == "step-audio-chat"
     assert {"<|EOT|>", "<|BOT|>"} <= set(sent["stop"]) and sent["stop_token_ids"] == [3]
     assert sent["temperature"] == 0.7 and sent["top_p"] == 0.9 and sent["max_tokens"] == 2048
@@ -98,12 +85,22 @@ async def test_openai_names_reach_step_audio_and_the_prompt_is_the_reference_for
 
 async def test_tool_call_markup_becomes_streamed_tool_calls(deployment):
     url, replicas = deployment
-    markup = ["Let me check. ", "<tool_", "call>function\nget_weather\n", '{"city": ', '"Berlin"}', "</tool_call>"]
+    markup = [
+        "Let me check. ",
+        "<tool_",
+        "call>function\nget_weather\n",
+        '{"city": ',
+        '"Berlin"}',
+        "</tool_call>",
+    ]
     for replica in replicas:
         replica.tokens = markup
     client = client_for(url)
     stream = await client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "Weather in Berlin?"}], tools=[WEATHER], stream=True
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "Weather in Berlin?"}],
+        tools=[WEATHER],
+        stream=True,
     )
     chunks = [c async for c in stream]
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -113,7 +110,9 @@ async def test_tool_call_markup_becomes_streamed_tool_calls(deployment):
     assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Berlin"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     sent = next(r for r in replicas if r.requests).requests[-1]
-    tools_turn = '<|BOT|>tool_json_schemas\n' + json.dumps([WEATHER], ensure_ascii=False) + "<|EOT|>"
+    tools_turn = (
+        "<|BOT|>tool_json_schemas\n" + json.dumps([WEATHER], ensure_ascii=False) + "<|EOT|>"
+    )
     assert sent["prompt"].startswith(tools_turn)
 
 
@@ -123,11 +122,15 @@ async def test_named_tool_choice_opens_the_call_and_guides_the_arguments(deploym
         replica.tokens = ['{"city": "Oslo"}']
     client = client_for(url)
     response = await client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "Oslo?"}], tools=[WEATHER],
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "Oslo?"}],
+        tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     call = response.choices[0].message.tool_calls[0]
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "city": "Oslo"
+    }
     sent = next(r for r in replicas if r.requests).requests[-1]
     assert sent["prompt"].endswith("<|BOT|>assistant\n<tool_call>function\nget_weather\n")
     assert sent["guided_json"] == WEATHER["function"]["parameters"]
@@ -139,16 +142,29 @@ async def test_tool_results_go_back_as_function_output_turns(deployment):
     client = client_for(url)
     messages = [
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     await client.chat.completions.create(model="gpt-4o", messages=messages, tools=[WEATHER])
     sent = next(r for r in replicas if r.requests).requests[-1]["prompt"]
     expected = build_prompt(
-        [ChatMessage("user", "Weather?"),
-         ChatMessage("assistant", None, tool_calls=[ToolCall("call_1", "get_weather", '{"city":"Rome"}')]),
-         ChatMessage("tool", "sunny", tool_call_id="call_1")],
+        [
+            ChatMessage("user", "Weather?"),
+            ChatMessage(
+                "assistant", None, tool_calls=[ToolCall("call_1", "get_weather", '{"city":"Rome"}')]
+            ),
+            ChatMessage("tool", "sunny", tool_call_id="call_1"),
+        ],
         tools=[ToolSpec("get_weather", "Get the weather", WEATHER["function"]["parameters"])],
     )
     assert sent == expected
@@ -159,13 +175,17 @@ async def test_one_replica_down_fails_over_and_all_down_is_503(deployment):
     url, replicas = deployment
     client = client_for(url)
     await replicas[0].stop()
-    response = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    response = await client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
     assert response.choices[0].message.content
     await replicas[1].stop()
     import openai
 
     with pytest.raises(openai.InternalServerError) as caught:
-        await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
     assert caught.value.status_code == 503
 
 
@@ -174,7 +194,9 @@ async def test_logprobs_are_refused_with_a_400(deployment):
     import openai
 
     with pytest.raises(openai.BadRequestError) as caught:
-        await client_for(url).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+        await client_for(url).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], logprobs=True
+        )
     assert caught.value.param == "logprobs"
 
 

@@ -10,13 +10,9 @@ tokenizer engine, borrowed from the registry.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 pytest.importorskip("torch")
 pytest.importorskip("funasr")
@@ -24,10 +20,9 @@ pytest.importorskip("cosyvoice.flow.flow")
 
 from openai import AsyncOpenAI  # noqa: E402
 
-from engines.registry import registry_from_settings  # noqa: E402
-from gateway.app import create_app  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from tests.audio_utils import stream_info  # noqa: E402
+from tests.conftest import live_server  # noqa: E402
 from tests.engines.test_step_audio_tokenizer import build_replica as build_tokenizer  # noqa: E402
 from tests.engines.test_step_audio_tts import wav_bytes, write_cosyvoice, write_lm  # noqa: E402
 from tests.engines.test_vllm_pool import FakeVLLM  # noqa: E402
@@ -65,29 +60,10 @@ async def gateway(tmp_path):
             "GATEWAY__ENGINES__CACHE_DIR": str(tmp_path / "cache"),
         },
     )
-    app = create_app(settings, registry_from_settings(settings), configure_logs=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                response = await client.get(url + "/ready")
-                if response.status_code == 200:
-                    break
-                if "failed" in response.text:
-                    raise AssertionError(response.text)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    live = await live_server(settings).astart()
+    url = live.url
     yield url, vllm
-    server.should_exit = True
-    thread.join(timeout=20)
+    live.stop()
     await vllm.stop()
 
 
@@ -128,10 +104,21 @@ async def test_spoken_question_reaches_step_audio_chat_as_audio_tokens(gateway):
     question = wav_bytes(2.0, 16_000)
     reply = await client.chat.completions.create(
         model="gpt-4o",
-        messages=[{"role": "user", "content": [
-            {"type": "text", "text": "Listen:"},
-            {"type": "input_audio", "input_audio": {"data": base64.b64encode(question).decode(), "format": "wav"}},
-        ]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Listen:"},
+                    {
+                        "type": "input_audio",
+                        "input_audio": {
+                            "data": base64.b64encode(question).decode(),
+                            "format": "wav",
+                        },
+                    },
+                ],
+            }
+        ],
     )
     assert reply.choices[0].message.content == "Hello there. Nice to meet you."
     assert reply.usage.prompt_tokens_details.audio_tokens > 0
@@ -159,7 +146,12 @@ async def test_a_voice_cloned_over_the_api_speaks(gateway):
         assert "ann" in {v["id"] for v in voices}
         speech = await client.post(
             "/v1/audio/speech",
-            json={"model": "tts-1", "voice": "ann", "input": "Hello again.", "response_format": "pcm"},
+            json={
+                "model": "tts-1",
+                "voice": "ann",
+                "input": "Hello again.",
+                "response_format": "pcm",
+            },
         )
         assert speech.status_code == 200 and len(speech.content) > 100
         assert len(speech.content) % 2 == 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "vllm_cpu.py"
@@ -51,12 +52,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("real vLLM tier: measurements")
         for line in REPORT:
             terminalreporter.write_line(line)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _is_resource_tracker(pid: int) -> bool:

@@ -275,17 +275,11 @@ async def test_time_to_first_token_through_the_gateway_against_direct(
     """The whole gateway (HTTP, chat service, Step-Audio prompt, pool) in front of one real
     vLLM, against the same prompt sent straight to that vLLM."""
     import json
-    import threading
-
-    import uvicorn
 
     from adapters.step_audio.prompt import build_prompt
     from engines.chat import ChatMessage
-    from engines.registry import registry_from_settings
-    from gateway.app import create_app
     from gateway.settings import load_settings
-
-    from .conftest import free_port
+    from tests.conftest import live_server
 
     replica = vllm_cluster.replicas[0]
     question = "Tell me about lighthouses."
@@ -298,12 +292,8 @@ async def test_time_to_first_token_through_the_gateway_against_direct(
             "GATEWAY__ENGINES__PRELOAD": '["gpt-4o"]',
         },
     )
-    app = create_app(settings, registry_from_settings(settings), configure_logs=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    live = live_server(settings)
+    url = live.url
     body = {
         "model": vllm_cluster.model,
         "prompt": build_prompt([ChatMessage("user", question)]),
@@ -314,15 +304,9 @@ async def test_time_to_first_token_through_the_gateway_against_direct(
     }
     direct: list[float] = []
     through: list[float] = []
+    await live.astart()
     try:
         async with asyncio.timeout(180), httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            for _ in range(100):
-                try:
-                    if (await client.get(url + "/ready")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
             await _ttft_direct(client, replica.url, body)  # warm up both paths
             await _ttft_gateway(client, url, question)
             for i in range(7):
@@ -333,8 +317,7 @@ async def test_time_to_first_token_through_the_gateway_against_direct(
                     through.append(await _ttft_gateway(client, url, question))
                     direct.append(await _ttft_direct(client, replica.url, body))
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+        live.stop()
     d, g = statistics.median(direct), statistics.median(through)
     report(
         f"time to first token, median of 7 (same vLLM, same Step-Audio prompt): through the "
