@@ -157,7 +157,8 @@ def run_tests(rest: list[str], env: dict[str, str]) -> int:
     """The suite in .venv, then (unless specific tests were named) the Step-Audio replica
     tests in .venv-sa; the exit status is the worse of the two."""
     ensure_test_tools()
-    named = any(not arg.startswith("-") for arg in rest)
+    # Named test files or node ids (not option values such as "-p no:cacheprovider").
+    named = any((ROOT / arg.split("::")[0]).exists() for arg in rest if not arg.startswith("-"))
     if not named:
         ensure_step_audio_environment()
     status = subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
