@@ -16,7 +16,6 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from adapters.chat.audio_store import MemoryAudioStore
 from engines.registry import ModelRegistry, registry_from_settings
@@ -32,6 +31,7 @@ from .api.voices.router import create_voice, list_voices
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
 from .logging import configure_logging, request_id_middleware
+from .metrics import MetricsController, prometheus_config
 from .settings import Settings, load_settings
 
 ROUTES = [
@@ -64,11 +64,6 @@ class GatewayApp(Litestar):
         return handler
 
 
-class MetricsController(PrometheusController):
-    path = "/metrics"
-    include_in_schema = False
-
-
 def openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="step-audio-gateway",
@@ -91,12 +86,7 @@ def create_app(
     chat_service = ChatService(registry, settings.chat, MemoryAudioStore())
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
-    metrics = PrometheusConfig(
-        app_name="step_audio_gateway",
-        prefix="step_audio_gateway",
-        group_path=True,
-        exclude=["/metrics"],
-    )
+    metrics = prometheus_config()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

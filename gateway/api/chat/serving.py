@@ -36,6 +36,7 @@ from engines.chat import (
 )
 from engines.registry import ModelRegistry
 
+from ... import metrics
 from ...errors import InvalidRequest
 from ...settings import ChatSettings
 from .protocol import (
@@ -277,8 +278,25 @@ class ChatService:
 
         Yields ``TextDelta``/``ToolCallStart``/``ToolCallArgsDelta`` as the engine makes
         them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd`` (spoken
-        replies) and the engine's ``Finish`` last.
+        replies) and the engine's ``Finish`` last. The first token and the first audio
+        are timed for the metrics on the way out.
         """
+        model = prepared.wire.model
+        metrics.count_audio("chat", "in", model, prepared.input_audio_seconds)
+        token_seen = audio_seen = False
+        async with aclosing(self._generate(prepared)) as events:
+            async for event in events:
+                if not token_seen and isinstance(event, (TextDelta, ToolCallStart)):
+                    token_seen = True
+                    metrics.first_token(model)
+                elif not audio_seen and isinstance(event, AudioBytes):
+                    audio_seen = True
+                    metrics.first_audio("chat", model)
+                elif isinstance(event, AudioEnd):
+                    metrics.count_audio("chat", "out", model, event.seconds)
+                yield event
+
+    async def _generate(self, prepared: Prepared) -> AsyncIterator[object]:
         reply = None
         if prepared.speaks:
             reply = SpokenReply(

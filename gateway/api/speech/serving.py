@@ -19,6 +19,7 @@ from adapters.text.tokens import count_audio_tokens, count_text_tokens
 from engines.base import Capability, SpeechEngine, SpeechRequest
 from engines.registry import ModelRegistry
 
+from ... import metrics
 from ...errors import InvalidRequest
 from .protocol import (
     CreateSpeechRequest,
@@ -40,7 +41,10 @@ class SpeechStream:
         self.media_type = CONTENT_TYPES[request.response_format]
         self.seconds = 0.0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return metrics.observe_speech(self.request.model, self._encoded())
+
+    async def _encoded(self) -> AsyncIterator[bytes]:
         request = self.request
         async with self.registry.use(request.model, Capability.SPEECH) as engine:
             assert isinstance(engine, SpeechEngine)
@@ -64,6 +68,7 @@ class SpeechStream:
             self.seconds = pipeline.seconds
             if tail:
                 yield tail
+            metrics.count_audio("speech", "out", request.model, self.seconds)
 
 
 async def sse_events(stream: SpeechStream) -> AsyncIterator[object]:

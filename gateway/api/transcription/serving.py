@@ -28,6 +28,7 @@ from engines.base import (
 )
 from engines.registry import ModelRegistry
 
+from ... import metrics
 from ...errors import InvalidRequest, PayloadTooLarge, error_from_msgspec
 from ...multipart import fold_form, upload
 from .protocol import (
@@ -121,7 +122,10 @@ async def run(
     async with registry.use(model, capability) as engine:
         assert isinstance(engine, TranscriptionEngine)
         audio = await decode(upload, engine.sample_rate)
-        yield await engine.transcribe(audio, options)
+        stream = await engine.transcribe(audio, options)
+        endpoint = "translation" if options.task == "translate" else "transcription"
+        metrics.count_audio(endpoint, "in", model, len(audio) / engine.sample_rate)
+        yield stream
 
 
 # ------------------------------------------------------------------ complete responses
