@@ -56,6 +56,7 @@ AUDIO_SECONDS = Counter(
 
 _arrival: ContextVar[float | None] = ContextVar("request_arrival", default=None)
 
+
 def since_arrival() -> float | None:
     """Seconds since the current request arrived (None outside a request)."""
     started = _arrival.get()

@@ -9,9 +9,10 @@ from litestar.response import Stream
 
 from ... import sse
 from ...errors import error_responses
+from ...openapi_docs import documented_operation, event_stream
 from ...settings import Settings
 from ...streaming import prime
-from .protocol import ChatCompletion, CreateChatCompletionRequest
+from .protocol import ChatCompletion, ChatCompletionChunk, CreateChatCompletionRequest
 from .serving import ChatService, chunks, complete
 
 
@@ -21,6 +22,16 @@ from .serving import ChatService, chunks, complete
     summary="Create a chat completion",
     tags=["chat"],
     responses=error_responses(),
+    operation_class=documented_operation(
+        ok={
+            "application/json": ChatCompletion,
+            "text/event-stream": event_stream(ChatCompletionChunk),
+        },
+        ok_description=(
+            "A chat completion; with `stream=true`, `chat.completion.chunk` events ending in"
+            " `data: [DONE]`."
+        ),
+    ),
 )
 async def create_chat_completion(
     request: Request,

@@ -7,13 +7,15 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from adapters.audio.encode import CONTENT_TYPES
 from engines.registry import ModelRegistry
 
 from ... import sse
 from ...errors import error_responses
+from ...openapi_docs import BINARY, documented_operation, event_stream
 from ...settings import Settings
 from ...streaming import abort_on_failure, prime
-from .protocol import CreateSpeechRequest
+from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone
 from .serving import SpeechStream, sse_events
 
 
@@ -23,6 +25,16 @@ from .serving import SpeechStream, sse_events
     summary="Generate audio from text",
     tags=["audio"],
     responses=error_responses(),
+    operation_class=documented_operation(
+        ok={
+            **{media: BINARY for media in dict.fromkeys(CONTENT_TYPES.values())},
+            "text/event-stream": event_stream(SpeechAudioDelta, SpeechAudioDone),
+        },
+        ok_description=(
+            "The audio in `response_format`, streamed as it is made (`pcm`: raw 24 kHz 16-bit"
+            " little-endian mono); with `stream_format=sse`, base64 audio events."
+        ),
+    ),
 )
 async def create_speech(
     request: Request,

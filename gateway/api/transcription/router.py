@@ -11,10 +11,17 @@ from engines.registry import ModelRegistry
 
 from ... import sse
 from ...errors import error_responses
-from ...openapi_forms import multipart_operation
+from ...openapi_docs import TEXT, documented_operation, event_stream
 from ...settings import Settings
 from ...streaming import prime
-from .protocol import TranscriptionForm, TranslationForm
+from .protocol import (
+    Transcription,
+    TranscriptionForm,
+    TranscriptionVerbose,
+    TranscriptTextDelta,
+    TranscriptTextDone,
+    TranslationForm,
+)
 from .serving import events, options_for, read_form, render, run
 
 
@@ -24,7 +31,18 @@ from .serving import events, options_for, read_form, render, run
     summary="Transcribe audio into the input language",
     tags=["audio"],
     responses=error_responses(400, 401, 404, 413, 429, 500, 503),
-    operation_class=multipart_operation(TranscriptionForm),
+    operation_class=documented_operation(
+        form=TranscriptionForm,
+        ok={
+            "application/json": (Transcription, TranscriptionVerbose),
+            "text/plain": TEXT,
+            "text/event-stream": event_stream(TranscriptTextDelta, TranscriptTextDone),
+        },
+        ok_description=(
+            "`json` and `verbose_json` as JSON; `text`, `srt` and `vtt` as plain text; with"
+            " `stream=true`, transcript events ending in `data: [DONE]`."
+        ),
+    ),
 )
 async def create_transcription(
     request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
@@ -46,7 +64,11 @@ async def create_transcription(
     summary="Translate audio into English",
     tags=["audio"],
     responses=error_responses(400, 401, 404, 413, 429, 500, 503),
-    operation_class=multipart_operation(TranslationForm),
+    operation_class=documented_operation(
+        form=TranslationForm,
+        ok={"application/json": (Transcription, TranscriptionVerbose), "text/plain": TEXT},
+        ok_description="`json` and `verbose_json` as JSON; `text`, `srt` and `vtt` as plain text.",
+    ),
 )
 async def create_translation(
     request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]

@@ -13,7 +13,7 @@ from engines.registry import ModelRegistry
 
 from ...errors import InvalidRequest, PayloadTooLarge, error_responses
 from ...multipart import fold_form, upload
-from ...openapi_forms import multipart_operation
+from ...openapi_docs import documented_operation
 from ...settings import Settings
 
 
@@ -85,7 +85,7 @@ class CreateVoiceForm(msgspec.Struct, kw_only=True):
     summary="Create a voice from a recording and its transcript",
     tags=["audio"],
     responses=error_responses(400, 401, 404, 413),
-    operation_class=multipart_operation(CreateVoiceForm, file_field="audio_sample"),
+    operation_class=documented_operation(form=CreateVoiceForm, file_field="audio_sample"),
 )
 async def create_voice(
     request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
