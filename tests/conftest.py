@@ -7,7 +7,9 @@ session in a background thread; tests talk to it over HTTP exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -140,3 +142,16 @@ def spec():
     if not path.exists():
         pytest.skip(f"the official OpenAI spec is not at {path}")
     return OpenAISpec.load(path)
+
+
+NODE_DIR = ROOT / "tests" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_sdk() -> str:
+    """The ``node`` binary, with the official openai Node SDK installed beside the scripts."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "Node.js and npm are needed for the Node SDK tests (.ci/run installs them)"
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
+    return node

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 
 import jsonschema
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import NODE_DIR
 from tests.test_chat import WEATHER_SCHEMA
 from tests.test_transcription import wer
 
-NODE_DIR = ROOT / "tests" / "node"
-
-
-@pytest.fixture(scope="module")
-def node_sdk() -> str:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "Node.js and npm are needed for the Node SDK tests (.ci/run installs them)"
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
-    return node
 
 
 @pytest.fixture(scope="module")
