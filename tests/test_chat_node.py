@@ -19,7 +19,6 @@ from tests.test_chat import WEATHER_SCHEMA
 from tests.test_transcription import wer
 
 
-
 @pytest.fixture(scope="module")
 def observations(node_sdk, base_url, openai_client, tmp_path_factory) -> dict:
     wav = openai_client.audio.speech.create(model="tts-1", voice="alloy", input="What is the capital of France?", response_format="wav").content
