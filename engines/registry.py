@@ -50,6 +50,7 @@ class _Slot:
     engine: Engine | None = None
     in_use: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    load_seconds: float | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
@@ -63,6 +64,18 @@ class ModelCard:
     capabilities: frozenset[Capability]
     target: str
     loaded: bool
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's load and queue state at a glance (what an operator graphs)."""
+
+    id: str
+    loaded: bool
+    in_use: int  # requests holding the model
+    running: int  # inference calls computing on its worker
+    waiting: int  # inference calls queued on its worker
+    load_seconds: float | None  # how long its last load took
 
 
 class ModelRegistry:
@@ -123,6 +136,22 @@ class ModelRegistry:
             )
         return cards
 
+    def states(self) -> list[ModelState]:
+        states = []
+        for model_id, slot in self._slots.items():
+            worker = slot.engine.worker if slot.engine is not None else None
+            states.append(
+                ModelState(
+                    id=model_id,
+                    loaded=slot.engine is not None,
+                    in_use=slot.in_use,
+                    running=worker.busy if worker else 0,
+                    waiting=worker.waiting if worker else 0,
+                    load_seconds=slot.load_seconds,
+                )
+            )
+        return states
+
     def card(self, name: str) -> ModelCard:
         self.canonical(name)
         return next(card for card in self.cards() if card.id == name)
@@ -178,11 +207,8 @@ class ModelRegistry:
                     raise EngineUnavailable(
                         f"The model '{slot.spec.id}' could not be loaded: {exc}"
                     ) from exc
-                log.info(
-                    "model_loaded",
-                    model=slot.spec.id,
-                    seconds=round(time.perf_counter() - started, 3),
-                )
+                slot.load_seconds = time.perf_counter() - started
+                log.info("model_loaded", model=slot.spec.id, seconds=round(slot.load_seconds, 3))
                 slot.engine = engine
         return slot.engine  # type: ignore[return-value]
 

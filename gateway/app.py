@@ -31,7 +31,7 @@ from .api.voices.router import create_voice, list_voices
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
 from .logging import configure_logging, request_id_middleware
-from .metrics import MetricsController, prometheus_config
+from .metrics import MetricsController, app_metrics, prometheus_config
 from .settings import Settings, load_settings
 
 ROUTES = [
@@ -125,6 +125,6 @@ def create_app(
         request_max_body_size=settings.server.max_request_bytes,
         openapi_config=openapi_config(),
         lifespan=[lifespan],
-        state={"registry": registry, "settings": settings},
+        state={"registry": registry, "settings": settings, "metrics": app_metrics(registry)},
         debug=False,
     )

@@ -8,7 +8,9 @@ hears something. This module adds, on the same ``/metrics`` page:
 * ``time_to_first_token_seconds`` and ``time_to_first_audio_seconds`` per endpoint and
   model, measured from the request's arrival where the services produce their streams
   (:func:`first_token`, :func:`first_audio`, :func:`observe_speech`);
-* ``audio_seconds_total`` of audio heard and spoken, for capacity planning.
+* ``audio_seconds_total`` of audio heard and spoken, for capacity planning;
+* per model, at scrape time: loaded or not, requests holding it, inference calls running
+  and queued on its worker (where a 429 comes from), and how long it took to load.
 
 The request's arrival is carried in a context variable, which the streaming tasks that
 serve the body inherit.
@@ -20,10 +22,22 @@ import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator
 
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar import Controller, Request, Response, get
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.plugins.prometheus.middleware import PrometheusMiddleware
 from litestar.types import Message, Receive, Scope, Send
-from prometheus_client import Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engines.registry import ModelRegistry
 
 PREFIX = "step_audio_gateway"
 
@@ -119,9 +133,65 @@ class StreamingPrometheusMiddleware(PrometheusMiddleware):
             _arrival.reset(token)
 
 
-class MetricsController(PrometheusController):
+class ModelStateCollector(Collector):
+    """Reads the model registry when scraped, so the figures are never stale."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        families = {
+            "loaded": GaugeMetricFamily(
+                f"{PREFIX}_model_loaded", "1 when the model is loaded", labels=["model"]
+            ),
+            "in_use": GaugeMetricFamily(
+                f"{PREFIX}_model_requests_in_use",
+                "Holders of the model: requests, or a routing model that keeps it loaded",
+                labels=["model"],
+            ),
+            "running": GaugeMetricFamily(
+                f"{PREFIX}_model_inference_running",
+                "Inference calls computing on the model's worker",
+                labels=["model"],
+            ),
+            "waiting": GaugeMetricFamily(
+                f"{PREFIX}_model_inference_waiting",
+                "Inference calls queued on the model's worker (a full queue answers 429)",
+                labels=["model"],
+            ),
+            "load_seconds": GaugeMetricFamily(
+                f"{PREFIX}_model_load_seconds",
+                "How long the model's last load took",
+                labels=["model"],
+            ),
+        }
+        for state in self.registry.states():
+            families["loaded"].add_metric([state.id], float(state.loaded))
+            families["in_use"].add_metric([state.id], state.in_use)
+            families["running"].add_metric([state.id], state.running)
+            families["waiting"].add_metric([state.id], state.waiting)
+            if state.load_seconds is not None:
+                families["load_seconds"].add_metric([state.id], state.load_seconds)
+        yield from families.values()
+
+
+def app_metrics(registry: ModelRegistry) -> CollectorRegistry:
+    """The metrics that belong to one app (its models), apart from the process-wide ones."""
+    collectors = CollectorRegistry(auto_describe=False)
+    collectors.register(ModelStateCollector(registry))
+    return collectors
+
+
+class MetricsController(Controller):
+    """Prometheus text exposition: the process-wide metrics, then this app's models."""
+
     path = "/metrics"
     include_in_schema = False
+
+    @get()
+    async def metrics(self, request: Request) -> Response:
+        body = generate_latest(REGISTRY) + generate_latest(request.app.state["metrics"])
+        return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 def prometheus_config() -> PrometheusConfig:

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import base64
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from engines.base import Capability
+from engines.catalog import CATALOG, EngineKind
+from engines.registry import ModelRegistry, ModelSpec
+from gateway.settings import load_settings
 from tests.audio_utils import duration, pcm_duration
-from tests.conftest import PARAGRAPH
+from tests.conftest import PARAGRAPH, start_server
 
 P = "step_audio_gateway_"
 
@@ -87,3 +95,49 @@ def test_a_refused_request_adds_no_latency_figures(http):
     after = scrape(http)
     assert added(before, after, P + "time_to_first_audio_seconds_count") == 0
     assert added(before, after, P + "audio_seconds_total") == 0
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A gateway whose one speech model is a slow fake (tests/faults.py): real models are
+    too quick here to be caught mid-queue."""
+    catalog = {**CATALOG, "slow": EngineKind("tests.faults:Slow", frozenset({Capability.SPEECH}))}
+    registry = ModelRegistry([ModelSpec("slow", "slow"), ModelSpec("idle", "slow")],
+                             cache_dir=tmp_path_factory.mktemp("cache"), catalog=catalog, max_queue=4)
+    settings = load_settings()
+    settings.engines.preload = []
+    live = start_server(settings, registry)
+    yield live
+    live.stop()
+
+
+def model_gauges(client, model: str) -> dict[str, float]:
+    page = scrape(client)
+    return {name.removeprefix(P + "model_"): value for (name, labels), value in page.items()
+            if name.startswith(P + "model_") and ("model", model) in labels}
+
+
+def test_model_gauges_show_what_is_loaded_running_and_queued(slow_server):
+    with httpx.Client(base_url=slow_server.url, timeout=30) as client:
+        assert model_gauges(client, "slow")["loaded"] == 0
+        with ThreadPoolExecutor(3) as pool:
+            speaking = [pool.submit(client.post, "/v1/audio/speech", json={"model": "slow", "voice": "alloy", "input": "1.0"})
+                        for _ in range(3)]
+            deadline = time.monotonic() + 20
+            busiest: dict[str, float] = {}
+            while time.monotonic() < deadline and not all(f.done() for f in speaking):
+                gauges = model_gauges(client, "slow")
+                if gauges.get("inference_waiting", 0) >= busiest.get("inference_waiting", 0):
+                    busiest = gauges
+                if gauges.get("inference_waiting") == 2:
+                    break
+                time.sleep(0.05)
+            assert all(f.result().status_code == 200 for f in speaking)
+        # Three requests on one worker: one computing, two queued behind it.
+        assert busiest["loaded"] == 1 and busiest["requests_in_use"] == 3, busiest
+        assert busiest["inference_running"] == 1 and busiest["inference_waiting"] == 2, busiest
+        after = model_gauges(client, "slow")
+        assert after["requests_in_use"] == after["inference_running"] == after["inference_waiting"] == 0
+        assert after["load_seconds"] >= 0
+        idle = model_gauges(client, "idle")
+        assert idle["loaded"] == 0 and "load_seconds" not in idle
