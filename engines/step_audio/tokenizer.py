@@ -35,7 +35,9 @@ The two streams are interleaved by :func:`adapters.step_audio.audio_tokens.audio
 Preprocessing follows reference §3.2, with the gateway-side fixes of §13: any rate is
 resampled to 16 kHz here (upstream asserts on rates below 16 kHz; swresample replaces
 upstream's torchaudio resampler), the peak is scaled to 0.999 (floor 0.01, as
-``energy_norm_fn``), and silence is not trimmed (the chat path uses ``enable_trim=False``).
+``energy_norm_fn``). Silence is kept on the chat path (:meth:`tokenize`, upstream's
+``enable_trim=False``) and trimmed on the TTS prompt path (:meth:`prompt_codes`, upstream's
+``wav2token`` default) by :func:`trim_silence`.
 Audio that is empty or shorter than 30 ms (480 samples at 16 kHz) is refused with
 :class:`InvalidInput`.
 
@@ -70,6 +72,11 @@ SAMPLE_RATE = 16_000
 MIN_SAMPLES = 480  # 30 ms: upstream's smallest vq06 chunk, and the gateway's floor (§13)
 PEAK = 0.999
 PEAK_FLOOR = 0.01
+# Silence trimming of TTS prompts (reference §3.2, upstream utils.trim_silence).
+TRIM_TOP_DB = 20
+TRIM_FRAME, TRIM_HOP = 512, 128
+TRIM_STEP = 240  # the speech span is rounded up to whole 15 ms steps
+KEEP_BEFORE, KEEP_AFTER = 0.05, 0.22  # seconds of silence kept around the speech
 
 # vq02: the streaming Paraformer's chunking, as upstream configures it.
 CHUNK_SIZE = (0, 4, 5)
@@ -283,16 +290,17 @@ class StepAudioTokenizer(Engine):
 
     def prompt_codes(self, audio: np.ndarray, sample_rate: int) -> AudioTokens:
         """Blocking tokenisation for another engine's worker thread (the TTS computes its
-        speakers' prompt codes with it while it loads or registers a voice)."""
-        return self._tokenize(_checked(audio, sample_rate), sample_rate)
+        speakers' prompt codes with it while it loads or registers a voice); silence
+        around the speech is trimmed first, as upstream's ``wav2token`` does."""
+        return self._tokenize(_checked(audio, sample_rate), sample_rate, trim=True)
 
     async def token_string(self, audio: np.ndarray, sample_rate: int) -> str:
         """Just the ``<audio_N>`` text, what upstream's ``StepAudioTokenizer.__call__`` returns."""
         return (await self.tokenize(audio, sample_rate)).text
 
-    def _tokenize(self, samples: np.ndarray, sample_rate: int) -> AudioTokens:
+    def _tokenize(self, samples: np.ndarray, sample_rate: int, trim: bool = False) -> AudioTokens:
         assert self._paraformer is not None and self._onnx is not None, "engine used before load()"
-        audio = preprocess(samples, sample_rate)
+        audio = preprocess(samples, sample_rate, trim=trim)
         if len(audio) < MIN_SAMPLES:  # resampling can shave a sample or two off the end
             raise InvalidInput(_too_short(len(audio) / SAMPLE_RATE), param=_INPUT)
         linguistic = self._linguistic_codes(audio)
@@ -415,11 +423,36 @@ def _checked(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return samples
 
 
-def preprocess(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """16 kHz (up- or down-sampled), peak scaled to 0.999 (reference §3.2)."""
+def preprocess(samples: np.ndarray, sample_rate: int, trim: bool = False) -> np.ndarray:
+    """16 kHz (up- or down-sampled), peak scaled to 0.999, silence trimmed if asked
+    (reference §3.2, in upstream's order)."""
     audio = resample(samples, sample_rate, SAMPLE_RATE) if sample_rate != SAMPLE_RATE else samples
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    return (audio / max(peak, PEAK_FLOOR) * PEAK).astype(np.float32)
+    audio = (audio / max(peak, PEAK_FLOOR) * PEAK).astype(np.float32)
+    return trim_silence(audio) if trim else audio
+
+
+def trim_silence(audio: np.ndarray) -> np.ndarray:
+    """16 kHz audio cut to its speech plus a fixed margin, as upstream trims TTS prompts.
+
+    librosa finds the speech (frames within 20 dB of the loudest; 512-sample frames, hop
+    128). The result starts 50 ms before the speech, zero-padded if the speech starts
+    sooner, and lasts the speech rounded up to whole 240-sample steps plus 270 ms (50 ms
+    before, 220 ms after), zero-padded if the recording ends sooner. A prompt's length
+    therefore depends on its speech alone, not on how much silence surrounded it.
+    """
+    import librosa
+
+    _, (start, end) = librosa.effects.trim(
+        audio, top_db=TRIM_TOP_DB, frame_length=TRIM_FRAME, hop_length=TRIM_HOP
+    )
+    before, after = int(KEEP_BEFORE * SAMPLE_RATE), int(KEEP_AFTER * SAMPLE_RATE)
+    length = -(-(int(end) - int(start)) // TRIM_STEP) * TRIM_STEP + before + after
+    first = int(start) - before
+    if first < 0:
+        audio, first = np.pad(audio, (-first, 0)), 0
+    kept = audio[first : first + length]
+    return np.pad(kept, (0, length - len(kept))).astype(np.float32)
 
 
 def mel_filterbank(

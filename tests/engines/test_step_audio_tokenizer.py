@@ -49,6 +49,7 @@ from engines.step_audio.tokenizer import (  # noqa: E402
     StepAudioTokenizer,
     mel_filterbank,
     preprocess,
+    trim_silence,
     whisper_log_mel,
 )
 from engines.workers import Worker  # noqa: E402
@@ -475,3 +476,46 @@ def test_preprocess_peak_normalises_and_resamples():
     assert np.max(np.abs(audio)) == pytest.approx(0.999, abs=1e-4)
     silence = preprocess(np.full(16_000, 0.001, dtype=np.float32), 16_000)
     assert np.max(np.abs(silence)) == pytest.approx(0.0999, abs=1e-4)  # floor at 0.01
+
+
+def _padded(speech: np.ndarray, before: float, after: float, rate: int = 16_000) -> np.ndarray:
+    quiet = lambda seconds: np.zeros(int(seconds * rate), np.float32)  # noqa: E731
+    return np.concatenate([quiet(before), speech, quiet(after)])
+
+
+@pytest.mark.parametrize("before", [0.0, 0.02, 1.0])
+def test_trim_keeps_50_ms_before_the_speech_and_a_fixed_length_after_it(before):
+    """Reference §3.2: 50 ms kept before, 220 ms after, the speech in whole 240-sample steps."""
+    speech = _speech_like(1.3, 16_000)
+    trimmed = trim_silence(preprocess(_padded(speech, before, 2.0), 16_000))
+    # Its length depends on the speech alone: the speech (as librosa's 512-sample frames
+    # see it, so up to a frame more) in whole 240-sample steps, plus 270 ms.
+    assert len(trimmed) % 240 == 0
+    assert len(speech) + 4320 <= len(trimmed) <= len(speech) + 4320 + 512 + 240, len(trimmed)
+    # Speech starts 50 ms in (librosa's frames are 128 samples), zeros before it; a
+    # recording that starts sooner is padded with zeros, not cut.
+    onset = int(np.argmax(np.abs(trimmed) > 0.05))
+    assert abs(onset - 800) <= 3 * 128, onset
+    assert not np.any(trimmed[: max(0, onset - 3 * 128)])
+
+
+def test_trim_pads_a_recording_that_ends_with_its_speech():
+    speech = _speech_like(0.8, 16_000)
+    trimmed = trim_silence(preprocess(_padded(speech, 0.5, 0.0), 16_000))
+    assert not np.any(trimmed[-3000:])  # the 220 ms after the speech are added silence
+    assert np.max(np.abs(trimmed)) == pytest.approx(0.999, abs=1e-3)
+
+
+async def test_prompt_codes_trim_the_silence_the_chat_path_keeps(engine):
+    """A TTS prompt's codes cover its speech; a spoken question's cover all of it."""
+    speech = _speech_like(1.5, 16_000, seed=4)
+    recording = _padded(speech, 2.0, 2.0)
+    heard = await engine.tokenize(recording, 16_000)
+    prompt = await asyncio.to_thread(engine.prompt_codes, recording, 16_000)
+    _assert_format_and_rate(heard, 5.5)
+    kept = len(trim_silence(preprocess(recording, 16_000))) / 16_000
+    assert kept < 2.0
+    _assert_format_and_rate(prompt, kept)
+    # The same speech with less silence around it gives a prompt of the same length.
+    closer = await asyncio.to_thread(engine.prompt_codes, _padded(speech, 0.3, 0.6), 16_000)
+    assert abs(len(split_audio_tokens(closer.text)[1]) - len(split_audio_tokens(prompt.text)[1])) <= 3
