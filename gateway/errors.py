@@ -133,10 +133,12 @@ def _error_from_http(exc: HTTPException, request: Request) -> APIError:
     if isinstance(exc, NotFoundException):  # only raised by routing: handlers raise NotFound
         return NotFound(f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
     if isinstance(exc, MethodNotAllowedException):
+        allowed = (exc.headers or {}).get("allow")
         return APIError(
             f"Method {request.method} is not allowed for {request.url.path}.",
             status_code=405,
             code="method_not_allowed",
+            headers={"allow": allowed} if allowed else None,  # RFC 9110 §15.5.6
         )
     if exc.status_code == 413:
         return PayloadTooLarge("The request body is too large.", code="request_too_large")

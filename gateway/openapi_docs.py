@@ -25,6 +25,8 @@ from litestar.openapi.spec import (
     Schema,
 )
 
+from .errors import ErrorResponse
+
 
 def _form_schema(form_type: type[msgspec.Struct], file_field: str = "file") -> Schema:
     (schema,), components = msgspec.json.schema_components([form_type], ref_template="{name}")
@@ -58,11 +60,30 @@ BINARY: dict = {"type": "string", "format": "binary"}
 TEXT: dict = {"type": "string"}
 
 
-def event_stream(*event_types: type[msgspec.Struct]) -> dict:
-    """The schema of one event's ``data`` on a ``text/event-stream``."""
+def event_stream(*event_types: type[msgspec.Struct], done: bool = False) -> dict:
+    """The schema of one server-sent event, as OpenAPI 3.2 models a ``text/event-stream``.
+
+    Each event is an object whose ``data`` is a string of JSON (``contentMediaType``) that
+    ``contentSchema`` describes: one of ``event_types``, or the error envelope that ends a
+    stream which failed after its 200. With ``done``, the stream ends with ``data: [DONE]``.
+    """
+    payload = wire_schema(*event_types, ErrorResponse)
+    data: dict = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": payload,
+    }
+    if done:
+        data = {"anyOf": [{"const": "[DONE]"}, data]}
     return {
-        **wire_schema(*event_types),
-        "description": "Server-sent events: each `data:` line holds one of these JSON objects.",
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": data, "event": {"type": "string"}, "id": {"type": "string"}},
+        "description": (
+            "Server-sent events, `data:` lines only, each holding one JSON object; a failure"
+            ' after the 200 is reported as a final `{"error": ...}` event'
+            + (", and the stream ends with `data: [DONE]`." if done else ".")
+        ),
     }
 
 

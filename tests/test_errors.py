@@ -37,8 +37,11 @@ def test_unknown_url_is_404(http):
     assert_envelope(http.get("/v1/nope"), 404, code="unknown_url")
 
 
-def test_wrong_method_is_405(http):
-    assert_envelope(http.get("/v1/audio/speech"), 405)
+def test_wrong_method_is_405_and_names_the_allowed_ones(http):
+    response = http.get("/v1/audio/speech")
+    assert_envelope(response, 405)
+    assert response.headers["allow"].split(", ")[0] == "POST"
+    assert "GET" in http.request("TRACE", "/v1/models").headers["allow"]
 
 
 def test_malformed_json_is_400(http):

@@ -25,7 +25,7 @@ from .serving import ChatService, chunks, complete
     operation_class=documented_operation(
         ok={
             "application/json": ChatCompletion,
-            "text/event-stream": event_stream(ChatCompletionChunk),
+            "text/event-stream": event_stream(ChatCompletionChunk, done=True),
         },
         ok_description=(
             "A chat completion; with `stream=true`, `chat.completion.chunk` events ending in"

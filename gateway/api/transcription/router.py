@@ -36,7 +36,7 @@ from .serving import events, options_for, read_form, render, run
         ok={
             "application/json": (Transcription, TranscriptionVerbose),
             "text/plain": TEXT,
-            "text/event-stream": event_stream(TranscriptTextDelta, TranscriptTextDone),
+            "text/event-stream": event_stream(TranscriptTextDelta, TranscriptTextDone, done=True),
         },
         ok_description=(
             "`json` and `verbose_json` as JSON; `text`, `srt` and `vtt` as plain text; with"
