@@ -1,9 +1,10 @@
 """Blocking model calls, run off the event loop with a bounded wait.
 
 Inference libraries (onnxruntime, CTranslate2) block. Each engine gets a :class:`Worker`
-that runs those calls on threads, at most ``concurrency`` at a time, and refuses new work
-with :class:`EngineOverloaded` once ``max_queue`` calls are already waiting, so a burst of
-requests turns into quick 429s instead of an unbounded backlog.
+that runs those calls on threads, at most ``concurrency`` at a time, and refuses a new
+request with :class:`EngineOverloaded` once ``max_queue`` calls are already waiting, so a
+burst of requests turns into quick 429s instead of an unbounded backlog; a request it has
+admitted is never refused for its later calls.
 
 Iterators are advanced one item per worker call: two streaming requests on one engine
 interleave sentence by sentence instead of the second waiting for the whole first.
@@ -29,6 +30,15 @@ from .base import EngineOverloaded
 T = TypeVar("T")
 
 _EXHAUSTED = object()
+
+#: Workers that have admitted the current request. The queue limit decides whether a
+#: request gets in, once: a stream makes a worker call per sentence or token, and one
+#: already playing must wait its turn for the next, never be cut off by a 429 because
+#: newcomers filled the queue in between. Context variables follow the request into the
+#: tasks it starts, and start empty for every new request.
+_admitted: contextvars.ContextVar[frozenset["Worker"]] = contextvars.ContextVar(
+    "admitted_by", default=frozenset()
+)
 
 
 async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
@@ -81,11 +91,14 @@ class Worker:
         return int(self._limiter.borrowed_tokens)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        saturated = self._limiter.borrowed_tokens >= self._limiter.total_tokens
-        if saturated and self._waiting >= self.max_queue:
-            raise EngineOverloaded(
-                f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
-            )
+        admitted = _admitted.get()
+        if self not in admitted:
+            saturated = self._limiter.borrowed_tokens >= self._limiter.total_tokens
+            if saturated and self._waiting >= self.max_queue:
+                raise EngineOverloaded(
+                    f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
+                )
+            _admitted.set(admitted | {self})
         self._waiting += 1
         try:
             await self._limiter.acquire()

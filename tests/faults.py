@@ -51,6 +51,28 @@ class Slow(SpeechEngine):
             yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=sentence)
 
 
+class Paced(SpeechEngine):
+    """``input`` is "WORK GAP N": N sentences, each WORK seconds on the worker, with GAP
+    seconds off it between them (the time a real stream spends encoding and sending)."""
+
+    def load(self) -> None:
+        pass
+
+    def voices(self):
+        return [VoiceInfo(id="alloy", engine="fault", languages=("en",))]
+
+    async def synthesize(self, request):
+        import asyncio
+        import time
+
+        work, gap, count = request.text.split()
+        for index in range(int(count)):
+            if index:
+                await asyncio.sleep(float(gap))
+            await self.worker.run(time.sleep, float(work))
+            yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=str(index))
+
+
 from engines.chat import ChatEngine, Finish, TextDelta  # noqa: E402
 
 
