@@ -31,14 +31,44 @@ T = TypeVar("T")
 
 _EXHAUSTED = object()
 
-#: Workers that have admitted the current request. The queue limit decides whether a
-#: request gets in, once: a stream makes a worker call per sentence or token, and one
-#: already playing must wait its turn for the next, never be cut off by a 429 because
-#: newcomers filled the queue in between. Context variables follow the request into the
-#: tasks it starts, and start empty for every new request.
-_admitted: contextvars.ContextVar[frozenset["Worker"]] = contextvars.ContextVar(
-    "admitted_by", default=frozenset()
+
+class Admission:
+    """What one request has been let into, shared by every task the request starts.
+
+    The queue limit decides whether a request gets in, once per worker: a stream makes a
+    worker call per sentence or token, and one already playing must wait its turn for the
+    next, never be cut off by a 429 because newcomers filled the queue in between. Once
+    its response has started (:func:`commit_admission`), nothing the request asks of any
+    worker is refused, so a spoken reply's speech engine cannot fail a chat stream that is
+    already under way either.
+    """
+
+    __slots__ = ("workers", "committed")
+
+    def __init__(self) -> None:
+        self.workers: set[Worker] = set()
+        self.committed = False
+
+
+_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "admission", default=None
 )
+
+
+def open_admission() -> contextvars.Token:
+    """Give the current request (task) a fresh admission record; reset with the token."""
+    return _admission.set(Admission())
+
+
+def close_admission(token: contextvars.Token) -> None:
+    _admission.reset(token)
+
+
+def commit_admission() -> None:
+    """The current request's response has started: refuse it nothing from now on."""
+    admission = _admission.get()
+    if admission is not None:
+        admission.committed = True
 
 
 async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
@@ -91,19 +121,23 @@ class Worker:
         return int(self._limiter.borrowed_tokens)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        admitted = _admitted.get()
-        if self not in admitted:
+        admission = _admission.get()
+        if admission is None or not (admission.committed or self in admission.workers):
             saturated = self._limiter.borrowed_tokens >= self._limiter.total_tokens
             if saturated and self._waiting >= self.max_queue:
                 raise EngineOverloaded(
                     f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
                 )
-            _admitted.set(admitted | {self})
-        self._waiting += 1
+            if admission is not None:
+                admission.workers.add(self)
         try:
-            await self._limiter.acquire()
-        finally:
-            self._waiting -= 1
+            self._limiter.acquire_nowait()  # only a call that must wait counts as waiting
+        except anyio.WouldBlock:
+            self._waiting += 1
+            try:
+                await self._limiter.acquire()
+            finally:
+                self._waiting -= 1
         try:
             if self._compute is None:
                 return await _uninterrupted(fn, *args)

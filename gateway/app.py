@@ -33,6 +33,7 @@ from .errors import handle_exception
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
 from .settings import Settings, load_settings
+from .streaming import admission_middleware
 
 ROUTES = [
     health,
@@ -106,6 +107,7 @@ def create_app(
         outer_middleware=(
             request_id_middleware,
             api_key_middleware_factory(settings.server.api_keys),
+            admission_middleware,
         ),
         route_handlers=[*ROUTES, MetricsController],
         dependencies={

@@ -2,7 +2,10 @@
 
 A streamed response commits to a 200 with its first byte. Pulling the first item before
 the response starts lets failures that happen up front (an unknown voice, a model that
-will not load, undecodable audio) still answer with a proper status and error envelope.
+will not load, undecodable audio, a full queue) still answer with a proper status and
+error envelope. Once that first item exists the request is committed: engine queues
+refuse it nothing more (see engines.workers.Admission), so a stream is never cut off
+for being busy.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 from typing import AsyncIterator, TypeVar
 
 import structlog
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from engines.workers import close_admission, commit_admission, open_admission
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +28,24 @@ async def prime(source: AsyncIterator[T]) -> AsyncIterator[T]:
         first = await source.__anext__()
     except StopAsyncIteration:
         return _empty()
+    commit_admission()
     return _chain(first, source)
+
+
+def admission_middleware(app: ASGIApp) -> ASGIApp:
+    """Each request gets its own admission record, shared with the tasks it starts."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        token = open_admission()
+        try:
+            await app(scope, receive, send)
+        finally:
+            close_admission(token)
+
+    return middleware
 
 
 async def _empty() -> AsyncIterator[T]:

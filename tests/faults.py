@@ -90,3 +90,19 @@ class ChatFailingMidStream(ChatEngine):
         yield TextDelta(" there")
         raise EngineError("the chat model crashed")
         yield Finish("stop", 1, 2)  # pragma: no cover
+
+
+class ChatOverloaded(ChatEngine):
+    """Refuses every generation as a full queue does, before producing anything."""
+
+    def load(self) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def generate(self, request):
+        from engines.base import EngineOverloaded
+
+        raise EngineOverloaded("model 'busy-chat' has 16 requests waiting; retry shortly")
+        yield  # pragma: no cover

@@ -335,3 +335,30 @@ def test_failure_mid_stream_raises_api_error_in_the_sdk(tmp_path):
         assert caught.value.type == "server_error"
     finally:
         live.stop()
+
+
+def test_a_streamed_request_the_engine_refuses_gets_429_not_a_200_with_an_error(tmp_path):
+    """The first chunk (the role) waits for the engine to take the request, so a refusal
+    still answers with its status, which the SDK retries after retry-after."""
+    from engines.base import Capability
+    from engines.catalog import CATALOG, EngineKind
+    from engines.registry import ModelRegistry, ModelSpec
+    from gateway.settings import load_settings
+    from tests.conftest import start_server
+
+    registry = ModelRegistry(
+        [ModelSpec("busy-chat", "busy")], cache_dir=tmp_path,
+        catalog={**CATALOG, "busy": EngineKind("tests.faults:ChatOverloaded", frozenset({Capability.CHAT}))},
+    )
+    settings = load_settings()
+    settings.engines.preload = []
+    live = start_server(settings, registry)
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as caught:
+            for _ in client.chat.completions.create(model="busy-chat", messages=ASK, stream=True):
+                pass
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert caught.value.code == "engine_overloaded"
+    finally:
+        live.stop()

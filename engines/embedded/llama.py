@@ -172,7 +172,10 @@ class LlamaChatEngine(ChatEngine):
         self._formatter = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
-        self._lock = anyio.Lock()
+        # A semaphore, not a Lock: a generation may start in the request's task (which
+        # waits for its first token before answering 200) and end in the task that streams
+        # the rest, and an anyio Lock must be released by the task that took it.
+        self._turns = anyio.Semaphore(1)
         self._waiting = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -268,19 +271,19 @@ class LlamaChatEngine(ChatEngine):
     @asynccontextmanager
     async def _turn(self):
         """Whole generations take turns on the one llama.cpp context."""
-        if self._lock.locked() and self._waiting >= self.worker.max_queue:
+        if self._turns.value == 0 and self._waiting >= self.worker.max_queue:
             raise EngineOverloaded(
                 f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
             )
         self._waiting += 1
         try:
-            await self._lock.acquire()
+            await self._turns.acquire()
         finally:
             self._waiting -= 1
         try:
             yield
         finally:
-            self._lock.release()
+            self._turns.release()
 
     # ------------------------------------------------------------------ planning
 

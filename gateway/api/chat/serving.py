@@ -39,6 +39,7 @@ from engines.registry import ModelRegistry
 from ... import metrics
 from ...errors import InvalidRequest
 from ...settings import ChatSettings
+from ...streaming import prime
 from .protocol import (
     AllowedToolsChoice,
     AssistantMessage,
@@ -457,7 +458,6 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
         )
 
     speaks = prepared.speaks
-    yield chunk(Delta(role="assistant", content=None if speaks else ""))
     audio_id_sent = False
 
     def audio_delta(**fields) -> AudioDelta:
@@ -468,7 +468,12 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
         return AudioDelta(**fields)
 
     audio_seconds = 0.0
-    async with aclosing(service.run(prepared)) as events:
+    source = service.run(prepared)
+    async with aclosing(source):
+        # The role chunk waits for the engine's first event: a refusal (a full queue, a
+        # model that will not load) then still answers with its status, not a 200.
+        events = await prime(source)
+        yield chunk(Delta(role="assistant", content=None if speaks else ""))
         async for event in events:
             if isinstance(event, TextDelta):
                 logprobs = (

@@ -1,0 +1,87 @@
+"""Engine workers: a full queue refuses new requests, never one already admitted or streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from engines.base import EngineOverloaded
+from engines.workers import Worker, close_admission, commit_admission, open_admission
+
+
+async def _fill(worker: Worker, release: threading.Event) -> list[asyncio.Task]:
+    """One call computing (until ``release``) and one waiting: a queue of 1 is full."""
+    tasks = [asyncio.create_task(worker.run(release.wait, 30)) for _ in range(2)]
+    while not (worker.busy == 1 and worker.waiting == 1):
+        await asyncio.sleep(0.01)
+    return tasks
+
+
+async def _as_request(body) -> object:
+    """Run ``body`` as the gateway runs a request: in its own task, with its own admission."""
+
+    async def request():
+        token = open_admission()
+        try:
+            return await body()
+        finally:
+            close_admission(token)
+
+    return await asyncio.create_task(request())
+
+
+async def test_a_full_queue_refuses_a_new_request_but_not_the_next_call_of_an_admitted_one():
+    worker = Worker("w", concurrency=1, max_queue=1)
+    blocker = threading.Event()
+    step = asyncio.Event()
+
+    async def streaming_request():
+        await worker.run(lambda: "first")  # admitted while the queue was empty
+        await step.wait()  # meanwhile others fill the queue
+        return await worker.run(lambda: "second")
+
+    streaming = asyncio.create_task(_as_request(streaming_request))
+    await asyncio.sleep(0.05)
+    fillers = await _fill(worker, blocker)
+
+    async def newcomer():
+        return await worker.run(lambda: "late")
+
+    with pytest.raises(EngineOverloaded):
+        await _as_request(newcomer)
+    step.set()
+    await asyncio.sleep(0.05)
+    assert not streaming.done()  # waiting its turn, not refused
+    blocker.set()
+    assert await streaming == "second"
+    await asyncio.gather(*fillers)
+
+
+async def test_after_its_response_starts_a_request_is_refused_by_no_worker():
+    speech, chat = Worker("speech", max_queue=1), Worker("chat", max_queue=1)
+    blocker = threading.Event()
+    fillers = await _fill(speech, blocker)
+
+    async def spoken_chat():
+        await chat.run(lambda: "token")
+        commit_admission()  # the 200 and the first chunk are out
+        return await speech.run(lambda: "audio")  # first call to this full worker
+
+    reply = asyncio.create_task(_as_request(spoken_chat))
+    await asyncio.sleep(0.05)
+    assert not reply.done()
+    blocker.set()
+    assert await reply == "audio"
+    await asyncio.gather(*fillers)
+
+
+async def test_without_an_admission_record_every_call_is_checked():
+    worker = Worker("w", max_queue=1)
+    blocker = threading.Event()
+    fillers = await _fill(worker, blocker)
+    with pytest.raises(EngineOverloaded):
+        await worker.run(lambda: None)
+    blocker.set()
+    await asyncio.gather(*fillers)
