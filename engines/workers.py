@@ -35,18 +35,18 @@ _EXHAUSTED = object()
 class Admission:
     """What one request has been let into, shared by every task the request starts.
 
-    The queue limit decides whether a request gets in, once per worker: a stream makes a
-    worker call per sentence or token, and one already playing must wait its turn for the
+    A queue limit decides whether a request gets in, once per :class:`Gate`: a stream makes
+    a worker call per sentence or token, and one already playing must wait its turn for the
     next, never be cut off by a 429 because newcomers filled the queue in between. Once
     its response has started (:func:`commit_admission`), nothing the request asks of any
-    worker is refused, so a spoken reply's speech engine cannot fail a chat stream that is
+    gate is refused, so a spoken reply's speech engine cannot fail a chat stream that is
     already under way either.
     """
 
-    __slots__ = ("workers", "committed")
+    __slots__ = ("gates", "committed")
 
     def __init__(self) -> None:
-        self.workers: set[Worker] = set()
+        self.gates: set[Gate] = set()
         self.committed = False
 
 
@@ -98,6 +98,52 @@ async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
     return result
 
 
+class Gate:
+    """At most ``slots`` holders at once and at most ``max_queue`` waiting for a turn.
+
+    The one place that admits or refuses (:class:`EngineOverloaded`, a 429): worker calls
+    go through one, and so do engines whose turns span many calls (the llama engine serves
+    whole generations one at a time). A semaphore, not a lock or limiter: a turn may be
+    taken by the task that answers a request and given back by the task that streams it.
+    """
+
+    def __init__(self, name: str, slots: int = 1, max_queue: int = 16) -> None:
+        self.name = name
+        self.slots = max(1, slots)
+        self.max_queue = max_queue
+        self._free = anyio.Semaphore(self.slots)
+        self._waiting = 0
+
+    @property
+    def busy(self) -> int:
+        return self.slots - self._free.value
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def acquire(self) -> None:
+        admission = _admission.get()
+        if admission is None or not (admission.committed or self in admission.gates):
+            if self._free.value == 0 and self._waiting >= self.max_queue:
+                raise EngineOverloaded(
+                    f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
+                )
+            if admission is not None:
+                admission.gates.add(self)
+        try:
+            self._free.acquire_nowait()  # only a call that must wait counts as waiting
+        except anyio.WouldBlock:
+            self._waiting += 1
+            try:
+                await self._free.acquire()
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        self._free.release()
+
+
 class Worker:
     def __init__(
         self,
@@ -108,43 +154,26 @@ class Worker:
     ) -> None:
         self.name = name
         self.max_queue = max_queue
-        self._limiter = anyio.CapacityLimiter(max(1, concurrency))
+        self._gate = Gate(name, concurrency, max_queue)
         self._compute = compute
-        self._waiting = 0
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return self._gate.waiting
 
     @property
     def busy(self) -> int:
-        return int(self._limiter.borrowed_tokens)
+        return self._gate.busy
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        admission = _admission.get()
-        if admission is None or not (admission.committed or self in admission.workers):
-            saturated = self._limiter.borrowed_tokens >= self._limiter.total_tokens
-            if saturated and self._waiting >= self.max_queue:
-                raise EngineOverloaded(
-                    f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
-                )
-            if admission is not None:
-                admission.workers.add(self)
-        try:
-            self._limiter.acquire_nowait()  # only a call that must wait counts as waiting
-        except anyio.WouldBlock:
-            self._waiting += 1
-            try:
-                await self._limiter.acquire()
-            finally:
-                self._waiting -= 1
+        await self._gate.acquire()
         try:
             if self._compute is None:
                 return await _uninterrupted(fn, *args)
             async with self._compute:
                 return await _uninterrupted(fn, *args)
         finally:
-            self._limiter.release()
+            self._gate.release()
 
     async def iterate(self, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
         """Create and drain a blocking iterator, one ``next`` per worker call."""

