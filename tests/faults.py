@@ -33,24 +33,6 @@ class FailsToLoad(SpeechEngine):
         yield
 
 
-class Slow(SpeechEngine):
-    """Takes ``input`` seconds (on its worker) for each of two sentences, like a big model
-    on a busy CPU; its worker's queue limit is what the overload test exercises."""
-
-    def load(self) -> None:
-        pass
-
-    def voices(self):
-        return [VoiceInfo(id="alloy", engine="fault", languages=("en",))]
-
-    async def synthesize(self, request):
-        import time
-
-        for sentence in ("first", "second"):
-            await self.worker.run(time.sleep, float(request.text))
-            yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=sentence)
-
-
 class Paced(SpeechEngine):
     """``input`` is "WORK GAP N": N sentences, each WORK seconds on the worker, with GAP
     seconds off it between them (the time a real stream spends encoding and sending)."""
@@ -61,16 +43,28 @@ class Paced(SpeechEngine):
     def voices(self):
         return [VoiceInfo(id="alloy", engine="fault", languages=("en",))]
 
+    def pace(self, text: str) -> tuple[float, float, int]:
+        work, gap, count = text.split()
+        return float(work), float(gap), int(count)
+
     async def synthesize(self, request):
         import asyncio
         import time
 
-        work, gap, count = request.text.split()
-        for index in range(int(count)):
-            if index:
-                await asyncio.sleep(float(gap))
-            await self.worker.run(time.sleep, float(work))
+        work, gap, count = self.pace(request.text)
+        for index in range(count):
+            if index and gap:
+                await asyncio.sleep(gap)
+            await self.worker.run(time.sleep, work)
             yield AudioChunk(samples=np.zeros(2400, np.float32), sample_rate=24000, text=str(index))
+
+
+class Slow(Paced):
+    """Takes ``input`` seconds (on its worker) for each of two sentences, like a big model
+    on a busy CPU; its worker's queue limit is what the overload test exercises."""
+
+    def pace(self, text: str) -> tuple[float, float, int]:
+        return float(text), 0.0, 2
 
 
 from engines.chat import ChatEngine, Finish, TextDelta  # noqa: E402
