@@ -133,7 +133,10 @@ class ChatRequest:
     """One chat completion. Sampling fields follow OpenAI's meaning and defaults.
 
     ``max_tokens`` None means: until the model stops or the context window is full.
-    ``top_logprobs`` (0-20) only counts when ``logprobs`` is set.
+    ``top_logprobs`` (0-20) only counts when ``logprobs`` is set. ``defaulted`` names the
+    sampling fields the caller left out (``"temperature"``, ``"top_p"``): their values
+    here are OpenAI's defaults, and a model with defaults of its own (Step-Audio-Chat)
+    uses those instead, while an explicit 1.0 is still sent as 1.0.
     """
 
     messages: list[ChatMessage]
@@ -148,6 +151,7 @@ class ChatRequest:
     response_format: ResponseFormat = ResponseFormat.TEXT
     logprobs: bool = False
     top_logprobs: int = 0
+    defaulted: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- events

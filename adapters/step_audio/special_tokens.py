@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from .audio_tokens import AUDIO_TOKEN_COUNT, AUDIO_TOKEN_ID_OFFSET
+
 BOS = "<s>"
 BOT = "<|BOT|>"
 EOT = "<|EOT|>"
@@ -25,6 +27,21 @@ BOT_TOKEN_ID = 4
 #: Stop generation on the end of the assistant turn, and on a new turn as a safety net
 #: (reference, "What a gateway must implement" item 4).
 STOP_STRINGS = (EOT, BOT)
+#: The same stops as token ids. vLLM leaves special tokens out of the text it matches stop
+#: strings against (``skip_special_tokens``), so only ids can stop on them reliably.
+STOP_TOKEN_IDS = (EOT_TOKEN_ID, BOT_TOKEN_ID)
+
+#: What the vLLM behind the gateway must read as :data:`TOKENIZER_PROBE_IDS` (without BOS):
+#: the lowest and highest audio tokens and both turn markers. A different model, or a
+#: tokenizer without the audio tokens, spells ``<audio_N>`` as a dozen ordinary pieces and
+#: the model answers nonsense to every spoken turn, so the gateway checks at start.
+TOKENIZER_PROBE = f"<audio_0><audio_{AUDIO_TOKEN_COUNT - 1}>{BOT}{EOT}"
+TOKENIZER_PROBE_IDS = (
+    AUDIO_TOKEN_ID_OFFSET,
+    AUDIO_TOKEN_ID_OFFSET + AUDIO_TOKEN_COUNT - 1,
+    BOT_TOKEN_ID,
+    EOT_TOKEN_ID,
+)
 
 #: Strings in text that the tokenizer would turn into turn markers or audio tokens.
 #: ``<s>``/``</s>`` are left out: they are ordinary HTML (strikethrough) in user text, and

@@ -7,10 +7,17 @@ text (or the speech made from it).
 
 Choices the reference leaves open, made here:
 
-* Sampling defaults are the reference's (temperature 0.7, top_p 0.9, max 2048 tokens)
-  when a request leaves them at OpenAI's defaults of 1.0; explicit values are sent.
-* Stops: ``<|EOT|>`` (also as token id 3, in case vLLM hides special tokens from stop
-  strings) and ``<|BOT|>`` as a safety stop, plus the request's own.
+* Sampling: what the request gives is sent unchanged (an explicit ``temperature: 1.0``
+  is 1.0); what it leaves out gets upstream's values (``stepaudio.py``: temperature 0.7,
+  top_p 0.9, 2048 new tokens; HF ``generate``'s top_k 50, which vLLM would otherwise
+  leave off).
+* Stops: token ids 3 (``<|EOT|>``) and 4 (``<|BOT|>``): vLLM skips special tokens in the
+  text it matches stop strings against, so only ids stop on them. The strings stay as
+  well (harmless), plus the request's own.
+* At start every replica's ``/tokenize`` must read ``<audio_0><audio_5119><|BOT|><|EOT|>``
+  as 65536, 70655, 4, 3: a different model or a tokenizer without the audio tokens would
+  read each ``<audio_N>`` as a dozen characters and answer nonsense. Otherwise the model
+  is unavailable (503 naming the mismatch) rather than serving.
 * A named ``tool_choice`` is honoured by opening the assistant turn with
   ``<tool_call>function\\n{name}\\n`` and constraining the arguments to the tool's schema
   with vLLM's guided decoding: the model cannot answer otherwise. ``required`` with one
@@ -31,7 +38,12 @@ from adapters.step_audio.prompt import (
     build_prompt,
     strip_end_of_turn,
 )
-from adapters.step_audio.special_tokens import EOT_TOKEN_ID, STOP_STRINGS
+from adapters.step_audio.special_tokens import (
+    STOP_STRINGS,
+    STOP_TOKEN_IDS,
+    TOKENIZER_PROBE,
+    TOKENIZER_PROBE_IDS,
+)
 from adapters.step_audio.tools import (
     FUNCTION_OUTPUT,
     Text,
@@ -42,7 +54,7 @@ from adapters.step_audio.tools import (
     ToolResultFormat,
 )
 
-from ..base import EngineError, InvalidInput
+from ..base import EngineError, EngineUnavailable, InvalidInput
 from ..chat import (
     ChatEngine,
     ChatEvent,
@@ -58,6 +70,7 @@ from .vllm import VLLMReplicaPool
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 2048
+DEFAULT_TOP_K = 50
 _CALL_OPEN = "<tool_call>function\n"
 
 
@@ -85,6 +98,7 @@ class StepAudioChatEngine(ChatEngine):
         tool_result_role: str = FUNCTION_OUTPUT.role,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         health_interval: float = 5.0,
+        check_tokenizer: bool = True,
     ) -> None:
         super().__init__(name, context)
         self.urls = list(vllm_urls)
@@ -95,6 +109,7 @@ class StepAudioChatEngine(ChatEngine):
         self.tool_result_format = ToolResultFormat(role=tool_result_role)
         self.max_tokens = max_tokens
         self.health_interval = health_interval
+        self.check_tokenizer = check_tokenizer
         self.pool: VLLMReplicaPool | None = None
 
     def load(self) -> None:  # nothing in-process: vLLM holds the model
@@ -106,8 +121,18 @@ class StepAudioChatEngine(ChatEngine):
             model=self.vllm_model,
             api_key=self.api_key,
             health_interval=self.health_interval,
+            tokenizer_check=(
+                (TOKENIZER_PROBE, TOKENIZER_PROBE_IDS) if self.check_tokenizer else None
+            ),
         )
         await self.pool.start()
+        mismatches = self.pool.snapshot().mismatches
+        if mismatches:
+            await self.stop()
+            raise EngineUnavailable(
+                f"The model '{self.name}' is unavailable: the vLLM behind it does not read "
+                f"audio tokens as Step-Audio-Chat does ({'; '.join(mismatches)})."
+            )
 
     async def stop(self) -> None:
         if self.pool is not None:
@@ -138,7 +163,7 @@ class StepAudioChatEngine(ChatEngine):
             )
         except ValueError as exc:
             raise InvalidInput(str(exc), param="messages") from exc
-        extra: dict = {"stop_token_ids": [EOT_TOKEN_ID]}
+        extra: dict = {"stop_token_ids": list(STOP_TOKEN_IDS), "top_k": DEFAULT_TOP_K}
         forced: str | None = None
         if mode == "function":
             forced = request.tool_choice.name
@@ -178,8 +203,12 @@ class StepAudioChatEngine(ChatEngine):
         pieces = self.pool.stream_completion(
             prompt,
             max_tokens=request.max_tokens or self.max_tokens,
-            temperature=DEFAULT_TEMPERATURE if request.temperature == 1.0 else request.temperature,
-            top_p=DEFAULT_TOP_P if request.top_p == 1.0 else request.top_p,
+            temperature=(
+                DEFAULT_TEMPERATURE
+                if "temperature" in request.defaulted
+                else request.temperature
+            ),
+            top_p=DEFAULT_TOP_P if "top_p" in request.defaulted else request.top_p,
             stop=stops,
             seed=request.seed,
             extra=extra,

@@ -22,6 +22,11 @@ Why it behaves as it does:
   its ``GET /health`` answers 200 again. A request still tries replicas marked down once
   every healthy one has failed, because a mark can be stale (the health loop may not be
   running, or the replica may just have come back).
+* **The right tokenizer.** With ``tokenizer_check`` set, a replica is only used once its
+  ``POST /tokenize`` reads the probe text as the expected ids; it is asked again each time
+  it comes back from down (a restarted vLLM may serve another model). A replica that
+  reads it otherwise is never routed to, whatever its health says: it would answer, but
+  to a prompt it reads wrongly.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class ReplicaSnapshot:
     requests: int
     failures: int
     last_error: str | None
+    #: Why this replica is never used (its tokenizer reads the probe otherwise), or None.
+    mismatch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,9 +102,23 @@ class PoolSnapshot:
     def ready(self) -> bool:
         return self.healthy > 0
 
+    @property
+    def mismatches(self) -> list[str]:
+        return [f"{r.url}: {r.mismatch}" for r in self.replicas if r.mismatch]
+
 
 class _Replica:
-    __slots__ = ("url", "index", "healthy", "outstanding", "requests", "failures", "last_error")
+    __slots__ = (
+        "url",
+        "index",
+        "healthy",
+        "outstanding",
+        "requests",
+        "failures",
+        "last_error",
+        "verified",
+        "mismatch",
+    )
 
     def __init__(self, url: str, index: int) -> None:
         self.url = url
@@ -107,6 +128,8 @@ class _Replica:
         self.requests = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.verified = False  # its tokenizer answered the probe as expected
+        self.mismatch: str | None = None
 
     def mark_down(self, reason: str) -> None:
         self.last_error = reason
@@ -121,7 +144,13 @@ class _Replica:
 
     def snapshot(self) -> ReplicaSnapshot:
         return ReplicaSnapshot(
-            self.url, self.healthy, self.outstanding, self.requests, self.failures, self.last_error
+            self.url,
+            self.healthy,
+            self.outstanding,
+            self.requests,
+            self.failures,
+            self.last_error,
+            self.mismatch,
         )
 
 
@@ -179,6 +208,13 @@ async def _error_message(response: httpx.Response) -> str:
         return _message_of(msgspec.json.decode(body))
     except msgspec.DecodeError:
         return body.decode("utf-8", "replace").strip()[:500] or response.reason_phrase
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text[:500]
 
 
 def _retryable(status: int) -> bool:
@@ -282,8 +318,9 @@ class VLLMReplicaPool:
     ``urls`` are the replicas' base URLs (``http://host:8000``; a trailing ``/v1`` is
     accepted), all serving ``model`` (vLLM's ``--served-model-name``). ``read_timeout``
     is the longest silence tolerated on a stream, queueing before the first token
-    included. Call :meth:`start` to begin health checks and :meth:`aclose` when done,
-    or use the pool as an async context manager.
+    included. ``tokenizer_check`` (text, ids): use only replicas whose ``/tokenize``
+    reads text as exactly ids (see the module doc). Call :meth:`start` to begin health
+    checks and :meth:`aclose` when done, or use the pool as an async context manager.
     """
 
     def __init__(
@@ -296,6 +333,7 @@ class VLLMReplicaPool:
         read_timeout: float = 600.0,
         health_interval: float = 5.0,
         client: httpx.AsyncClient | None = None,
+        tokenizer_check: tuple[str, Sequence[int]] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("VLLMReplicaPool needs at least one replica URL")
@@ -317,6 +355,11 @@ class VLLMReplicaPool:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._next = 0  # rotation point for breaking ties
+        self._tokenizer_check = (
+            None
+            if tokenizer_check is None
+            else (tokenizer_check[0], [int(i) for i in tokenizer_check[1]])
+        )
         self._health_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -372,25 +415,70 @@ class VLLMReplicaPool:
                 replica.url + "/health", headers=self._headers, timeout=self._health_timeout
             )
         except httpx.RequestError as exc:
+            replica.verified = False
             replica.mark_down(f"health check: {_describe(exc, self._read_timeout)}")
             return
-        if response.status_code == 200:
-            replica.mark_up()
-        else:
+        if response.status_code != 200:
+            replica.verified = False
             replica.mark_down(f"health check: HTTP {response.status_code}")
+            return
+        if self._tokenizer_check is not None and not replica.verified:
+            try:
+                replica.mismatch = await self._tokenizer_mismatch(replica)
+            except httpx.RequestError as exc:
+                replica.mark_down(f"tokenizer check: {_describe(exc, self._read_timeout)}")
+                return
+            if replica.mismatch is not None:
+                replica.mark_down(replica.mismatch)
+                return
+            replica.verified = True
+        replica.mark_up()
+
+    async def _tokenizer_mismatch(self, replica: _Replica) -> str | None:
+        """None when the replica's tokenizer reads the probe as expected, else why not."""
+        assert self._tokenizer_check is not None
+        text, expected = self._tokenizer_check
+        response = await self._client.post(
+            replica.url + "/tokenize",
+            json={"model": self.model, "prompt": text, "add_special_tokens": False},
+            headers=self._headers,
+            timeout=self._health_timeout,
+        )
+        if response.status_code != 200:
+            return (
+                f"its /tokenize answered HTTP {response.status_code} "
+                f"({_message_of(_json_or_text(response))}), so the gateway cannot check "
+                "that it reads audio tokens"
+            )
+        body = _json_or_text(response)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if tokens != expected:
+            return (
+                f"its tokenizer reads {text!r} as {tokens!r}, not {expected!r}: it is not "
+                f"serving Step-Audio-Chat's tokenizer (wrong model for '{self.model}', or "
+                "a tokenizer without the audio tokens)"
+            )
+        return None
 
     # ------------------------------------------------------------------ state
 
     def snapshot(self) -> PoolSnapshot:
         return PoolSnapshot(self.model, tuple(r.snapshot() for r in self._replicas))
 
+    def _usable(self, replica: _Replica) -> bool:
+        """Not known to read prompts wrongly: checked, when a tokenizer check is set."""
+        if self._tokenizer_check is None:
+            return True
+        return replica.mismatch is None and replica.verified
+
     def _choose(self, tried: list[_Replica]) -> _Replica | None:
         """Least outstanding among the healthy untried replicas, ties in rotation; the
-        untried ones marked down only when no healthy one is left."""
+        untried ones marked down only when no healthy one is left. Replicas whose
+        tokenizer is unchecked or wrong are never chosen."""
         start = self._next
         self._next = (start + 1) % len(self._replicas)
         rotated = self._replicas[start:] + self._replicas[:start]
-        untried = [r for r in rotated if r not in tried]
+        untried = [r for r in rotated if r not in tried and self._usable(r)]
         if not untried:
             return None
         healthy = [r for r in untried if r.healthy]
@@ -507,6 +595,10 @@ class VLLMReplicaPool:
                 ) from error
             log.info("vllm_failover", url=replica.url, reason=reason)
             reasons.append(f"replica {replica.index + 1}: {reason}")
+        for r in self._replicas:
+            if r not in tried:
+                why = r.mismatch or f"its tokenizer is not checked yet ({r.last_error})"
+                reasons.append(f"replica {r.index + 1}: {why}")
         raise EngineUnavailable(
             f"The chat model is unavailable: none of its {len(self._replicas)} vLLM "
             f"replica(s) could take the request ({'; '.join(reasons)}). Retry shortly."

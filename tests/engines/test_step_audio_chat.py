@@ -79,8 +79,99 @@ async def test_openai_names_reach_step_audio_and_the_prompt_is_the_reference_for
         [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi there")]
     )
     assert sent["model"] == "step-audio-chat"
-    assert {"<|EOT|>", "<|BOT|>"} <= set(sent["stop"]) and sent["stop_token_ids"] == [3]
-    assert sent["temperature"] == 0.7 and sent["top_p"] == 0.9 and sent["max_tokens"] == 2048
+    assert {"<|EOT|>", "<|BOT|>"} <= set(sent["stop"])
+
+
+async def test_absent_sampling_gets_upstream_defaults_and_explicit_values_pass_unchanged(
+    deployment,
+):
+    """Upstream's stepaudio.py samples with temperature 0.7, top_p 0.9, top_k 50 (HF's
+    default) and 2048 new tokens; an explicit 1.0 is a choice, not "unset"."""
+    url, replicas = deployment
+    client = client_for(url)
+    hi = [{"role": "user", "content": "hi"}]
+
+    async def sent_for(**options) -> dict:
+        for replica in replicas:
+            replica.requests.clear()
+        await client.chat.completions.create(model="gpt-4o", messages=hi, **options)
+        (body,) = [body for replica in replicas for body in replica.requests]
+        return body
+
+    sent = await sent_for()
+    assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["max_tokens"]) == (
+        0.7,
+        0.9,
+        50,
+        2048,
+    )
+    assert sent["stop_token_ids"] == [3, 4]  # <|EOT|> and <|BOT|>
+
+    sent = await sent_for(temperature=1.0, top_p=1.0, max_tokens=5)
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (1.0, 1.0, 5)
+    assert sent["stop_token_ids"] == [3, 4]
+
+    sent = await sent_for(temperature=0, top_p=0.5)
+    assert (sent["temperature"], sent["top_p"]) == (0, 0.5)
+
+    sent = await sent_for(top_p=1.0)
+    assert (sent["temperature"], sent["top_p"]) == (0.7, 1.0)  # only the absent one defaults
+
+
+async def test_the_vllm_tokenizer_is_checked_once_at_start(deployment):
+    """Each replica is asked how it reads the probe, without BOS, before it serves."""
+    url, replicas = deployment
+    await client_for(url).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    for replica in replicas:
+        assert replica.tokenize_requests == [
+            {
+                "model": "step-audio-chat",
+                "prompt": "<audio_0><audio_5119><|BOT|><|EOT|>",
+                "add_special_tokens": False,
+            }
+        ]
+
+
+@pytest.mark.parametrize("tokenizer", ["split", "missing"])
+async def test_a_vllm_that_reads_audio_tokens_otherwise_makes_the_model_503(tmp_path, tokenizer):
+    """A fake vLLM whose tokenizer splits <audio_N> into characters (a wrong model, or a
+    tokenizer without the audio tokens), or that has no /tokenize: the chat model answers
+    503 naming the mismatch, and no prompt is ever sent to it."""
+    import openai
+
+    replica = await FakeVLLM().start()
+    replica.tokenizer = tokenizer
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url])},
+    )
+    settings.step_audio.model_dir = str(tmp_path)
+    settings.engines.preload = []
+    live = await live_server(settings).astart("/health")
+    try:
+        client = client_for(live.url)
+        for _ in range(2):  # still unavailable on the next request: checked again
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert caught.value.status_code == 503
+            error = caught.value.body
+            assert error["code"] == "engine_unavailable"
+            if tokenizer == "split":
+                assert "reads '<audio_0><audio_5119><|BOT|><|EOT|>' as [1060, 1097" in (
+                    error["message"]
+                )
+                assert "not [65536, 70655, 4, 3]" in error["message"]
+            else:
+                assert "/tokenize answered HTTP 404" in error["message"]
+        assert replica.requests == []
+        assert len(replica.tokenize_requests) == 2
+    finally:
+        live.stop()
+        await replica.stop()
 
 
 async def test_tool_call_markup_becomes_streamed_tool_calls(deployment):

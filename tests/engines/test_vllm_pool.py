@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from contextlib import aclosing, asynccontextmanager
@@ -67,6 +68,11 @@ class FakeVLLM:
       before any byte of a stream;
     * ``"drop"``: stream ``drop_after`` tokens, then close the connection mid-body;
     * ``"error_event"``: a 200 stream whose first event is an in-band error (``status``).
+
+    ``POST /tokenize`` reads text as ``tokenizer`` says: ``"step-audio"`` (Step-Audio-Chat's:
+    ``<audio_N>`` is 65536+N, ``<|BOT|>`` 4, ``<|EOT|>`` 3, any other character one id),
+    ``"split"`` (a tokenizer without those tokens: every character is an id of its own)
+    or ``"missing"`` (404, as a server without the endpoint).
     """
 
     def __init__(self) -> None:
@@ -77,6 +83,8 @@ class FakeVLLM:
         self.error_message = "engine is dead"
         self.drop_after = 2
         self.healthy = True
+        self.tokenizer = "step-audio"
+        self.tokenize_requests: list[dict] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.active = 0
@@ -120,6 +128,9 @@ class FakeVLLM:
                     self.headers.append(headers)
                     if not await self._complete(reader, writer, self.requests[-1]):
                         return
+                elif method == "POST" and path == "/tokenize":
+                    self.tokenize_requests.append(json.loads(body))
+                    await self._tokenize(writer, self.tokenize_requests[-1])
                 else:
                     await self._plain(writer, 404, b'{"detail":"Not Found"}')
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -135,6 +146,27 @@ class FakeVLLM:
         )
         writer.write(head.encode() + body)
         await writer.drain()
+
+    async def _tokenize(self, writer: asyncio.StreamWriter, request: dict) -> None:
+        if self.tokenizer == "missing":
+            await self._plain(writer, 404, b'{"detail":"Not Found"}')
+            return
+        text = request["prompt"]
+        if self.tokenizer == "split":
+            tokens = [1000 + ord(ch) for ch in text]
+        else:
+            tokens = []
+            for match in re.finditer(r"<audio_(\d+)>|<\|BOT\|>|<\|EOT\|>|.", text, re.S):
+                piece = match.group(0)
+                if match.group(1) is not None:
+                    tokens.append(65536 + int(match.group(1)))
+                else:
+                    special = {"<|BOT|>": 4, "<|EOT|>": 3}
+                    tokens.append(special[piece] if piece in special else 1000 + ord(piece))
+        if request.get("add_special_tokens", True):
+            tokens.insert(0, 1)
+        body = {"count": len(tokens), "max_model_len": 32768, "tokens": tokens}
+        await self._plain(writer, 200, json.dumps(body).encode())
 
     def _error_body(self) -> dict:
         return {
@@ -545,3 +577,47 @@ async def test_replicas_marked_down_are_still_tried_as_a_last_resort(fakes):
         assert not pool.snapshot().ready
         assert text_of(await collect(pool)) == "".join(TOKENS)
         assert pool.snapshot().ready  # a served request proves the replica is back
+
+
+PROBE = ("<audio_0><audio_5119><|BOT|><|EOT|>", [65536, 70655, 4, 3])
+
+
+async def test_a_replica_whose_tokenizer_reads_the_probe_otherwise_is_never_used(fakes):
+    """It is healthy and would answer, but to prompts it reads wrongly."""
+    good, wrong = await fakes(), await fakes(tokenizer="split")
+    async with pool_of(wrong.url, good.url, tokenizer_check=PROBE) as pool:
+        snapshot = await pool.check_health_once()
+        assert [r.healthy for r in snapshot.replicas] == [False, True]
+        (mismatch,) = snapshot.mismatches
+        assert mismatch.startswith(wrong.url) and "not [65536, 70655, 4, 3]" in mismatch
+        for _ in range(4):
+            await collect(pool)
+        assert (len(wrong.requests), len(good.requests)) == (0, 4)
+        await pool.check_health_once()  # still wrong, still never a last resort
+        await good.stop()
+        with pytest.raises(EngineUnavailable) as caught:
+            await collect(pool)
+        assert "its tokenizer reads" in caught.value.message
+        assert wrong.requests == []
+
+
+async def test_a_replica_is_checked_when_it_comes_up_and_again_after_a_restart(fakes):
+    fake = await fakes(healthy=False)
+    async with pool_of(fake.url, tokenizer_check=PROBE) as pool:
+        await pool.check_health_once()
+        assert fake.tokenize_requests == []  # down: not asked yet
+        with pytest.raises(EngineUnavailable) as caught:
+            await collect(pool)
+        assert "not checked yet" in caught.value.message and fake.requests == []
+        fake.healthy = True
+        assert (await pool.check_health_once()).ready
+        assert len(fake.tokenize_requests) == 1
+        await pool.check_health_once()
+        assert len(fake.tokenize_requests) == 1  # checked once while it stays up
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+        # Restarted with another model behind the same URL.
+        fake.healthy = False
+        await pool.check_health_once()
+        fake.healthy, fake.tokenizer = True, "split"
+        snapshot = await pool.check_health_once()
+        assert not snapshot.ready and snapshot.mismatches

@@ -153,6 +153,9 @@ class ChatService:
         return Prepared(
             wire=wire,
             engine_request=request,
+            defaulted=frozenset(
+                name for name in ("temperature", "top_p") if getattr(wire, name) is None
+            ),
             input_audio_seconds=audio_seconds,
             audio_format=audio_format,
             voice=voice,
