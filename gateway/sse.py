@@ -9,6 +9,7 @@ both SDKs' JSON parsing), and, once a 200 has gone out, failures reported as a f
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, AsyncIterator
 
 import msgspec
@@ -27,9 +28,18 @@ PING = b": ping\n\n"
 
 _encoder = msgspec.json.Encoder()
 
+# JSON leaves U+0085, U+2028 and U+2029 unescaped, but httpx's Response.iter_lines (what
+# line-by-line clients and httpx-sse before 0.4.2 read events with) splits lines on them as
+# str.splitlines does, cutting the event's JSON in two. Escaped, it is the same JSON value.
+_LINE_BREAKS = re.compile("|".join(["\u0085", "\u2028", "\u2029"]).encode())
+
+
+def _escape_line_breaks(data: bytes) -> bytes:
+    return _LINE_BREAKS.sub(lambda m: b"\\u%04x" % ord(m.group().decode()), data)
+
 
 def event(payload: Any) -> bytes:
-    return b"data: " + _encoder.encode(payload) + b"\n\n"
+    return b"data: " + _escape_line_breaks(_encoder.encode(payload)) + b"\n\n"
 
 
 async def report_failures(events: AsyncIterator[bytes], request: Request) -> AsyncIterator[bytes]:
@@ -40,7 +50,7 @@ async def report_failures(events: AsyncIterator[bytes], request: Request) -> Asy
     except Exception as exc:  # noqa: BLE001 - any failure must reach the client
         error = to_api_error(exc, request)
         log.warning("stream_failed", status=error.status_code, message=error.message)
-        yield sse_error_event(error)
+        yield _escape_line_breaks(sse_error_event(error))
 
 
 class _Raised:
