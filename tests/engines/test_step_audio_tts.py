@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("hyperpyyaml")
-pytest.importorskip("cosyvoice.flow.flow")
-pytest.importorskip("matcha.utils.audio")
-pytest.importorskip("kaldi_native_fbank")
-onnx = pytest.importorskip("onnx")
+import cosyvoice.flow.flow  # noqa: E402,F401 - the tier's environment must have these
+import hyperpyyaml  # noqa: E402,F401
+import kaldi_native_fbank  # noqa: E402,F401
+import matcha.utils.audio  # noqa: E402,F401
+import onnx  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402,F401
 
 from engines.base import EngineContext, InvalidInput, SpeechRequest  # noqa: E402
 from engines.step_audio import tts as tts_module  # noqa: E402

@@ -1,7 +1,7 @@
 """Two real vLLM servers (CPU build, SmolLM2-135M) for the vLLM test tier.
 
-Only used when ``GATEWAY_VLLM_TIER=1`` (``python3 dev.py test-vllm``): the tests here are
-skipped otherwise, so the session fixture below never runs in the default suite.
+Collected only in the "vllm" test tier (``python3 dev.py test-vllm``, or named on the
+command line): tests/conftest.py leaves this folder out of the other tiers.
 
 The servers run from ``.venv-vllm`` (``scripts/vllm_cpu.py``), as subprocesses in their
 own process groups, on free loopback ports; the tests talk to them over HTTP from
@@ -34,7 +34,6 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "vllm_cpu.py"
-ENABLED = os.environ.get("GATEWAY_VLLM_TIER") == "1"
 MODEL = "step-audio-chat"
 SETUP_TIMEOUT = 1800.0  # a cold install is 1.5-2 minutes; a slow mirror can take longer
 START_TIMEOUT = 600.0
@@ -242,8 +241,6 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def vllm_cluster(tmp_path_factory) -> Cluster:
-    if not ENABLED:
-        pytest.skip("real vLLM tier: set GATEWAY_VLLM_TIER=1 (python3 dev.py test-vllm)")
     started = time.monotonic()
     subprocess.run(
         [sys.executable, str(SCRIPT), "setup"], cwd=ROOT, check=True, timeout=SETUP_TIMEOUT

@@ -7,14 +7,13 @@ cannot: vLLM's real SSE stream and usage chunk, real stop strings, vLLM aborting
 generation when the pool closes the connection, failover when a replica process dies,
 and the time to first token through the pool against a direct request.
 
-Skipped unless ``GATEWAY_VLLM_TIER=1``; run it with ``python3 dev.py test-vllm``.
+Collected only in the "vllm" tier; run it with ``python3 dev.py test-vllm``.
 The failover test kills one server, so it stays last in this file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 from contextlib import aclosing
@@ -29,10 +28,6 @@ from engines.step_audio.vllm import CompletionPiece, VLLMReplicaPool
 from .conftest import Cluster, report
 
 pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("GATEWAY_VLLM_TIER") != "1",
-        reason="real vLLM tier: set GATEWAY_VLLM_TIER=1 (python3 dev.py test-vllm)",
-    ),
     # The first test also waits for setup and for both servers to start; each test
     # bounds its own work with asyncio.timeout.
     pytest.mark.timeout(2400),
