@@ -4,6 +4,14 @@ Japanese is phonemised by the package's own misaki romaniser over OpenJTalk read
 English and Chinese go through espeak-ng's IPA (Piper's bundled copy), which Kokoro's
 phoneme vocabulary largely shares: the voices then speak those languages with a Japanese
 accent. Without Piper installed (a GPL-free install), Kokoro speaks Japanese only.
+
+Each sentence is read in its own script's language where Kokoro can speak it, so a mixed
+input ("你好。これはテストです。Hello.") does not send Chinese or English sentences
+through the Japanese reader, which drops what it cannot read. The Japanese reader still
+meets Chinese characters inside Japanese sentences: OpenJTalk reads those it does not know
+with SudachiPy's dictionary (the ``sudachidict-core`` package, see requirements/no-deps.txt);
+characters nobody can read (emoji, symbols, other scripts) are left out, and a sentence of
+nothing else becomes a pause.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import AsyncIterator, Iterator, Sequence
 
 import numpy as np
 
+from adapters.text.language import detect_language
 from adapters.text.sentences import split_sentences
 
 from ..base import AudioChunk, InvalidInput, SpeechEngine, SpeechRequest, VoiceInfo
@@ -91,9 +100,11 @@ class KokoroEngine(SpeechEngine):
         style = core._voices[request.voice]
         pause = np.zeros(int(self.sentence_pause * SAMPLE_RATE), np.float32)
         for index, sentence in enumerate(split_sentences(request.text)):
+            language = detect_language(sentence)
+            if language not in self.languages() or not _has_letters(sentence):
+                language = request.language
             pieces = [
-                core._infer(p, style, request.speed)
-                for p in self._phonemes(sentence, request.language)
+                core._infer(p, style, request.speed) for p in self._phonemes(sentence, language)
             ]
             audio = np.concatenate([pause] * bool(index) + pieces) if pieces else pause
             yield AudioChunk(
@@ -107,3 +118,8 @@ class KokoroEngine(SpeechEngine):
             raise InvalidInput(f"Kokoro cannot speak language {request.language!r}.", param="input")
         async for chunk in self.worker.iterate(lambda: self._chunks(request)):
             yield chunk
+
+
+def _has_letters(text: str) -> bool:
+    """Whether a sentence's script says anything about its language ("123." does not)."""
+    return any(char.isalpha() for char in text)
