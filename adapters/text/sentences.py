@@ -92,21 +92,35 @@ class SentenceBuffer:
 
     A sentence counts as complete when another one has started after it, so the cut
     never falls inside "Dr." or "3.5" just because the next token has not arrived yet.
+    The text is re-split from the last settled sentence boundary (one that more text follows)
+    with a count of the pieces already handed out, rather than from the last piece: a
+    long sentence's capped pieces may start mid-word, where the abbreviation check would
+    see a different word than in the whole text. So the stream splits as the whole does.
     """
 
     def __init__(self, max_chars: int = 300) -> None:
         self.max_chars = max_chars
         self._pending = ""
+        self._handed = 0  # pieces of ``_pending`` already returned
 
     def push(self, text: str) -> list[str]:
         self._pending += text
-        sentences = split_sentences(self._pending, self.max_chars)
-        if len(sentences) <= 1:
-            return []
-        last = sentences[-1]
-        self._pending = self._pending[self._pending.rfind(last) :]
-        return sentences[:-1]
+        pieces = split_sentences(self._pending, self.max_chars)
+        fresh = pieces[self._handed : -1]
+        self._handed = max(self._handed, len(pieces) - 1)
+        self._forget_settled()
+        return fresh
 
     def flush(self) -> list[str]:
-        rest, self._pending = self._pending, ""
-        return split_sentences(rest, self.max_chars)
+        rest = split_sentences(self._pending, self.max_chars)[self._handed :]
+        self._pending, self._handed = "", 0
+        return rest
+
+    def _forget_settled(self) -> None:
+        """Drop the text before the last boundary that more text follows: no later split
+        depends on it (no stop or abbreviation reaches across such a boundary)."""
+        pending = self._pending
+        settled = [end for end in _boundaries(pending) if pending[end:].strip()]
+        if settled:
+            self._handed -= len(split_sentences(pending[: settled[-1]], self.max_chars))
+            self._pending = pending[settled[-1] :]
