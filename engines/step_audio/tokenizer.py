@@ -255,6 +255,10 @@ class StepAudioTokenizer(Engine):
                     "device is CUDA but this onnxruntime has no CUDAExecutionProvider "
                     "(install onnxruntime-gpu)"
                 )
+            # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* wheels torch brings only
+            # when told to (1.21+); without them the CUDA provider fails to load.
+            if hasattr(onnxruntime, "preload_dlls"):
+                onnxruntime.preload_dlls()
             index = int(self.device.partition(":")[2] or 0)
             providers = [("CUDAExecutionProvider", {"device_id": index})]
             options.intra_op_num_threads = 1  # as upstream
@@ -267,6 +271,14 @@ class StepAudioTokenizer(Engine):
             )
         except Exception as exc:
             raise EngineUnavailable(f"ONNX Runtime could not load {path}: {exc}") from exc
+        if providers[0] != "CPUExecutionProvider" and (
+            "CUDAExecutionProvider" not in session.get_providers()
+        ):
+            # ONNX Runtime falls back to the CPU silently when CUDA's libraries are missing.
+            raise EngineUnavailable(
+                f"ONNX Runtime could not start CUDA for {path.name} (providers: "
+                f"{session.get_providers()}); check the CUDA and cuDNN 9 libraries"
+            )
         inputs = session.get_inputs()
         if (
             len(inputs) != 2
