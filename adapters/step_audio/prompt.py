@@ -27,9 +27,14 @@ Additions the reference asks a gateway to make ("What a gateway must implement")
   not ``system``; app.py starts every chat with its own default. :class:`SystemPolicy`
   makes this a choice; the default, :attr:`SystemPolicy.REQUEST`, is the reference
   implementation's (inject nothing).
-* **Turn injection**: text that spells ``<|BOT|>``, ``<|EOT|>`` or ``<audio_N>`` would be
-  tokenized into those control tokens, so it is refused with ValueError unless
-  ``allow_special_tokens`` is set.
+* **Turn injection**: vLLM tokenizes the prompt with special tokens recognised, so text that
+  spells ``<|BOT|>``, ``<|EOT|>`` or ``<audio_N>`` would become those tokens (a user could
+  close their turn and open a ``system`` one, or pass typed text off as audio). Every text
+  that does not come from the gateway itself (messages, transcripts, tool calls, results and
+  schemas, the configured system prompt) is :func:`~.special_tokens.neutralise`-d: a
+  zero-width space after the ``<`` makes the tokenizer read ordinary characters, unless
+  ``allow_special_tokens`` is set. Only the current spoken turn's own audio tokens stay
+  tokens.
 
 Upstream has no way to send text and audio in one turn (issue #122): a :class:`SpokenTurn`
 is audio only; a caller with both must refuse the request or send two turns.
@@ -42,17 +47,17 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
 from .audio_tokens import split_audio_tokens
-from .special_tokens import EOT, find_special_token, open_turn, turn
+from .special_tokens import EOT, neutralise, open_turn, turn
 from .tools import (
     DEFAULT_RESULT_NAME,
     FUNCTION_OUTPUT,
     ToolCallLike,
     ToolLike,
     ToolResultFormat,
+    TOOL_SCHEMAS_ROLE,
     render_tool_calls,
     tool_result_turn,
     tool_schemas_json,
-    tool_schemas_turn,
 )
 
 GENERATION_PROMPT = open_turn("assistant")
@@ -128,15 +133,13 @@ def build_prompt(
     """The prompt text for ``messages``, ending in ``<|BOT|>assistant\\n``.
 
     ``tools``: write a ``tool_json_schemas`` turn (pass none when ``tool_choice`` is
-    ``"none"``). Raises ValueError for a policy that needs a missing ``default_system``,
-    an earlier spoken turn without a transcript, or text carrying control tokens.
+    ``"none"``). Raises ValueError for a policy that needs a missing ``default_system`` or
+    an earlier spoken turn without a transcript.
     """
     policy = SystemPolicy(system_policy)
     if policy is not SystemPolicy.REQUEST and default_system is None:
         raise ValueError(f"system policy {policy.value!r} needs a default_system prompt")
-
-    if not allow_special_tokens:
-        _refuse_special_tokens(messages, default_system, tools)
+    clean = _keep if allow_special_tokens else neutralise
 
     lead = 0
     while lead < len(messages) and messages[lead].role == "system":
@@ -147,12 +150,14 @@ def build_prompt(
 
     current_user = max((i for i, m in enumerate(rest) if m.role == "user"), default=-1)
     call_names: dict[str, str] = {}
-    parts = [turn("system", text) for text in system_turns]
+    parts = [turn("system", clean(text)) for text in system_turns]
     if tools:
-        parts.append(tool_schemas_turn(tools))
+        parts.append(turn(TOOL_SCHEMAS_ROLE, clean(tool_schemas_json(tools))))
     for index, message in enumerate(rest):
         last = index == len(rest) - 1
-        parts.append(_render(message, index == current_user, last, call_names, tool_result_format))
+        parts.append(
+            _render(message, index == current_user, last, call_names, tool_result_format, clean)
+        )
     prompt = "".join(parts)
     if not prompt.endswith(GENERATION_PROMPT):
         prompt += GENERATION_PROMPT
@@ -179,55 +184,36 @@ def _system_turns(lead: Sequence[Message], policy: SystemPolicy, default: str | 
     return ["\n".join([default, *texts])]
 
 
+def _keep(text: str) -> str:
+    return text
+
+
 def _render(
     message: Message,
     current_user: bool,
     last: bool,
     call_names: dict[str, str],
     result_format: ToolResultFormat,
+    clean,
 ) -> str:
     if isinstance(message, SpokenTurn):
         if current_user:
-            return turn("human", message.audio_tokens)
+            return turn("human", message.audio_tokens)  # validated audio tokens: ours
         if message.transcript is None:
             raise ValueError(
                 "an earlier spoken user turn has no transcript: only the current user turn "
                 "is sent as audio tokens"
             )
-        return turn("human", message.transcript)
+        return turn("human", clean(message.transcript))
 
     role = message.role
     if role == "tool":
         name = call_names.get(message.tool_call_id or "") or message.name or DEFAULT_RESULT_NAME
-        return tool_result_turn(message.content or "", name, result_format)
+        return tool_result_turn(clean(message.content or ""), clean(name), result_format)
     calls = message.tool_calls if role == "assistant" else ()
     for call in calls:
         call_names[call.id] = call.name
-    name = ROLE_NAMES.get(role, role)
+    name = clean(ROLE_NAMES.get(role, role))
     if message.content is None and not calls and last:
         return open_turn(name)  # upstream: content None is a prefill the model continues
-    return turn(name, (message.content or "") + render_tool_calls(calls))
-
-
-def _refuse_special_tokens(
-    messages: Sequence[Message], default_system: str | None, tools: Sequence[ToolLike]
-) -> None:
-    def check(where: str, text: str | None) -> None:
-        found = find_special_token(text or "")
-        if found is not None:
-            raise ValueError(
-                f"{where} contains {found!r}, which the model's tokenizer reads as a "
-                "control token; remove it from the text"
-            )
-
-    check("the default system prompt", default_system)
-    for tool in tools:
-        check(f"tool {tool.name!r}", tool_schemas_json([tool]))
-    for index, message in enumerate(messages):
-        where = f"message {index} ({message.role})"
-        if isinstance(message, SpokenTurn):
-            check(f"{where}: the transcript", message.transcript)
-            continue
-        check(where, message.content)
-        for call in message.tool_calls if message.role == "assistant" else ():
-            check(f"{where}: tool call {call.name!r}", call.name + "\n" + call.arguments)
+    return turn(name, clean((message.content or "") + render_tool_calls(calls)))

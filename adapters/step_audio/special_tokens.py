@@ -67,3 +67,19 @@ def find_special_token(text: str) -> str | None:
     """
     match = SPECIAL_TOKEN_PATTERN.search(text)
     return match.group(0) if match else None
+
+
+#: Breaks a control string for the tokenizer and stays invisible to a reader.
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def neutralise(text: str) -> str:
+    """``text`` with every control or audio token string broken by a zero-width space after
+    its ``<``, so the tokenizer reads the characters the writer typed, not the token.
+
+    Chosen over refusing the request: a user asking what ``<|BOT|>`` means, pasting a log,
+    or a conversation whose earlier reply quoted one still gets an answer (a refusal would
+    also fail every later request that carries that history), and the model still sees
+    the text as written.
+    """
+    return SPECIAL_TOKEN_PATTERN.sub(lambda m: "<" + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
