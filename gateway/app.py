@@ -25,6 +25,7 @@ from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
 from .api.models.router import list_models, retrieve_model
+from .api.realtime.router import realtime
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
 from .api.voices.router import create_voice, list_voices
@@ -46,6 +47,7 @@ ROUTES = [
     create_transcription,
     create_translation,
     create_chat_completion,
+    realtime,
 ]
 
 

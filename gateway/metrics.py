@@ -31,6 +31,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -66,6 +67,20 @@ AUDIO_SECONDS = Counter(
     f"{PREFIX}_audio_seconds",
     "Seconds of audio heard (direction=in) and spoken (direction=out)",
     ["endpoint", "direction", "model"],
+)
+
+# Realtime (WebSocket) sessions: what a voice agent's user feels.
+REALTIME_VOICE_TO_VOICE = Histogram(
+    f"{PREFIX}_realtime_voice_to_voice_seconds",
+    "Realtime: time from the detected end of the user's speech to the first audio delta sent",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+REALTIME_SESSIONS = Gauge(
+    f"{PREFIX}_realtime_sessions_open", "Realtime WebSocket sessions currently open"
+)
+REALTIME_BARGE_INS = Counter(
+    f"{PREFIX}_realtime_barge_ins", "Responses cancelled because the user spoke over them"
 )
 
 _arrival: ContextVar[float | None] = ContextVar("request_arrival", default=None)

@@ -102,6 +102,10 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             "gpt-4o-mini-audio-preview",
             "gpt-4o",
             "gpt-4o-mini",
+            "gpt-realtime",
+            "gpt-realtime-mini",
+            "gpt-4o-realtime-preview",
+            "gpt-4o-mini-realtime-preview",
         ]
     )
 
@@ -110,11 +114,24 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         return bool(self.model_dir)
 
 
+class RealtimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Budgets of one /v1/realtime session (see gateway/api/realtime)."""
+
+    max_event_bytes: int = 8 * 1024 * 1024
+    max_buffer_seconds: float = 120.0
+    max_items: int = 500
+    # Events queued for a client that is not reading; when the queue stays full this
+    # long, the session is closed and its engines freed.
+    send_queue_events: int = 512
+    send_timeout_seconds: float = 10.0
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
     step_audio: StepAudioSettings = msgspec.field(default_factory=StepAudioSettings)
+    realtime: RealtimeSettings = msgspec.field(default_factory=RealtimeSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
 
