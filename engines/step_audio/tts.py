@@ -416,6 +416,9 @@ class StepAudioTTS(SpeechEngine):
     """Step-Audio-TTS-3B as a speech engine (see the module docstring)."""
 
     speed_range = (1.0, 1.0)
+    #: Leading ``(tag)`` prefixes steer this model, so a spoken chat reply carries its
+    #: opening tags to every sentence (gateway.api.chat.voice).
+    reads_leading_tags = True
 
     def __init__(
         self,

@@ -423,3 +423,68 @@ def test_repetition_processor_bans_a_repeated_last_token():
     assert torch.isfinite(out[1]).all()
     short = processor(torch.tensor([[9, 9]]), torch.zeros(1, 20))
     assert torch.isfinite(short).all()
+
+
+# --------------------------------------------------------------------------- spoken chat replies
+
+
+class _OneEngine:
+    """The registry's one method a spoken reply uses, holding this engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def use(self, name, capability):
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def held():
+            yield self.engine
+
+        return held()
+
+
+@pytest.mark.parametrize(
+    ("reply", "vocoder", "prefix"),
+    [
+        ("(RAP)Yo, I rap. Second line here. Third and last!", "_music", "(RAP)"),
+        ("(高兴1)(四川话)今天天气好。我们出去玩。好不好？", "_common", "(高兴1)(四川话)"),
+    ],
+)
+async def test_a_spoken_replys_leading_tags_reach_every_sentence(
+    engine, monkeypatch, reply, vocoder, prefix
+):
+    """Step-Audio-Chat may open its reply with a tag; upstream voices the whole reply with
+    it, so each sentence the gateway voices on its own carries it (the rap one on the
+    music vocoder with the TingtingRAP prompt)."""
+    from gateway.api.chat.voice import SpokenReply
+
+    heard, used = [], []
+    original = engine.synthesize
+
+    def recording(request):
+        heard.append(request.text)
+        return original(request)
+
+    monkeypatch.setattr(engine, "synthesize", recording)
+    for attr in ("_common", "_music"):
+        vocoder_object = getattr(engine, attr)
+        synthesize = vocoder_object.synthesize
+
+        def spy(codes, prompt, _synthesize=synthesize, _attr=attr):
+            used.append(_attr)
+            return _synthesize(codes, prompt)
+
+        monkeypatch.setattr(vocoder_object, "synthesize", spy)
+
+    spoken = SpokenReply(_OneEngine(engine), "step-audio-tts", "Tingting", "wav")
+    spoken.start()
+    for piece in reply:  # streamed the way the chat model writes it
+        spoken.feed(piece)
+    spoken.close()
+    audio = b"".join([chunk async for chunk in spoken.drain()])
+    await spoken.aclose()
+    assert len(heard) == 3 and audio
+    assert all(text.startswith(prefix) for text in heard), heard
+    assert heard[0] == reply[: len(heard[0])]  # the first sentence as written
+    assert used == [vocoder] * 3

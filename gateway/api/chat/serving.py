@@ -149,13 +149,13 @@ class ChatService:
             response_format=_response_format(wire),
             logprobs=bool(wire.logprobs),
             top_logprobs=wire.top_logprobs or 0 if wire.logprobs else 0,
+            defaulted=frozenset(
+                name for name in ("temperature", "top_p") if getattr(wire, name) is None
+            ),
         )
         return Prepared(
             wire=wire,
             engine_request=request,
-            defaulted=frozenset(
-                name for name in ("temperature", "top_p") if getattr(wire, name) is None
-            ),
             input_audio_seconds=audio_seconds,
             audio_format=audio_format,
             voice=voice,

@@ -6,7 +6,10 @@ tokenises speech) will plug in a different stage with the same ``prepare`` metho
 
 Output: :class:`SpokenReply` voices the reply sentence by sentence *while the text is
 still being generated*: complete sentences go to a background synthesis task whose
-encoded audio the stream picks up between tokens.
+encoded audio the stream picks up between tokens. A speech engine that reads leading
+control tags (Step-Audio-TTS-3B: ``(RAP)``, ``(四川话)``, ``(高兴1)``...) gets the reply's
+leading tags in front of every sentence, since upstream voices the whole reply with them
+and a tag on the first sentence alone would change voice after it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import anyio.to_thread
 
 from adapters.audio.decode import AudioDecodeError, decode_audio
 from adapters.audio.pipeline import SpeechAudioPipeline
+from adapters.step_audio.speech_controls import split_leading_tags
 from adapters.text.language import detect_language
 from adapters.text.sentences import SentenceBuffer
 from engines.base import (
@@ -160,7 +164,10 @@ class SpokenReply:
         try:
             async with self.registry.use(self.model, Capability.SPEECH) as engine:
                 assert isinstance(engine, SpeechEngine)
+                carry = _TagCarrier() if getattr(engine, "reads_leading_tags", False) else None
                 while (sentence := await self._sentences.get()) is not None:
+                    if carry is not None:
+                        sentence = carry(sentence)
                     request = SpeechRequest(
                         text=sentence, voice=self.voice, language=detect_language(sentence)
                     )
@@ -177,3 +184,19 @@ class SpokenReply:
             self._audio.put_nowait(exc)
         finally:
             self._audio.put_nowait(None)
+
+
+class _TagCarrier:
+    """Puts the reply's leading control tags (those its first sentence starts with) in
+    front of each later sentence that has none of its own."""
+
+    def __init__(self) -> None:
+        self.prefix: str | None = None
+
+    def __call__(self, sentence: str) -> str:
+        opening = sentence.lstrip()
+        tags, body = split_leading_tags(opening)
+        if self.prefix is None:
+            self.prefix = opening[: len(opening) - len(body)]
+            return sentence
+        return sentence if tags else self.prefix + sentence
