@@ -413,3 +413,29 @@ async def test_metrics_count_sessions_latency_and_barge_ins(http):
     assert latency and float(latency.group(1)) >= 1
     assert re.search(r"step_audio_gateway_realtime_barge_ins_total (\S+)", text).group(1) != "0.0"
     assert "step_audio_gateway_realtime_sessions_open 0.0" in text
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The ``language`` code blocks of the README's realtime section."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Realtime", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+    assert blocks, f"no {language} example in the README's realtime section"
+    return blocks
+
+
+def test_readme_python_example_runs(server):
+    import subprocess
+    import sys
+
+    for code in readme_blocks("python"):
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+            env={**__import__("os").environ, "GATEWAY_URL": server.url + "/v1"},
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        heard = re.search(r"heard: (.*)", result.stdout).group(1)
+        assert wer(QUESTION, heard) <= 0.34, result.stdout
+        assert re.search(r"answer: \S", result.stdout) and re.search(r"[1-9][0-9.]* s of audio", result.stdout)

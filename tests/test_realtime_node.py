@@ -98,3 +98,21 @@ def test_node_malformed_event_gets_error_and_session_continues(observations):
     assert error["type"] == "invalid_request_error"
     assert observations["continued"]
     assert observations["sdk_errors"]  # the SDK surfaced it through its error listener
+
+
+def test_readme_node_example_runs(node_sdk, tls_gateway):
+    from tests.test_realtime import readme_blocks
+
+    url, cert = tls_gateway
+    for i, code in enumerate(readme_blocks("js")):
+        script = NODE_DIR / f".readme-realtime-{os.getpid()}-{i}.mjs"  # beside node_modules
+        script.write_text(code)
+        try:
+            result = subprocess.run(
+                [node_sdk, str(script)], cwd=NODE_DIR, capture_output=True, text=True, timeout=300,
+                env={**os.environ, "NODE_EXTRA_CA_CERTS": str(cert), "GATEWAY_URL": url + "/v1"},
+            )
+        finally:
+            script.unlink()
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr[-3000:]
+        assert result.stdout.strip().endswith("[completed]") and len(result.stdout.strip()) > len("[completed]")

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from adapters.audio.encode import chat_audio_format
 from adapters.chat.audio_store import AudioStore
+from adapters.chat.transcripts import MemoryTranscriptCache, TranscriptCache
 from adapters.text.tokens import count_audio_tokens
 from engines.base import Capability, SpeechEngine
 from engines.chat import (
@@ -109,10 +110,18 @@ class AudioEnd:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry, settings: ChatSettings, store: AudioStore) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: ChatSettings,
+        store: AudioStore,
+        transcripts: TranscriptCache | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.store = store
+        # Spoken turns come back as history with every request: each is transcribed once.
+        self.transcripts = transcripts or MemoryTranscriptCache()
 
     # ------------------------------------------------------------------ checks
 
@@ -192,7 +201,9 @@ class ChatService:
         return chat_audio_format(wire.audio.format), voice
 
     async def _messages(self, wire: CreateChatCompletionRequest) -> tuple[list[ChatMessage], float]:
-        transcriber = TranscribingInput(self.registry, self.settings.input_audio_model)
+        transcriber = TranscribingInput(
+            self.registry, self.settings.input_audio_model, self.transcripts
+        )
         tokenizer = None
         if any(
             isinstance(m, UserMessage) and not isinstance(m.content, str) for m in wire.messages

@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from adapters.audio.decode import AudioDecodeError, decode_audio
 from adapters.audio.pipeline import SpeechAudioPipeline
+from adapters.chat.transcripts import Transcript, TranscriptCache, transcript_key
 from adapters.step_audio.speech_controls import split_leading_tags
 from adapters.text.language import detect_language
 from adapters.text.sentences import SentenceBuffer
@@ -60,13 +61,37 @@ async def _decode(data_b64: str, param: str, sample_rate: int):
 
 
 class TranscribingInput:
-    """Input audio → text, with the configured transcription model."""
+    """Input audio → text, with the configured transcription model.
 
-    def __init__(self, registry: ModelRegistry, model: str) -> None:
+    With a ``cache``, each audio is transcribed once: a conversation sends its earlier
+    spoken turns again with every request (see :mod:`adapters.chat.transcripts`).
+    """
+
+    def __init__(
+        self, registry: ModelRegistry, model: str, cache: TranscriptCache | None = None
+    ) -> None:
         self.registry = registry
         self.model = model
+        self.cache = cache
 
     async def prepare(self, data_b64: str, param: str) -> PreparedAudio:
+        key = None
+        if self.cache is not None:
+            try:
+                raw = base64.b64decode(data_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raw = None  # _decode below answers with the error
+            if raw is not None:
+                key = transcript_key(self.registry.canonical(self.model), raw)
+                known = await self.cache.get(key)
+                if known is not None:
+                    return PreparedAudio(text=known.text, seconds=known.seconds)
+        prepared = await self._transcribe(data_b64, param)
+        if key is not None:
+            await self.cache.put(key, Transcript(prepared.text, prepared.seconds))
+        return prepared
+
+    async def _transcribe(self, data_b64: str, param: str) -> PreparedAudio:
         async with self.registry.use(self.model, Capability.TRANSCRIPTION) as engine:
             assert isinstance(engine, TranscriptionEngine)
             audio = await _decode(data_b64, param, engine.sample_rate)
