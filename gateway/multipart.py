@@ -17,8 +17,17 @@ from litestar.datastructures import UploadFile
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 
 
-def fold_form(items: Iterable[tuple[str, Any]], list_fields: Iterable[str] = ()) -> dict[str, Any]:
-    lists = set(list_fields)
+# The form fields OpenAI defines as objects: only these (and list fields) may be sent as a
+# JSON string. Any other value is text, even one that parses as JSON (a prompt "[1]").
+OBJECT_FIELDS = frozenset({"chunking_strategy"})
+
+
+def fold_form(
+    items: Iterable[tuple[str, Any]],
+    list_fields: Iterable[str] = (),
+    object_fields: Iterable[str] = OBJECT_FIELDS,
+) -> dict[str, Any]:
+    lists, objects = set(list_fields), set(object_fields)
     folded: dict[str, Any] = {}
     for key, value in items:
         if isinstance(value, UploadFile):
@@ -31,13 +40,15 @@ def fold_form(items: Iterable[tuple[str, Any]], list_fields: Iterable[str] = ())
         if not path:
             if name in lists or name in folded and isinstance(folded[name], list):
                 folded.setdefault(name, [])
-                _append(folded, name, value)
-            else:
+                _append(folded, name, value, bare=True)
+            elif name in objects:
                 folded[name] = _maybe_json(value)
+            else:
+                folded[name] = value
             continue
         if path == [""]:
             folded.setdefault(name, [])
-            _append(folded, name, value)
+            _append(folded, name, value, bare=False)
             continue
         node = folded.setdefault(name, {})
         if not isinstance(node, dict):
@@ -51,13 +62,20 @@ def fold_form(items: Iterable[tuple[str, Any]], list_fields: Iterable[str] = ())
     return folded
 
 
-def _append(folded: dict[str, Any], name: str, value: Any) -> None:
+def _append(folded: dict[str, Any], name: str, value: Any, *, bare: bool) -> None:
+    """One ``name[]`` value is one item, commas and all. A ``bare`` key (no brackets) is a
+    hand-written client's whole list: a JSON array or "a,b"."""
     if not isinstance(folded[name], list):
         folded[name] = [folded[name]]
-    if isinstance(value, str) and "," in value and not value.startswith("["):
-        folded[name].extend(v.strip() for v in value.split(",") if v.strip())
-    else:
-        folded[name].append(value)
+    if bare and isinstance(value, str):
+        decoded = _maybe_json(value) if value.startswith("[") else value
+        if isinstance(decoded, list):
+            folded[name].extend(decoded)
+            return
+        if "," in value:
+            folded[name].extend(v.strip() for v in value.split(",") if v.strip())
+            return
+    folded[name].append(value)
 
 
 def _maybe_json(value: Any) -> Any:
