@@ -29,6 +29,7 @@ from .api.realtime.router import realtime
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
 from .api.voices.router import create_voice, list_voices
+from .allow import options_allow_middleware
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
 from .logging import configure_logging, request_id_middleware
@@ -109,6 +110,7 @@ def create_app(
         outer_middleware=(
             request_id_middleware,
             api_key_middleware_factory(settings.server.api_keys),
+            options_allow_middleware,
             admission_middleware,
         ),
         route_handlers=[*ROUTES, MetricsController],

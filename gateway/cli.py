@@ -50,15 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         url=f"http://{settings.server.host}:{settings.server.port}/v1",
         docs=f"http://{settings.server.host}:{settings.server.port}/docs",
     )
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    return 0
+    from .server import server_config
+
+    server = uvicorn.Server(server_config(app, settings))
+    server.run()
+    return 0 if server.started else 3  # 3: could not start (as uvicorn.run exits)
 
 
 if __name__ == "__main__":  # pragma: no cover

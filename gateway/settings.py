@@ -8,6 +8,7 @@ read as TOML (``9000``, ``true``, ``["a", "b"]``) and fall back to a plain strin
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +21,7 @@ ENV_PREFIX = "GATEWAY__"
 CONFIG_ENV = "GATEWAY_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "default.toml"
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +34,28 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_request_bytes: int = 41_943_040
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     sse_keepalive_seconds: float = 10.0
+    # Connection timeouts (see gateway/server.py); they never apply while a response is
+    # being produced or streamed.
+    header_timeout_seconds: float = 10.0
+    body_idle_timeout_seconds: float = 10.0
+    body_min_bytes_per_second: float = 1024.0
+    keep_alive_timeout_seconds: float = 5.0
+    # Connections served at once; above it new requests get 503 (0: no cap).
+    max_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        for key in self.api_keys:
+            if key.lower().startswith("sha256:") and not _SHA256_HEX.fullmatch(key[7:].strip()):
+                raise ValueError("a 'sha256:' API key must be followed by 64 hex digits")
+        for name in (
+            "header_timeout_seconds",
+            "body_idle_timeout_seconds",
+            "keep_alive_timeout_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"server.{name} must be positive")
+        if self.body_min_bytes_per_second < 0 or self.max_connections < 0:
+            raise ValueError("server.body_min_bytes_per_second and max_connections must be >= 0")
 
 
 class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from ... import sse
+from ...auth import owner_of
 from ...errors import error_responses
 from ...openapi_docs import documented_operation, event_stream
 from ...settings import Settings
@@ -44,7 +45,7 @@ async def create_chat_completion(
     ``stream=true`` answers with ``chat.completion.chunk`` events; nothing is ever
     answered as a JSON body to a streaming request, or the SDK would parse nothing.
     """
-    prepared = await chat_service.prepare(data)
+    prepared = await chat_service.prepare(data, owner_of(request.scope))
     if data.stream:
         first_ready = await prime(chunks(chat_service, prepared))
         return sse.sse_response(

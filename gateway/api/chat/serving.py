@@ -38,6 +38,7 @@ from engines.chat import (
 from engines.registry import ModelRegistry
 
 from ... import metrics
+from ...auth import ANONYMOUS
 from ...errors import InvalidRequest
 from ...settings import ChatSettings
 from ...streaming import prime
@@ -90,6 +91,7 @@ class Prepared:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     audio_id: str = field(default_factory=lambda: f"audio_{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    owner: str = ANONYMOUS  # the API key identity its spoken reply is filed under
 
     @property
     def speaks(self) -> bool:
@@ -125,7 +127,9 @@ class ChatService:
 
     # ------------------------------------------------------------------ checks
 
-    async def prepare(self, wire: CreateChatCompletionRequest) -> Prepared:
+    async def prepare(
+        self, wire: CreateChatCompletionRequest, owner: str = ANONYMOUS
+    ) -> Prepared:
         self.registry.check(wire.model, Capability.CHAT)
         if (wire.n or 1) > 1:
             raise InvalidRequest(
@@ -142,7 +146,7 @@ class ChatService:
             )
             for t in wire.tools or []
         ]
-        messages, audio_seconds = await self._messages(wire)
+        messages, audio_seconds = await self._messages(wire, owner)
         stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
         max_tokens = wire.max_completion_tokens or wire.max_tokens
         request = ChatRequest(
@@ -168,6 +172,7 @@ class ChatService:
             input_audio_seconds=audio_seconds,
             audio_format=audio_format,
             voice=voice,
+            owner=owner,
         )
 
     async def _check_audio(
@@ -200,7 +205,9 @@ class ChatService:
             )
         return chat_audio_format(wire.audio.format), voice
 
-    async def _messages(self, wire: CreateChatCompletionRequest) -> tuple[list[ChatMessage], float]:
+    async def _messages(
+        self, wire: CreateChatCompletionRequest, owner: str = ANONYMOUS
+    ) -> tuple[list[ChatMessage], float]:
         transcriber = TranscribingInput(
             self.registry, self.settings.input_audio_model, self.transcripts
         )
@@ -255,7 +262,7 @@ class ChatService:
                 else:
                     messages.append(ChatMessage("user", text, name=message.name))
             elif isinstance(message, AssistantMessage):
-                messages.append(await self._assistant(message, where))
+                messages.append(await self._assistant(message, where, owner))
             elif isinstance(message, ToolMessage):
                 messages.append(
                     ChatMessage("tool", _text(message.content), tool_call_id=message.tool_call_id)
@@ -264,12 +271,15 @@ class ChatService:
                 messages.append(ChatMessage("tool", message.content or "", name=message.name))
         return messages, audio_seconds
 
-    async def _assistant(self, message: AssistantMessage, where: str) -> ChatMessage:
+    async def _assistant(
+        self, message: AssistantMessage, where: str, owner: str = ANONYMOUS
+    ) -> ChatMessage:
         content = message.content
         if isinstance(content, list):
             content = "".join(p.text for p in content if isinstance(p, TextPart)) or None
         if message.audio is not None:
-            stored = await self.store.get(message.audio.id)
+            # Another key's id reads as unknown: same answer, no oracle.
+            stored = await self.store.get(message.audio.id, owner=owner)
             if stored is not None:
                 content = stored.transcript
             elif message.audio.transcript is not None:
@@ -344,7 +354,10 @@ class ChatService:
                     yield AudioBytes(data)
                 if not called_tools:
                     stored = await self.store.put(
-                        prepared.audio_id, reply.transcript, self.settings.audio_ttl_seconds
+                        prepared.audio_id,
+                        reply.transcript,
+                        self.settings.audio_ttl_seconds,
+                        owner=prepared.owner,
                     )
                     yield AudioEnd(
                         prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds

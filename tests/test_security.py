@@ -1,0 +1,337 @@
+"""Safe to expose: keys decided on the routed path, replies owned by their key, server
+timeouts, and ``Allow`` on OPTIONS (issue 8, items 1, 9, 10 and 11).
+
+One gateway serves the module, started exactly as ``step-audio-gateway serve`` starts
+it (gateway.server.server_config) but with one-second timeouts, two keys (one given as
+its sha256) and the real embedded engines. Requests whose path a client library would
+tidy up, and clients that stall or trickle, are written on raw sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.server import server_config
+from gateway.settings import load_settings
+from tests.conftest import LiveServer, free_port
+
+KEY_A = "sk-alpha-0123456789"
+KEY_B = "sk-bravo-9876543210"  # configured only as its sha256
+TIMEOUT = 1.0  # header, body idle and keep-alive timeouts of the module's server
+MIN_RATE = 200.0  # bytes per second
+SLACK = 1.0  # scheduling on a busy two-core machine
+
+
+class ServedAsServe(LiveServer):
+    """LiveServer, but with the uvicorn configuration ``serve`` uses."""
+
+    def __init__(self, settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings.server.port = self.port
+        app = create_app(settings, configure_logs=False)
+        self.server = uvicorn.Server(server_config(app, settings, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    settings = load_settings()
+    settings.server.api_keys = [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()]
+    settings.server.header_timeout_seconds = TIMEOUT
+    settings.server.body_idle_timeout_seconds = TIMEOUT
+    settings.server.body_min_bytes_per_second = MIN_RATE
+    settings.server.keep_alive_timeout_seconds = TIMEOUT
+    settings.engines.preload = ["tts-1", "gpt-4o-mini"]
+    live = ServedAsServe(settings).start()
+    yield live
+    live.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}", "connection": "close"}
+
+
+# ------------------------------------------------------------------ raw HTTP
+
+
+def connect(gateway) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def raw_request(gateway, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:
+    """Send the request line exactly as given (no client tidies the path) and read the answer."""
+    lines = [f"{method} {target} HTTP/1.1", "host: 127.0.0.1", "connection: close",
+             f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    with connect(gateway) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        answer = read_all(sock)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), payload
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a content-length, leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before a whole response head"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def closed_after(sock: socket.socket, since: float) -> tuple[float, bytes]:
+    """Wait for the server to close; seconds from ``since`` and whatever it wrote."""
+    data = read_all(sock)
+    return time.monotonic() - since, data
+
+
+# ------------------------------------------------------------------ 1. keys on the routed path
+
+SPEECH = json.dumps({"model": "tts-1", "input": "hello", "voice": "alloy"}).encode()
+TRICKY = [
+    ("GET", "//v1/models"),
+    ("GET", "///v1/models"),
+    ("GET", "/v1//models"),
+    ("GET", "/v1/models/"),
+    ("GET", "//v1/models/whisper-1"),
+    ("GET", "/%76%31/models"),
+    ("GET", "/v1%2Fmodels"),
+    ("GET", "/v1/models/."),
+    ("GET", "/v1/models/./"),
+    ("GET", "/./v1/models"),
+    ("GET", "/v1/./models"),
+    ("GET", "/health/../v1/models"),
+    ("GET", "/V1/models"),
+    ("GET", "/v1"),
+    ("GET", "/v1/no-such-thing"),
+    ("GET", "/no-such-thing"),
+    ("DELETE", "/v1/audio/speech"),
+    ("POST", "//v1/audio/speech"),
+    ("POST", "///v1/audio/transcriptions"),
+    ("POST", "//v1/chat/completions"),
+    ("GET", "//v1/audio/voices"),
+]
+
+
+@pytest.mark.parametrize(("method", "target"), TRICKY)
+def test_no_key_no_answer_whatever_the_path_spelling(gateway, method, target):
+    status, body = raw_request(gateway, method, target, body=SPEECH if method == "POST" else b"")
+    assert status == 401, (target, body[:200])
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
+    status, _ = raw_request(gateway, method, target, {"authorization": "Bearer sk-wrong"})
+    assert status == 401
+
+
+@pytest.mark.parametrize("target", ["//v1/models", "///v1/models", "/%76%31/models", "/v1/models/"])
+def test_a_good_key_is_served_on_every_spelling_the_router_accepts(gateway, target):
+    status, body = raw_request(gateway, "GET", target, {"authorization": f"Bearer {KEY_A}"})
+    assert status == 200 and json.loads(body)["object"] == "list"
+
+
+def test_keys_given_as_sha256_are_accepted_and_the_digest_itself_is_not(gateway):
+    digest = "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()
+    assert httpx.get(gateway.url + "/v1/models", headers=auth(KEY_B)).status_code == 200
+    assert httpx.get(gateway.url + "/v1/models", headers={"api-key": KEY_B}).status_code == 200
+    assert httpx.get(gateway.url + "/v1/models", headers=auth(digest)).status_code == 401
+    assert httpx.get(gateway.url + "/v1/models", headers=auth(KEY_B[:-1])).status_code == 401
+
+
+def test_health_readiness_and_preflight_stay_open(gateway):
+    assert httpx.get(gateway.url + "/health").status_code == 200
+    assert httpx.get(gateway.url + "/ready").status_code == 200
+    status, _ = raw_request(gateway, "OPTIONS", "/v1/models")
+    assert status == 204
+
+
+def test_unknown_paths_answer_404_to_a_key_holder(gateway):
+    status, body = raw_request(gateway, "GET", "/v1/no-such-thing", {"authorization": f"Bearer {KEY_A}"})
+    assert status == 404 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------------------ 9. server timeouts
+
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + KEY_A.encode() + b"\r\ncontent-type: application/json\r\n"
+SPEECH_HEAD = HEAD.replace(b"/v1/chat/completions", b"/v1/audio/speech")
+
+
+def test_a_silent_connection_is_closed_within_the_header_timeout(gateway):
+    with connect(gateway) as sock:
+        seconds, data = closed_after(sock, time.monotonic())
+    assert data == b"" and TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
+
+
+def test_a_stalled_header_is_answered_408_and_closed(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        seconds, data = closed_after(sock, time.monotonic())
+    print(f"stalled header closed after {seconds:.2f} s (header timeout {TIMEOUT} s)")
+    assert data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data
+    assert TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
+
+
+def test_a_trickled_header_is_cut_at_the_deadline_despite_activity(gateway):
+    with connect(gateway) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nx-slow: ")
+        try:
+            for _ in range(int((TIMEOUT + SLACK) * 20) + 20):
+                sock.sendall(b"a")
+                time.sleep(0.05)
+        except OSError:  # reset by the server: it closed the connection
+            pass
+        seconds, data = closed_after(sock, started)
+    assert data.startswith(b"HTTP/1.1 408 ") or data == b""
+    assert seconds <= TIMEOUT + SLACK, seconds
+
+
+def test_a_stalled_body_is_answered_408_and_closed(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(HEAD + b"content-length: 5000\r\n\r\n" + b'{"model": ')
+        seconds, data = closed_after(sock, time.monotonic())
+    assert data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data
+    assert TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
+
+
+def test_a_body_trickled_below_the_minimum_rate_is_cut(gateway):
+    """One byte every 50 ms never leaves a gap as long as the idle timeout, but is far
+    below the minimum rate."""
+    with connect(gateway) as sock:
+        sock.sendall(HEAD + b"content-length: 5000\r\n\r\n")
+        started = time.monotonic()
+        try:
+            for _ in range(200):
+                sock.sendall(b" ")
+                time.sleep(0.05)
+        except OSError:
+            pass
+        seconds, data = closed_after(sock, started)
+    assert seconds <= TIMEOUT + 20 * 0.05 * 2 + SLACK, seconds
+    assert data.startswith(b"HTTP/1.1 408 ") or data == b""
+
+
+def test_a_slow_body_above_the_minimum_rate_is_served(gateway):
+    """Longer than every timeout in total, but never idle and above the minimum rate."""
+    body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": "alloy", "response_format": "wav"}).encode()
+    body += b" " * (int(MIN_RATE * 4 * TIMEOUT) - len(body))
+    with connect(gateway) as sock:
+        sock.sendall(SPEECH_HEAD + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode())
+        started = time.monotonic()
+        step = int(MIN_RATE * 2 * 0.1)  # twice the minimum rate, 0.1 s apart
+        for i in range(0, len(body), step):
+            sock.sendall(body[i:i + step])
+            time.sleep(0.1)
+        assert time.monotonic() - started > 1.5 * TIMEOUT
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert b"\r\nRIFF" in answer.partition(b"\r\n\r\n")[2][:16]  # a WAV file, chunked
+
+
+def test_an_idle_keep_alive_connection_is_closed(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        first = read_response(sock)
+        seconds, rest = closed_after(sock, time.monotonic())
+    assert rest == b""
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert seconds <= TIMEOUT + SLACK, seconds
+
+
+def test_two_requests_on_one_connection_each_get_their_own_header_deadline(gateway):
+    with connect(gateway) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            time.sleep(TIMEOUT * 0.6)
+            sock.sendall(b"\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(TIMEOUT * 0.6)  # shorter than the keep-alive timeout
+
+
+# ------------------------------------------------------------------ 11. Allow
+
+
+def test_options_allow_lists_every_method_of_the_path(gateway):
+    spec = json.loads(open("openapi/openapi.json").read())["paths"]
+    for path, operations in spec.items():
+        target = path.replace("{model_id}", "whisper-1")
+        expected = {m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete")}
+        with httpx.Client() as client:
+            options = client.options(gateway.url + target, headers=auth(KEY_A))
+            refused = client.request("PATCH", gateway.url + target, headers=auth(KEY_A))
+        allow = {m.strip() for m in options.headers["allow"].split(",")}
+        assert options.status_code == 204 and allow == expected | {"OPTIONS"}, (path, allow)
+        if "PATCH" not in expected:
+            assert refused.status_code == 405
+            assert {m.strip() for m in refused.headers["allow"].split(",")} == allow, path
+
+
+def test_voices_path_allows_get_and_post(gateway):
+    response = httpx.options(gateway.url + "/v1/audio/voices", headers=auth(KEY_A))
+    assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "POST", "OPTIONS"}
+
+
+# ------------------------------------------------------------------ 10. replies belong to their key
+
+
+def spoken_reply_streamed(gateway, key: str) -> tuple[str, float]:
+    """A spoken chat reply over SSE (longer than every server timeout); its audio id and
+    how long the stream lasted."""
+    request = {"model": "gpt-4o-audio-preview", "modalities": ["text", "audio"],
+               "audio": {"voice": "alloy", "format": "pcm16"}, "stream": True, "max_tokens": 40,
+               "temperature": 0, "messages": [{"role": "user", "content": "Tell me one fact about dogs."}]}
+    audio_id, done = None, False
+    started = time.monotonic()
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=request, headers=auth(key), timeout=180) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                for choice in json.loads(line[6:]).get("choices", []):
+                    audio_id = (choice["delta"].get("audio") or {}).get("id", audio_id)
+    assert done and audio_id
+    return audio_id, time.monotonic() - started
+
+
+def continue_by_id(gateway, key: str, audio_id: str) -> httpx.Response:
+    return httpx.post(gateway.url + "/v1/chat/completions", headers=auth(key), timeout=180, json={
+        "model": "gpt-4o-mini", "max_tokens": 1, "messages": [
+            {"role": "user", "content": "Tell me one fact about dogs."},
+            {"role": "assistant", "audio": {"id": audio_id}},
+            {"role": "user", "content": "Another one?"}]})
+
+
+def test_another_key_cannot_resolve_an_audio_id(gateway):
+    audio_id, seconds = spoken_reply_streamed(gateway, KEY_A)
+    # The stream outlived every server timeout, and was not cut by them.
+    assert seconds > 2 * TIMEOUT, seconds
+    assert continue_by_id(gateway, KEY_A, audio_id).status_code == 200
+    stolen = continue_by_id(gateway, KEY_B, audio_id)
+    unknown = continue_by_id(gateway, KEY_B, "audio_" + "0" * 32)
+    assert stolen.status_code == unknown.status_code == 400
+    # Exactly the answer an id that never existed gets: no oracle.
+    assert stolen.json()["error"]["message"].replace(audio_id, "ID") == unknown.json()["error"]["message"].replace("audio_" + "0" * 32, "ID")
+    assert stolen.json()["error"]["param"] == "messages[1].audio.id"
