@@ -56,7 +56,7 @@ class SchemaBudget:
     """Limits for a JSON schema that will be compiled into a grammar."""
 
     max_bytes: int = 32_768  # the schema as compact JSON
-    max_depth: int = 16  # nested objects and arrays
+    max_depth: int = 32  # nested objects and arrays (JSON levels: 2 per object property)
     max_bound: int = 256  # minItems, maxLength, {m,n}, ...
     max_grammar_bytes: int = 1_048_576  # the estimate of the compiled grammar
 

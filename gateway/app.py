@@ -32,6 +32,7 @@ from .api.voices.router import create_voice, list_voices
 from .allow import options_allow_middleware
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
+from .json_body import GatewayRequest
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
 from .settings import Settings, load_settings
@@ -121,6 +122,7 @@ def create_app(
         },
         middleware=[metrics.middleware],
         exception_handlers={Exception: handle_exception},
+        request_class=GatewayRequest,  # JSON bodies decoded strictly, within budgets
         cors_config=CORSConfig(
             allow_origins=settings.server.cors_allow_origins,
             allow_headers=["*"],

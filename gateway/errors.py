@@ -99,6 +99,11 @@ def error_from_engine(exc: EngineError) -> APIError:
     if exc.status_code >= 500:
         error.type = "server_error"
     if exc.status_code == 429:
+        # What OpenAI sends for a rate limit: the SDKs raise RateLimitError and retry
+        # after retry-after. A full queue is a transient limit on how many requests this
+        # server takes at once, not a broken server, so 429 rather than 503.
+        error.type = "requests"
+        error.code = "rate_limit_exceeded"
         error.headers["retry-after"] = "1"
     return error
 
@@ -144,11 +149,7 @@ def _error_from_http(exc: HTTPException, request: Request) -> APIError:
         return PayloadTooLarge("The request body is too large.", code="request_too_large")
     detail = str(exc.detail)
     if detail.startswith("JSON is malformed"):
-        return InvalidRequest(
-            "We could not parse the JSON body of your request. "
-            "The body must be valid JSON sent with Content-Type: application/json.",
-            code="invalid_json",
-        )
+        return invalid_json()
     if exc.status_code >= 500:
         return ServerError(detail)
     return APIError(detail, status_code=exc.status_code, code="invalid_request")
@@ -190,23 +191,84 @@ def sse_error_event(error: APIError) -> bytes:
     return b"data: " + msgspec.json.encode(ErrorResponse(error=error.detail())) + b"\n\n"
 
 
-_AT_PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)")
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+    "bytes": "a string",
+}
 
 
-def error_from_msgspec(exc: msgspec.ValidationError) -> APIError:
-    """For bodies we convert ourselves (multipart forms): name the field msgspec names."""
+def _type_words(spec: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(part.strip(), part.strip()) for part in spec.split("|"))
+
+
+_PLAIN = (
+    # "Expected `str`, got `int`"
+    (re.compile(r"Expected `([^`]+)`, got `([^`]+)`"),
+     lambda m: f"expected {_type_words(m[1])}, got {_type_words(m[2])}"),
+    # "Expected `str` of length <= 4096", "Expected `array` of length >= 1"
+    (re.compile(r"Expected `(str|bytes)` of length (<=|>=) (\d+)"),
+     lambda m: f"must be at {'most' if m[2] == '<=' else 'least'} {m[3]} characters long"),
+    (re.compile(r"Expected `([^`]+)` of length (<=|>=) (\d+)"),
+     lambda m: f"must have at {'most' if m[2] == '<=' else 'least'} {m[3]} items"),
+    # "Expected `float` <= 4.0", "Expected `int` >= 1"
+    (re.compile(r"Expected `([^`]+)` (<=|>=|<|>) (\S+)"),
+     lambda m: "must be "
+     + {"<=": "at most", ">=": "at least", "<": "less than", ">": "greater than"}[m[2]]
+     + f" {m[3]}"),
+    (re.compile(r"Expected `([^`]+)` matching regex `([^`]*)`"),
+     lambda m: f"must match the pattern {m[2]}"),
+    (re.compile(r"Invalid enum value (.+)"), lambda m: f"{m[1]} is not one of the allowed values"),
+    (re.compile(r"Invalid value (.+)"), lambda m: f"{m[1]} is not one of the allowed values"),
+    (re.compile(r"Object contains unknown field `([^`]+)`"), lambda m: f"unknown field '{m[1]}'"),
+)
+
+
+def plain_message(message: str) -> str:
+    """A msgspec message in plain words: no Python type names, no backticks."""
+    for pattern, words in _PLAIN:
+        message = pattern.sub(words, message)
+    return message.replace("`", "'")
+
+
+def error_from_msgspec(exc: msgspec.ValidationError, *, form: bool = False) -> APIError:
+    """Name the field msgspec names: the whole path (``messages[0].content``) in a JSON
+    body, the field's name in a multipart ``form`` (whose fields are flat names)."""
     message = str(exc)
-    missing = _MISSING_FIELD.search(message)
+    at = _AT_PATH.search(message)
+    path = at.group(1) if at else ""
+    if form:
+        path = re.split(r"[.\[]", path, maxsplit=1)[0]
+    text = _AT_PATH.sub("", message)
+    missing = _MISSING_FIELD.search(text)
     if missing:
+        param = f"{path}.{missing.group(1)}" if path else missing.group(1)
         return InvalidRequest(
-            f"Missing required parameter: '{missing.group(1)}'.",
-            param=missing.group(1),
+            f"Missing required parameter: '{param}'.",
+            param=param,
             code="missing_required_parameter",
         )
-    at = _AT_PATH.search(message)
-    param = at.group(1) if at else None
-    text = _AT_PATH.sub("", message)
-    return InvalidRequest(f"Invalid value for '{param}': {text}" if param else text, param=param)
+    if not path:
+        if text.startswith("Expected `object`"):
+            return InvalidRequest("The request body must be a JSON object.", code="invalid_request")
+        return InvalidRequest(plain_message(text))
+    return InvalidRequest(f"Invalid value for '{path}': {plain_message(text)}.", param=path)
+
+
+def invalid_json(reason: str = "") -> APIError:
+    return InvalidRequest(
+        "We could not parse the JSON body of your request"
+        + (f" ({reason})" if reason else "")
+        + ". The body must be valid JSON sent with Content-Type: application/json.",
+        code="invalid_json",
+    )
 
 
 _STATUS_TEXT = {

@@ -8,13 +8,27 @@ these fold into one dict that msgspec can convert (with ``strict=False`` for the
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable
 
+import msgspec
 from litestar.datastructures import UploadFile
 
+from adapters.limits import json_depth
+
+from .errors import InvalidRequest
+
+MAX_PATH = 8  # brackets in one key: chunking_strategy[type] needs one
+MAX_JSON_DEPTH = 16  # a field sent as a JSON string
+
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+
+
+class FormError(InvalidRequest):
+    """A form field that cannot be read: a 400 naming it, wherever a form is folded."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message, param=param, code="invalid_form_field")
 
 
 # The form fields OpenAI defines as objects: only these (and list fields) may be sent as a
@@ -37,6 +51,10 @@ def fold_form(
             folded[key] = value
             continue
         name, path = match.group(1), re.findall(r"\[([^\[\]]*)\]", match.group(2))
+        if len(path) > MAX_PATH:
+            raise FormError(
+                f"The form field '{key[:80]}' nests more than {MAX_PATH} brackets deep.", name
+            )
         if not path:
             if name in lists or name in folded and isinstance(folded[name], list):
                 folded.setdefault(name, [])
@@ -55,6 +73,10 @@ def fold_form(
             node = folded[name] = {}
         for part in path[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _conflict(name, key)
+        if isinstance(node.get(path[-1]), dict):
+            raise _conflict(name, key)
         node[path[-1]] = value
     for name in lists:
         if name in folded and not isinstance(folded[name], list):
@@ -78,11 +100,24 @@ def _append(folded: dict[str, Any], name: str, value: Any, *, bare: bool) -> Non
     folded[name].append(value)
 
 
+def _conflict(name: str, key: str) -> FormError:
+    return FormError(
+        f"The form field '{key[:80]}' conflicts with another '{name}' field: a value cannot "
+        "also hold fields.",
+        name,
+    )
+
+
 def _maybe_json(value: Any) -> Any:
+    """A value sent as a JSON string, decoded; anything else (a prompt that starts with a
+    bracket, JSON nested too deeply to be a real parameter) stays the string it was."""
     if isinstance(value, str) and value[:1] in "{[":
+        raw = value.encode("utf-8", "surrogatepass")
+        if json_depth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            return value
         try:
-            return json.loads(value)
-        except ValueError:
+            return msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return value
     return value
 

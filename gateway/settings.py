@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from adapters.limits import SchemaBudget
 from adapters.voices import OPENAI_VOICES
 
 ENV_PREFIX = "GATEWAY__"
@@ -138,6 +139,33 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         return bool(self.model_dir)
 
 
+class LimitsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Budgets every input is checked against before any compute (a 400 naming the field)."""
+
+    # Audio (transcription uploads, chat input_audio), in seconds of sound: the declared
+    # duration is checked before decoding and decoding stops once this is passed.
+    max_audio_seconds: float = 1500.0
+    # Nesting of a JSON request body (arrays and objects).
+    max_json_depth: int = 64
+    # Characters in one text field (a chat message's content, a transcription prompt).
+    max_text_chars: int = 10_485_760
+    # JSON schemas compiled into grammars (tool parameters, response_format): their size
+    # as compact JSON (all tools together), nesting, largest count (minItems, maxLength,
+    # {m,n}; larger maxima are dropped, larger minima refused) and grammar-size estimate.
+    max_schema_bytes: int = 32_768
+    max_schema_depth: int = 32
+    max_schema_bound: int = 256
+    max_grammar_bytes: int = 1_048_576
+
+    def schema_budget(self) -> SchemaBudget:
+        return SchemaBudget(
+            max_bytes=self.max_schema_bytes,
+            max_depth=self.max_schema_depth,
+            max_bound=self.max_schema_bound,
+            max_grammar_bytes=self.max_grammar_bytes,
+        )
+
+
 class RealtimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Budgets of one /v1/realtime session (see gateway/api/realtime)."""
 
@@ -155,6 +183,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
     step_audio: StepAudioSettings = msgspec.field(default_factory=StepAudioSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     realtime: RealtimeSettings = msgspec.field(default_factory=RealtimeSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}

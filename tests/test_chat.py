@@ -359,6 +359,6 @@ def test_a_streamed_request_the_engine_refuses_gets_429_not_a_200_with_an_error(
             for _ in client.chat.completions.create(model="busy-chat", messages=ASK, stream=True):
                 pass
         assert caught.value.response.headers["retry-after"] == "1"
-        assert caught.value.code == "engine_overloaded"
+        assert caught.value.code == "rate_limit_exceeded"
     finally:
         live.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import openai
@@ -22,7 +23,8 @@ def assert_envelope(response, status: int, param=..., code=...):
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    expected_type = {429: "requests"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    assert error["type"] == expected_type
     if param is not ...:
         assert error["param"] == param
     if code is not ...:
@@ -44,9 +46,66 @@ def test_wrong_method_is_405_and_names_the_allowed_ones(http):
     assert "GET" in http.request("TRACE", "/v1/models").headers["allow"]
 
 
-def test_malformed_json_is_400(http):
-    response = http.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
-    assert_envelope(response, 400, code="invalid_json")
+@pytest.mark.parametrize("body", [b"{not json", b'{"model":', b'{"model":"tts-1","voice":"alloy","input":"hi"} trailing'])
+def test_malformed_json_is_400_saying_so(http, body):
+    response = http.post("/v1/audio/speech", content=body, headers={"content-type": "application/json"})
+    error = assert_envelope(response, 400, code="invalid_json")
+    assert "not valid JSON" in error["message"] or "JSON body" in error["message"]
+    assert "Input data" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/audio/speech", {**SPEECH, "speed": "2"}, "speed"),
+        ("/v1/audio/speech", {**SPEECH, "input": 5}, "input"),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}, "max_tokens"),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "0.5"}, "temperature"),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "true"}, "stream"),
+    ],
+)
+def test_json_bodies_are_typed_strictly(http, path, body, param):
+    """JSON has numbers and booleans: a string in their place is the client's mistake
+    (multipart fields, always strings, are still converted: see test_multipart_fields_still_convert)."""
+    error = assert_envelope(http.post(path, json=body), 400, param=param, code="invalid_value")
+    assert "got a string" in error["message"] or "got an integer" in error["message"]
+
+
+def test_multipart_fields_still_convert(http):
+    wav = encode_all(np.zeros(1600, np.float32), 16000, "wav")
+    response = transcribe(http, wav, temperature="0.2", response_format="verbose_json")
+    assert response.status_code == 200, response.text
+
+
+_PYTHON_WORDS = re.compile(r"\b(str|int|float|bool|NoneType|dict|list|msgspec|Struct)\b|`")
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/audio/speech", {**SPEECH, "input": 5}),
+        ("/v1/audio/speech", {**SPEECH, "voice": 7}),
+        ("/v1/audio/speech", {**SPEECH, "speed": 9}),
+        ("/v1/audio/speech", {**SPEECH, "input": "x" * 4097}),
+        ("/v1/audio/speech", {**SPEECH, "response_format": "ogg"}),
+        ("/v1/audio/speech", {"voice": "alloy", "input": "hi"}),
+        ("/v1/audio/speech", [1, 2]),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": "hi"}),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "bot", "content": "hi"}]}),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user"}]}),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [], "stop": ["a"] * 5}),
+    ],
+)
+def test_error_messages_are_plain_words(http, path, body):
+    error = assert_envelope(http.post(path, json=body), 400)
+    assert not _PYTHON_WORDS.search(error["message"]), error["message"]
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\u200b \ufeff\u2060", "\x00\x01", " \u200d\n"])
+def test_input_with_nothing_to_say_is_400_like_whitespace(http, text):
+    """Zero-width and control characters are not speech: such input is refused as
+    whitespace-only input is, instead of answering 200 with empty audio."""
+    assert_envelope(http.post("/v1/audio/speech", json={**SPEECH, "input": text}), 400, param="input")
 
 
 def test_json_array_body_is_400(http):

@@ -89,7 +89,8 @@ def test_overloaded_engine_answers_429_with_retry_after(faulty):
     for response in statuses:
         if response.status_code == 429:
             assert response.headers["retry-after"] == "1"
-            assert response.json()["error"]["code"] == "engine_overloaded"
+            assert response.json()["error"]["code"] == "rate_limit_exceeded"
+            assert response.json()["error"]["type"] == "requests"  # what OpenAI sends for a 429
 
 
 def test_a_stream_already_playing_is_never_refused_for_a_full_queue(faulty):

@@ -55,6 +55,7 @@ from typing import AsyncIterator, Iterator
 
 import numpy as np
 
+from adapters.limits import min_prompt_tokens
 from adapters.text.holdback import partial_marker_length
 from adapters.tools import (
     JSON_OBJECT_SCHEMA,
@@ -172,6 +173,7 @@ class LlamaChatEngine(ChatEngine):
         self._formatter = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
+        self._longest_token = 1
         # Whole generations take turns on the one llama.cpp context; the gate is the
         # worker's kind, so the same queue limit and admission rules apply.
         self._turns = Gate(name, 1, self.worker.max_queue)
@@ -212,6 +214,11 @@ class LlamaChatEngine(ChatEngine):
                 bos_token=model.token_get_text(bos) if bos != -1 else "",
             )
         self._vocab = llama_model_get_vocab(llama.model)
+        # No token spells more bytes than this (32 for SmolLM2): a bound on prompt length.
+        self._longest_token = max(
+            len(llama._model.token_to_piece(token, special=True))
+            for token in range(llama.n_vocab())
+        )
         self._pieces = {}
         self._llama = llama
 
@@ -231,6 +238,7 @@ class LlamaChatEngine(ChatEngine):
     # ------------------------------------------------------------------ generation
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        self._check_fits(request)
         plan = self._plan(request)
         async with self._turn():
             job = await self.worker.run(self._prepare, request, plan)
@@ -319,6 +327,21 @@ class LlamaChatEngine(ChatEngine):
                 messages.insert(0, {"role": "system", "content": system})
         stop = () if tool_mode else tuple(s for s in request.stop if s)
         return _Plan(messages, schema, param, tool_mode, stop)
+
+    def _check_fits(self, request: ChatRequest) -> None:
+        """Refuse at once, without tokenizing or taking a turn, a prompt whose text is
+        too long for the context even if every token were the vocabulary's longest."""
+        n_bytes = sum(
+            len((m.content or "").encode("utf-8", "surrogatepass")) for m in request.messages
+        )
+        at_least = min_prompt_tokens(n_bytes, self._longest_token)
+        if at_least >= self.n_ctx:
+            raise ContextOverflow(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
+                f"messages resulted in at least {at_least} tokens. Please reduce the length "
+                "of the messages.",
+                param="messages",
+            )
 
     def _prepare(self, request: ChatRequest, plan: _Plan) -> _Job:
         """Render and tokenize the prompt, check it fits, compile the grammar."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from adapters.limits import BudgetExceeded, cap_schema, cap_schemas
+
 # ------------------------------------------------------------------ content parts
 
 
@@ -205,6 +207,47 @@ class CreateChatCompletionRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+
+    def check_input(self, limits) -> None:
+        """Budgets checked before any compute: each text field's length, and the schemas
+        that become grammars (capped in place: see adapters/limits.py)."""
+        for i, message in enumerate(self.messages):
+            _check_text(getattr(message, "content", None), f"messages[{i}].content", limits)
+        budget = limits.schema_budget()
+        tools = [
+            (tool.function, f"tools[{i}].function.parameters")
+            for i, tool in enumerate(self.tools or [])
+            if tool.function.parameters is not None
+        ]
+        capped = cap_schemas([(f.parameters, param) for f, param in tools], budget, "tools")
+        for (function, _), parameters in zip(tools, capped):
+            function.parameters = parameters
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema is not None:
+            fmt.json_schema.schema = cap_schema(
+                fmt.json_schema.schema, budget, "response_format.json_schema.schema"
+            )
+
+
+def _check_text(content: Any, param: str, limits) -> None:
+    if isinstance(content, str):
+        texts = [(content, param)]
+    elif isinstance(content, list):
+        texts = [
+            (part.text, f"{param}[{j}].text")
+            for j, part in enumerate(content)
+            if isinstance(part, TextPart)
+        ]
+    else:
+        return
+    for text, where in texts:
+        if len(text) > limits.max_text_chars:
+            raise BudgetExceeded(
+                f"Invalid '{where}': string too long. Expected a string with maximum length "
+                f"{limits.max_text_chars}, but got a string with length {len(text)} instead.",
+                where,
+                "string_above_max_length",
+            )
 
 
 # ------------------------------------------------------------------ responses

@@ -10,6 +10,7 @@ from litestar.response import Stream
 from ... import sse
 from ...auth import owner_of
 from ...errors import error_responses
+from ...json_body import apply_audio_budget
 from ...openapi_docs import documented_operation, event_stream
 from ...settings import Settings
 from ...streaming import prime
@@ -45,6 +46,7 @@ async def create_chat_completion(
     ``stream=true`` answers with ``chat.completion.chunk`` events; nothing is ever
     answered as a JSON body to a streaming request, or the SDK would parse nothing.
     """
+    apply_audio_budget(settings.limits)
     prepared = await chat_service.prepare(data, owner_of(request.scope))
     if data.stream:
         first_ready = await prime(chunks(chat_service, prepared))

@@ -22,7 +22,7 @@ from typing import AsyncIterator
 
 import anyio.to_thread
 
-from adapters.audio.decode import AudioDecodeError, decode_audio
+from adapters.audio.decode import AudioDecodeError, AudioTooLong, decode_audio
 from adapters.audio.pipeline import SpeechAudioPipeline
 from adapters.chat.transcripts import Transcript, TranscriptCache, transcript_key
 from adapters.step_audio.speech_controls import split_leading_tags
@@ -54,6 +54,8 @@ async def _decode(data_b64: str, param: str, sample_rate: int):
         raise InvalidRequest("The audio data is not valid base64.", param=param) from None
     try:
         return await anyio.to_thread.run_sync(decode_audio, data, sample_rate)
+    except AudioTooLong as exc:
+        raise InvalidRequest(str(exc), param=param, code="audio_too_long") from None
     except AudioDecodeError as exc:
         raise InvalidRequest(
             f"{exc} Send wav or mp3 audio as base64.", param=param, code="invalid_audio"

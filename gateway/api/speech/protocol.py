@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from adapters.limits import BudgetExceeded, visible_text
+
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
@@ -27,6 +29,16 @@ class CreateSpeechRequest(msgspec.Struct, kw_only=True):
     @property
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+    def check_input(self, limits) -> None:
+        """Only what a voice can say reaches the engine: control and format characters
+        (NUL, zero-width spaces, bidi marks) are dropped, and input left with nothing to
+        say is refused as whitespace is."""
+        self.input = visible_text(self.input)
+        if not self.input.strip():
+            raise BudgetExceeded("The input must contain text to speak.", "input", "invalid_value")
+        if self.instructions is not None:
+            self.instructions = visible_text(self.instructions)
 
 
 class SpeechUsage(msgspec.Struct, kw_only=True):

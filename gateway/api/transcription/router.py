@@ -47,7 +47,9 @@ from .serving import events, options_for, read_form, render, run
 async def create_transcription(
     request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
 ) -> Response | Stream:
-    form, upload = await read_form(request, TranscriptionForm, settings.server.max_upload_bytes)
+    form, upload = await read_form(
+        request, TranscriptionForm, settings.server.max_upload_bytes, settings.limits
+    )
     options = options_for(form)
     transcripts = run(registry, form.model, Capability.TRANSCRIPTION, upload, options)
     if form.stream:
@@ -73,7 +75,9 @@ async def create_transcription(
 async def create_translation(
     request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
 ) -> Response:
-    form, upload = await read_form(request, TranslationForm, settings.server.max_upload_bytes)
+    form, upload = await read_form(
+        request, TranslationForm, settings.server.max_upload_bytes, settings.limits
+    )
     options = options_for(form)
     transcripts = run(registry, form.model, Capability.TRANSLATION, upload, options)
     return await _complete(transcripts, form.response_format, "translate", options)

@@ -14,7 +14,7 @@ import anyio.to_thread
 import msgspec
 from litestar import Request
 
-from adapters.audio.decode import AudioDecodeError, decode_audio
+from adapters.audio.decode import AudioDecodeError, AudioTooLong, decode_audio
 from adapters.subtitles import to_srt, to_vtt
 from adapters.text.languages import language_name
 from adapters.text.tokens import count_audio_tokens, count_text_tokens
@@ -30,7 +30,9 @@ from engines.registry import ModelRegistry
 
 from ... import metrics
 from ...errors import InvalidRequest, PayloadTooLarge, error_from_msgspec
+from ...json_body import apply_audio_budget
 from ...multipart import fold_form, upload
+from ...settings import LimitsSettings
 from .protocol import (
     DurationUsage,
     InputTokenDetails,
@@ -58,8 +60,13 @@ class AudioUpload:
 
 
 async def read_form(
-    request: Request, form_type: type[FormT], max_upload_bytes: int
+    request: Request,
+    form_type: type[FormT],
+    max_upload_bytes: int,
+    limits: LimitsSettings | None = None,
 ) -> tuple[FormT, AudioUpload]:
+    limits = limits or LimitsSettings()
+    apply_audio_budget(limits)  # decoding this upload stops at max_audio_seconds
     media_type = request.content_type[0]
     if media_type != "multipart/form-data":
         raise InvalidRequest(
@@ -83,13 +90,22 @@ async def read_form(
     try:
         fields = msgspec.convert(fold_form(items, _LIST_FIELDS), form_type, strict=False)
     except msgspec.ValidationError as exc:
-        raise error_from_msgspec(exc) from None
+        raise error_from_msgspec(exc, form=True) from None
+    if fields.prompt is not None and len(fields.prompt) > limits.max_text_chars:
+        raise InvalidRequest(
+            f"Invalid 'prompt': string too long. Expected a string with maximum length "
+            f"{limits.max_text_chars}, but got a string with length {len(fields.prompt)} instead.",
+            param="prompt",
+            code="string_above_max_length",
+        )
     return fields, AudioUpload(data=data, filename=file.filename or "")
 
 
 async def decode(upload: AudioUpload, sample_rate: int):
     try:
         return await anyio.to_thread.run_sync(decode_audio, upload.data, sample_rate)
+    except AudioTooLong as exc:
+        raise InvalidRequest(str(exc), param="file", code="audio_too_long") from None
     except AudioDecodeError as exc:
         raise InvalidRequest(
             f"{exc} Supported formats: {SUPPORTED_FORMATS}.", param="file", code="invalid_file"
