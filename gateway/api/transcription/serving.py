@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import AsyncIterator, TypeVar
 
-import anyio.to_thread
 import msgspec
 from litestar import Request
 
@@ -101,9 +100,12 @@ async def read_form(
     return fields, AudioUpload(data=data, filename=file.filename or "")
 
 
-async def decode(upload: AudioUpload, sample_rate: int):
+async def decode(upload: AudioUpload, engine: TranscriptionEngine):
+    """Decoding is compute too: it waits its turn in the engine's queue (a full queue
+    refuses it with 429) and runs in the shared compute slot, and it stops at the audio
+    budget."""
     try:
-        return await anyio.to_thread.run_sync(decode_audio, upload.data, sample_rate)
+        return await engine.worker.run(decode_audio, upload.data, engine.sample_rate)
     except AudioTooLong as exc:
         raise InvalidRequest(str(exc), param="file", code="audio_too_long") from None
     except AudioDecodeError as exc:
@@ -137,7 +139,7 @@ async def run(
     registry.check(model, capability)
     async with registry.use(model, capability) as engine:
         assert isinstance(engine, TranscriptionEngine)
-        audio = await decode(upload, engine.sample_rate)
+        audio = await decode(upload, engine)
         stream = await engine.transcribe(audio, options)
         endpoint = "translation" if options.task == "translate" else "transcription"
         metrics.count_audio(endpoint, "in", model, len(audio) / engine.sample_rate)
