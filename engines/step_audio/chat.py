@@ -99,6 +99,7 @@ class StepAudioChatEngine(ChatEngine):
         max_tokens: int = DEFAULT_MAX_TOKENS,
         health_interval: float = 5.0,
         check_tokenizer: bool = True,
+        read_timeout: float = 600.0,
     ) -> None:
         super().__init__(name, context)
         self.urls = list(vllm_urls)
@@ -110,6 +111,9 @@ class StepAudioChatEngine(ChatEngine):
         self.max_tokens = max_tokens
         self.health_interval = health_interval
         self.check_tokenizer = check_tokenizer
+        # Seconds a replica may send nothing (before its first byte or mid-stream) before
+        # the request fails over, or, once the answer has started, ends with an error.
+        self.read_timeout = read_timeout
         self.pool: VLLMReplicaPool | None = None
 
     def load(self) -> None:  # nothing in-process: vLLM holds the model
@@ -121,6 +125,7 @@ class StepAudioChatEngine(ChatEngine):
             model=self.vllm_model,
             api_key=self.api_key,
             health_interval=self.health_interval,
+            read_timeout=self.read_timeout,
             tokenizer_check=(
                 (TOKENIZER_PROBE, TOKENIZER_PROBE_IDS) if self.check_tokenizer else None
             ),
