@@ -100,3 +100,95 @@ class ChatOverloaded(ChatEngine):
 
         raise EngineOverloaded("model 'busy-chat' has 16 requests waiting; retry shortly")
         yield  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- crashing real engines
+# The real embedded engines, made to crash on cue: a request whose text starts with
+# "crashN " gets N real items (audio chunks, transcript segments, chat events) and then
+# the kind of exception a crashed native library raises. Any other request is served
+# as usual, so a test can check that the same engine serves the next request.
+
+import re  # noqa: E402
+
+from engines.embedded.llama import LlamaChatEngine  # noqa: E402
+from engines.embedded.piper import PiperEngine  # noqa: E402
+from engines.embedded.whisper import FasterWhisperEngine  # noqa: E402
+
+_CUE = re.compile(r"^crash(\d+) ?")
+
+
+def crash_cue(text: str | None) -> tuple[int | None, str]:
+    """(items to deliver before crashing, or None for no crash; the text without the cue)."""
+    match = _CUE.match(text or "")
+    if not match:
+        return None, text or ""
+    return int(match.group(1)), text[match.end() :]
+
+
+class NativeCrash(RuntimeError):
+    """What a native inference library raises when it dies mid-run (not an EngineError)."""
+
+
+async def _crash_after(items, after: int):
+    delivered = 0
+    if after > 0:
+        async for item in items:
+            yield item
+            delivered += 1
+            if delivered >= after:
+                break
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+    raise NativeCrash(f"the inference library crashed after {delivered} item(s)")
+
+
+class CrashingPiper(PiperEngine):
+    async def synthesize(self, request):
+        after, text = crash_cue(request.text)
+        if after is None:
+            async for chunk in super().synthesize(request):
+                yield chunk
+            return
+        import dataclasses
+
+        real = super().synthesize(dataclasses.replace(request, text=text))
+        async for chunk in _crash_after(real, after):
+            yield chunk
+
+
+class CrashingWhisper(FasterWhisperEngine):
+    async def transcribe(self, audio, options):
+        after, prompt = crash_cue(options.prompt)
+        if after is None:
+            return await super().transcribe(audio, options)
+        import dataclasses
+
+        stream = await super().transcribe(audio, dataclasses.replace(options, prompt=prompt or None))
+        stream.segments = _crash_after(stream.segments, after)
+        return stream
+
+
+class CrashingLlama(LlamaChatEngine):
+    async def generate(self, request):
+        last = request.messages[-1]
+        after, text = crash_cue(last.content)
+        if after is None:
+            async for event in super().generate(request):
+                yield event
+            return
+        import dataclasses
+
+        messages = [*request.messages[:-1], dataclasses.replace(last, content=text)]
+        real = super().generate(dataclasses.replace(request, messages=messages))
+        async for event in _crash_after(real, after):
+            yield event
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (tests run the gateway in a thread of it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
