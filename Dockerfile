@@ -30,7 +30,9 @@ RUN python3 -m venv .venv \
     && .venv/bin/pip install --no-cache-dir --no-deps --force-reinstall \
        "$(grep -o '^onnxruntime-gpu==[^ ]*' requirements/gpu.txt)" \
     && .venv/bin/python -c "import onnxruntime as o, sys; p = o.get_available_providers(); print(p); sys.exit('CUDAExecutionProvider' not in p)" \
-    && .venv/bin/python -c "import transformers, sentencepiece, torch; print(transformers.__version__, torch.__version__, torch.version.cuda)"
+    && .venv/bin/python -c "import transformers, sentencepiece, torch; print(transformers.__version__, torch.__version__, torch.version.cuda)" \
+    # scripts/gpu_check runs the replica tests on the GPUs from this image.
+    && .venv/bin/pip install --no-cache-dir -r requirements/gpu-check.txt
 
 # The default image: the embedded CPU engines (dev.py install).
 FROM base AS cpu

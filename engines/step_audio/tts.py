@@ -412,6 +412,16 @@ def _load_optimus(lib_dir: Path) -> bool:
     return False
 
 
+def _dtype_argument() -> str:
+    """``from_pretrained``'s name for the weights' dtype: ``torch_dtype`` before
+    transformers 4.56, where an unknown ``dtype`` is silently ignored (float32 weights);
+    the GPU image pins 4.48, the line Step1's code was written for."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 class StepAudioTTS(SpeechEngine):
     """Step-Audio-TTS-3B as a speech engine (see the module docstring)."""
 
@@ -513,7 +523,7 @@ class StepAudioTTS(SpeechEngine):
         self._device = device
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=True)
         self._lm = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=dtype, trust_remote_code=True
+            self.model_path, **{_dtype_argument(): dtype}, trust_remote_code=True
         ).to(device)
         self._lm.eval()
         self._common = CosyVoiceVocoder(self.model_path / COMMON_MODEL, device, dtype)

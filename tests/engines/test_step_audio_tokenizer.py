@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
@@ -248,12 +249,25 @@ def _engine(model_dir, tmp_path, **options) -> StepAudioTokenizer:
     return StepAudioTokenizer("step-audio-tokenizer", context, model_dir=str(model_dir), **options)
 
 
+#: scripts/gpu_check runs this module with "cuda": the same replica on the GPU.
+DEVICE = os.environ.get("GATEWAY_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture(scope="module")
 def engine(replica, tmp_path_factory):
-    engine = _engine(replica, tmp_path_factory.mktemp("cache"), device="cpu", cpu_threads=1)
+    engine = _engine(replica, tmp_path_factory.mktemp("cache"), device=DEVICE, cpu_threads=1)
     engine.load()
     yield engine
     engine.unload()
+
+
+def test_the_speech_tokenizer_runs_on_the_engines_device(engine):
+    """On a GPU, ONNX Runtime's CUDA provider (it falls back to the CPU silently)."""
+    providers = engine._onnx.get_providers()
+    if DEVICE.startswith("cuda"):
+        assert engine.device.startswith("cuda") and providers[0] == "CUDAExecutionProvider"
+    else:
+        assert providers == ["CPUExecutionProvider"]
 
 
 def _speech_like(seconds: float, rate: int, seed: int = 1) -> np.ndarray:

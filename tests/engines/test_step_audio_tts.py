@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import wave
 from pathlib import Path
 
@@ -257,6 +258,10 @@ def coder() -> FakeTokenizer:
     return FakeTokenizer()
 
 
+#: scripts/gpu_check runs this module with "cuda": the same replica on the GPU.
+DEVICE = os.environ.get("GATEWAY_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture(scope="module")
 def engine(replica, coder, tmp_path_factory):
     model, speakers = replica
@@ -269,7 +274,7 @@ def engine(replica, coder, tmp_path_factory):
         model_path=str(model),
         speakers_dir=str(speakers),
         prompt_coder=coder,
-        device="cpu",
+        device=DEVICE,
         max_new_tokens=24,
     )
     engine.load()
@@ -307,6 +312,16 @@ async def test_tags_repeat_on_every_sentence(engine):
         engine, text="One. Two.", voice="Tingting", instructions="speak happily, in Cantonese"
     )
     assert [c.text for c in chunks] == ["(高兴1)(粤语)One.", "(高兴1)(粤语)Two."]
+
+
+def test_weights_are_bf16_on_a_gpu_and_float32_on_the_cpu(engine):
+    """Upstream runs the LM and the flow in bf16 on CUDA (transformers before 4.56 takes
+    ``torch_dtype`` and ignores ``dtype``: float32 weights, twice the memory)."""
+    expected = torch.bfloat16 if DEVICE.startswith("cuda") else torch.float32
+    assert engine._device.type == torch.device(DEVICE).type
+    assert next(engine._lm.parameters()).dtype == expected
+    for vocoder in (engine._common, engine._music):
+        assert next(vocoder.flow.parameters()).dtype == expected
 
 
 async def test_unknown_voice_is_invalid_voice(engine):
