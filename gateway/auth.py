@@ -140,7 +140,6 @@ def api_key_middleware_factory(keys: Iterable[str]):
                 state[OWNER_STATE] = ANONYMOUS
                 await app(scope, receive, send)
                 return
-            template = resolved_template(scope)
             presented = _presented_key(scope)
             owner = ring.owner(presented) if presented is not None else None
             if owner is not None:
@@ -148,6 +147,7 @@ def api_key_middleware_factory(keys: Iterable[str]):
                 await app(scope, receive, send)
                 return
             state.pop(OWNER_STATE, None)
+            template = resolved_template(scope)
             if is_public(template) or (
                 # CORS preflights carry no credentials; only for paths that exist.
                 scope.get("method") == "OPTIONS" and template is not None

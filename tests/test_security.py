@@ -9,6 +9,7 @@ tidy up, and clients that stall or trickle, are written on raw sockets.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -270,6 +271,21 @@ def test_two_requests_on_one_connection_each_get_their_own_header_deadline(gatew
             time.sleep(TIMEOUT * 0.6)  # shorter than the keep-alive timeout
 
 
+async def test_a_websocket_session_outlives_every_timeout(gateway):
+    """The header deadline stops at the upgrade: a realtime session idle for longer than
+    the header, body and keep-alive timeouts is still open."""
+    import websockets
+
+    url = gateway.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+    async with websockets.connect(url, additional_headers={"authorization": f"Bearer {KEY_A}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await asyncio.sleep(2.5 * TIMEOUT)
+        await asyncio.wait_for(await ws.ping(), timeout=5)
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(url):
+            pass
+
+
 # ------------------------------------------------------------------ 11. Allow
 
 
@@ -335,3 +351,30 @@ def test_another_key_cannot_resolve_an_audio_id(gateway):
     # Exactly the answer an id that never existed gets: no oracle.
     assert stolen.json()["error"]["message"].replace(audio_id, "ID") == unknown.json()["error"]["message"].replace("audio_" + "0" * 32, "ID")
     assert stolen.json()["error"]["param"] == "messages[1].audio.id"
+
+
+# ------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize("override", [
+    {"GATEWAY__SERVER__API_KEYS": '["sha256:abc"]'},
+    {"GATEWAY__SERVER__API_KEYS": '["sha256:' + "g" * 64 + '"]'},
+    {"GATEWAY__SERVER__HEADER_TIMEOUT_SECONDS": "0"},
+    {"GATEWAY__SERVER__MAX_CONNECTIONS": "-1"},
+])
+def test_bad_key_digests_and_timeouts_are_refused_at_start(override):
+    from gateway.settings import SettingsError
+
+    with pytest.raises(SettingsError):
+        load_settings(environ=override)
+
+
+def test_an_owner_id_is_stable_and_is_not_the_key_or_its_digest():
+    from gateway.auth import KeyRing
+
+    digest = hashlib.sha256(KEY_B.encode()).hexdigest()
+    plain, hashed = KeyRing([KEY_B]), KeyRing(["sha256:" + digest.upper()])
+    owner = plain.owner(KEY_B)
+    assert owner == hashed.owner(KEY_B) and owner.startswith("key_")
+    assert KEY_B not in owner and owner[4:] not in digest
+    assert plain.owner(KEY_A) is None and plain.owner(digest) is None
