@@ -317,6 +317,7 @@ def _with_step_audio(specs: list[ModelSpec], step_audio) -> list[ModelSpec]:
             "system_policy": step_audio.system_policy,
             "default_system": step_audio.default_system,
             "tool_result_role": step_audio.tool_result_role,
+            "check_tokenizer": step_audio.check_vllm_tokenizer,
         },
     )
     added = [tokenizer, tts, chat]

@@ -107,6 +107,10 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     default_system: str | None = None
     # Role name of tool-result turns: "function_output" (Step-Audio 2's vLLM template).
     tool_result_role: str = "function_output"
+    # At start, ask each vLLM replica's /tokenize how it reads <audio_0><audio_5119><|BOT|><|EOT|>
+    # and refuse to serve through one that does not read Step-Audio-Chat's ids. Off only to
+    # put another model behind the same engine on purpose (the real-vLLM test tier does).
+    check_vllm_tokenizer: bool = True
     # The speakers folder of the Step-Audio repository (speakers_info.json and
     # {id}_prompt.wav); default: <model_dir>/speakers.
     speakers_dir: str = ""

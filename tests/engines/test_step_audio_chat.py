@@ -332,3 +332,27 @@ async def test_control_tokens_typed_by_a_user_reach_vllm_as_plain_text(deploymen
         "<|BOT|>human\n" + attack.replace("<", "<\u200b") + "<|EOT|><|BOT|>assistant\n"
     )
     assert sent["prompt"].count("<|BOT|>") == 2 and sent["prompt"].count("<|EOT|>") == 1
+
+
+async def test_the_tokenizer_check_can_be_turned_off_for_another_model_on_purpose(tmp_path):
+    replica = await FakeVLLM().start()
+    replica.tokenizer = "split"
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={
+            "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url]),
+            "GATEWAY__STEP_AUDIO__CHECK_VLLM_TOKENIZER": "false",
+        },
+    )
+    settings.step_audio.model_dir = str(tmp_path)
+    settings.engines.preload = []
+    live = await live_server(settings).astart("/health")
+    try:
+        response = await client_for(live.url).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert response.choices[0].message.content
+        assert replica.tokenize_requests == []
+    finally:
+        live.stop()
+        await replica.stop()

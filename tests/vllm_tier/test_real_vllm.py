@@ -285,6 +285,8 @@ async def test_time_to_first_token_through_the_gateway_against_direct(
             "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url]),
             "GATEWAY__STEP_AUDIO__VLLM_MODEL": vllm_cluster.model,
             "GATEWAY__ENGINES__PRELOAD": '["gpt-4o"]',
+            # SmolLM2 has no audio tokens: the check would (rightly) refuse it.
+            "GATEWAY__STEP_AUDIO__CHECK_VLLM_TOKENIZER": "false",
         },
     )
     live = live_server(settings)
@@ -371,3 +373,38 @@ async def test_failover_when_a_replica_is_killed(vllm_cluster: Cluster) -> None:
         f"4/4 requests then served by the survivor "
         f"({', '.join(f'{d:.2f}' for d in durations)} s; 1 failover)"
     )
+
+
+async def test_a_real_vllm_without_audio_tokens_makes_the_chat_model_503(
+    vllm_cluster: Cluster, tmp_path
+) -> None:
+    """The gateway's tokenizer check against vLLM's own /tokenize: SmolLM2 spells
+    <audio_0> as ordinary pieces, so the Step-Audio chat model refuses to serve through it."""
+    import json
+
+    from gateway.settings import load_settings
+    from tests.conftest import live_server
+
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={
+            "GATEWAY__STEP_AUDIO__MODEL_DIR": str(tmp_path),
+            "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps(vllm_cluster.urls),
+            "GATEWAY__STEP_AUDIO__VLLM_MODEL": vllm_cluster.model,
+        },
+    )
+    settings.engines.preload = []
+    live = live_server(settings)
+    await live.astart()
+    try:
+        async with asyncio.timeout(60), httpx.AsyncClient(trust_env=False, timeout=30) as client:
+            response = await client.post(
+                live.url + "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+            )
+    finally:
+        live.stop()
+    assert response.status_code == 503, response.text
+    message = response.json()["error"]["message"]
+    assert "reads '<audio_0><audio_5119><|BOT|><|EOT|>' as [" in message
+    assert "not [65536, 70655, 4, 3]" in message
