@@ -36,7 +36,7 @@ from .json_body import GatewayRequest
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
 from .settings import Settings, load_settings
-from .streaming import admission_middleware
+from .streaming import admission_middleware, disconnect_middleware
 
 ROUTES = [
     health,
@@ -113,6 +113,7 @@ def create_app(
             api_key_middleware_factory(settings.server.api_keys),
             options_allow_middleware,
             admission_middleware,
+            disconnect_middleware,
         ),
         route_handlers=[*ROUTES, MetricsController],
         dependencies={

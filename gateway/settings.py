@@ -35,6 +35,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_request_bytes: int = 41_943_040
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     sse_keepalive_seconds: float = 10.0
+    # Unread bytes a stream may buffer for a client that reads slower than it is produced;
+    # past this the client is taken to have stopped reading and its generation is stopped.
+    stream_buffer_bytes: int = 8_388_608
     # Connection timeouts (see gateway/server.py); they never apply while a response is
     # being produced or streamed.
     header_timeout_seconds: float = 10.0

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
+import anyio
 import msgspec
 import structlog
 from litestar import Request
 from litestar.response import Stream
 
-from .errors import sse_error_event, to_api_error
+from .errors import APIError, sse_error_event, to_api_error
+from .streaming import spawn
 
 log = structlog.get_logger(__name__)
 
@@ -53,55 +57,86 @@ async def report_failures(events: AsyncIterator[bytes], request: Request) -> Asy
         yield _escape_line_breaks(sse_error_event(error))
 
 
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+class StreamOverflow(APIError):
+    """The client left more unread than a stream may buffer; its generation was stopped."""
+
+    code = "stream_buffer_exceeded"
 
 
-_END = object()
+async def decoupled(
+    events: AsyncIterator[bytes], *, keepalive: float, budget: int
+) -> AsyncIterator[bytes]:
+    """``events`` produced by a task of its own, whatever pace the client reads at.
 
+    A generator driven by the response writer runs only as fast as the client reads: a
+    listener that stopped reading held the chat model's turn (every other chat waited)
+    while its socket was full. Here one producer task per stream runs the source into a
+    buffer and never waits for the writer, so the source's engine is released when
+    generation ends, however slowly the client reads. Past ``budget`` unread bytes the
+    client is taken to have stopped reading: the source is closed at once (freeing its
+    engine) and the stream ends with an error event after what was buffered.
 
-async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    """Interleave ``: ping`` comments whenever ``events`` is silent for ``interval`` seconds.
-
-    The source is drained by one producer task (so its own cancel scopes never straddle
-    tasks); the consumer waits on a queue with a timeout, which is safe to cancel.
+    The writer sends everything buffered as one chunk (one send per wake-up, not per
+    event) and a ``: ping`` comment after ``keepalive`` seconds of silence (0: none).
     """
-    if interval <= 0:
-        async for item in events:
-            yield item
-        return
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+    pending: deque[bytes] = deque()
+    unread = 0
+    wake = asyncio.Event()
+    failure: list[BaseException] = []
 
-    async def pump() -> None:
+    async def produce() -> None:
+        nonlocal unread
         try:
-            async for item in events:
-                await queue.put(item)
-        except Exception as exc:  # noqa: BLE001 - forwarded to the consumer
-            await queue.put(_Raised(exc))
-            return
-        await queue.put(_END)
+            async with aclosing(events):
+                async for chunk in events:
+                    pending.append(chunk)
+                    unread += len(chunk)
+                    wake.set()
+                    if unread > budget:
+                        break
+            if unread > budget:  # the source is closed: its engine is free again
+                log.warning("stream_overflow", unread=unread, budget=budget)
+                overflow = StreamOverflow(
+                    f"The stream was stopped: more than {budget} bytes were waiting for the "
+                    "client to read them (server.stream_buffer_bytes)."
+                )
+                pending.append(sse_error_event(overflow))
+        except Exception as exc:  # noqa: BLE001 - forwarded to the writer
+            failure.append(exc)
+        finally:
+            wake.set()
 
-    producer = asyncio.create_task(pump())
+    producer = spawn(produce())
     try:
         while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=interval)
-            except asyncio.TimeoutError:
-                yield PING
+            if pending:
+                data = pending.popleft() if len(pending) == 1 else b"".join(pending)
+                pending.clear()
+                unread = 0
+                yield data
                 continue
-            if item is _END:
+            if producer.done():
+                if failure:
+                    raise failure[0]
                 return
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
+            wake.clear()
+            try:
+                async with asyncio.timeout(keepalive if keepalive > 0 else None):
+                    await wake.wait()
+            except TimeoutError:
+                yield PING
     finally:
         if not producer.done():
             producer.cancel()
-            try:
-                await producer
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(producer, return_exceptions=True)
+
+
+def with_keepalive(
+    events: AsyncIterator[bytes], interval: float, budget: int = 8_388_608
+) -> AsyncIterator[bytes]:
+    """:func:`decoupled` under its former name (pings are its visible part)."""
+    return decoupled(events, keepalive=interval, budget=budget)
 
 
 async def encode_events(items: AsyncIterator[Any], *, done: bool) -> AsyncIterator[bytes]:
@@ -114,10 +149,16 @@ async def encode_events(items: AsyncIterator[Any], *, done: bool) -> AsyncIterat
 def sse_response(
     items: AsyncIterator[Any], request: Request, *, keepalive: float, done: bool
 ) -> Stream:
-    """A streamed 200 of ``data:`` events: failures become an error event, silences pings.
+    """A streamed 200 of ``data:`` events: failures become an error event, silences pings,
+    and a client that does not read holds no engine (see :func:`decoupled`).
 
     ``done`` adds the ``data: [DONE]`` terminator (chat and transcription streams have it;
     the speech stream's spec ends with its ``speech.audio.done`` event instead).
     """
     body = report_failures(encode_events(items, done=done), request)
-    return Stream(with_keepalive(body, keepalive), media_type=MEDIA_TYPE, headers=HEADERS)
+    budget = request.app.state["settings"].server.stream_buffer_bytes
+    return Stream(
+        decoupled(body, keepalive=keepalive, budget=budget),
+        media_type=MEDIA_TYPE,
+        headers=HEADERS,
+    )

@@ -1,4 +1,5 @@
-"""Streaming helpers: start a stream only once its first piece exists.
+"""Streaming helpers: start a stream only once its first piece exists; end the work a
+request started when its client leaves.
 
 A streamed response commits to a 200 with its first byte. Pulling the first item before
 the response starts lets failures that happen up front (an unknown voice, a model that
@@ -6,14 +7,23 @@ will not load, undecodable audio, a full queue) still answer with a proper statu
 error envelope. Once that first item exists the request is committed: engine queues
 refuse it nothing more (see engines.workers.Admission), so a stream is never cut off
 for being busy.
+
+Litestar stops a streamed response when its client disconnects, but not a handler that
+is still computing a JSON answer: a chat whose client had gone kept the model generating
+to the end. :func:`disconnect_middleware` listens for ``http.disconnect`` once the body
+has been read and cancels the request's work, and :func:`spawn` ties background tasks
+(a stream's producer) to the request, so none outlives it.
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator, TypeVar
+import asyncio
+import contextvars
+from typing import Any, AsyncIterator, Coroutine, TypeVar
 
+import anyio
 import structlog
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.workers import close_admission, commit_admission, open_admission
 
@@ -44,6 +54,97 @@ def admission_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
         finally:
             close_admission(token)
+
+    return middleware
+
+
+_request_tasks: contextvars.ContextVar[set[asyncio.Task] | None] = contextvars.ContextVar(
+    "request_tasks", default=None
+)
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """Run ``coro`` as a task that is cancelled, at the latest, when the request ends."""
+    task = asyncio.create_task(coro)
+    tasks = _request_tasks.get()
+    if tasks is not None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    return task
+
+
+class _Connection:
+    """The request's view of its ASGI connection, which notices the client leaving.
+
+    Once the app has read the whole body, one listener task owns ``receive``: the only
+    message left to come is ``http.disconnect``, which it hands to every later
+    ``receive`` call (Litestar's stream listener among them) and, while the response is
+    not complete, answers by cancelling the request's work.
+    """
+
+    def __init__(self, receive: Receive, send: Send, scope: anyio.CancelScope) -> None:
+        self._receive = receive
+        self._send = send
+        self._scope = scope
+        self._body_read = False
+        self._complete = False
+        self._left = anyio.Event()
+        self.listener: asyncio.Task | None = None
+
+    async def receive(self) -> Message:
+        if not self._body_read:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._leave()
+            elif not message.get("more_body", False):
+                self._body_read = True
+                self.listener = asyncio.create_task(self._listen())
+            return message
+        await self._left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] != "http.response.body" or message.get("more_body", False):
+            await self._send(message)
+            return
+        self._complete = True
+        await self._send(message)
+        self._left.set()  # as the server does: once the response is complete, receive ends
+
+    async def _listen(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # nothing but a disconnect is expected after the body
+        self._leave()
+
+    def _leave(self) -> None:
+        self._left.set()
+        if not self._complete:
+            log.info("client_disconnected")
+            self._scope.cancel()
+
+
+def disconnect_middleware(app: ASGIApp) -> ASGIApp:
+    """A client that leaves cancels its request's work (see the module notes)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        tasks: set[asyncio.Task] = set()
+        cancel = anyio.CancelScope()
+        connection = _Connection(receive, send, cancel)
+        token = _request_tasks.set(tasks)
+        try:
+            with cancel:
+                await app(scope, connection.receive, connection.send)
+        finally:
+            _request_tasks.reset(token)
+            pending = [*tasks, *([connection.listener] if connection.listener else [])]
+            for task in pending:
+                task.cancel()
+            if pending:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(*pending, return_exceptions=True)
 
     return middleware
 

@@ -39,6 +39,7 @@ from engines.base import (
 from engines.registry import ModelRegistry
 
 from ...errors import InvalidRequest
+from ...streaming import spawn
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class SpokenReply:
         return self.pipeline.seconds
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._synthesise())
+        self._task = spawn(self._synthesise())  # ends with the request at the latest
 
     def feed(self, text: str) -> None:
         self.transcript += text
