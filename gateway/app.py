@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from adapters.chat.audio_store import MemoryAudioStore
+from adapters.voice_owners import VoiceOwners
 from engines.registry import ModelRegistry, registry_from_settings
 
 from . import __version__
@@ -88,7 +89,10 @@ def create_app(
 ) -> Litestar:
     settings = settings or load_settings()
     registry = registry or registry_from_settings(settings)
-    chat_service = ChatService(registry, settings.chat, MemoryAudioStore())
+    voice_owners = VoiceOwners()  # who cloned which voice (POST /v1/audio/voices)
+    chat_service = ChatService(
+        registry, settings.chat, MemoryAudioStore(), voice_owners=voice_owners
+    )
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
     metrics = prometheus_config()
@@ -120,6 +124,7 @@ def create_app(
             "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "chat_service": Provide(lambda: chat_service, use_cache=True, sync_to_thread=False),
+            "voice_owners": Provide(lambda: voice_owners, use_cache=True, sync_to_thread=False),
         },
         middleware=[metrics.middleware],
         exception_handlers={Exception: handle_exception},
@@ -134,6 +139,11 @@ def create_app(
         request_max_body_size=settings.server.max_request_bytes,
         openapi_config=openapi_config(),
         lifespan=[lifespan],
-        state={"registry": registry, "settings": settings, "metrics": app_metrics(registry)},
+        state={
+            "registry": registry,
+            "settings": settings,
+            "metrics": app_metrics(registry),
+            "voice_owners": voice_owners,
+        },
         debug=False,
     )

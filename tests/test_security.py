@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
+from adapters.voice_owners import VoiceOwners
 from gateway.app import create_app
 from gateway.server import server_config
 from gateway.settings import load_settings
@@ -35,11 +36,11 @@ SLACK = 1.0  # scheduling on a busy two-core machine
 class ServedAsServe(LiveServer):
     """LiveServer, but with the uvicorn configuration ``serve`` uses."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, registry=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings.server.port = self.port
-        app = create_app(settings, configure_logs=False)
+        app = create_app(settings, registry, configure_logs=False)
         self.server = uvicorn.Server(server_config(app, settings, lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -378,3 +379,102 @@ def test_an_owner_id_is_stable_and_is_not_the_key_or_its_digest():
     assert owner == hashed.owner(KEY_B) and owner.startswith("key_")
     assert KEY_B not in owner and owner[4:] not in digest
     assert plain.owner(KEY_A) is None and plain.owner(digest) is None
+
+
+# ------------------------------------------------------------------ 10. cloned voices belong to their key
+
+from engines.base import SpeechRequest, VoiceInfo  # noqa: E402
+from engines.embedded.piper import PiperEngine  # noqa: E402
+
+
+class CloningPiper(PiperEngine):
+    """Stands in for Step-Audio-TTS-3B, the only engine that clones (GPU weights): real
+    Piper synthesis, and clones kept by name as that engine keeps them, voiced by Joe."""
+
+    def __init__(self, name, context, **options) -> None:
+        super().__init__(name, context, **options)
+        self.clones: dict[str, str] = {}
+
+    def voices(self):
+        return [*super().voices(), *(VoiceInfo(id=c, engine="cloning-piper", languages=("en",),
+                                               description="cloned voice") for c in self.clones)]
+
+    async def register_voice(self, name, wav_bytes, transcript):
+        self.clones[name] = transcript
+        return next(v for v in self.voices() if v.id == name)
+
+    async def synthesize(self, request):
+        if request.voice in self.clones:
+            request = SpeechRequest(text=request.text, voice="joe", language=request.language,
+                                    speed=request.speed, instructions=request.instructions)
+        async for chunk in super().synthesize(request):
+            yield chunk
+
+
+@pytest.fixture(scope="module")
+def cloning_gateway(tmp_path_factory):
+    from engines.catalog import CATALOG, EngineKind
+    from engines.base import Capability
+    from engines.registry import ModelRegistry, ModelSpec
+
+    settings = load_settings()
+    settings.server.api_keys = [KEY_A, KEY_B]
+    settings.engines.preload = ["cloner"]
+    kind = EngineKind("tests.test_security:CloningPiper", frozenset({Capability.SPEECH}))
+    registry = ModelRegistry([ModelSpec("cloner", "cloning-piper")], cache_dir=tmp_path_factory.mktemp("cache"),
+                             catalog={**CATALOG, "cloning-piper": kind})
+    live = ServedAsServe(settings, registry).start()
+    yield live
+    live.stop()
+
+
+def clone(gateway, key: str, name: str) -> httpx.Response:
+    return httpx.post(gateway.url + "/v1/audio/voices", headers=auth(key), timeout=60,
+                      data={"name": name, "transcript": "Hello there.", "model": "cloner"},
+                      files={"audio_sample": ("s.wav", b"RIFF....WAVE", "audio/wav")})
+
+
+def voices(gateway, key: str) -> list[str]:
+    response = httpx.get(gateway.url + "/v1/audio/voices", headers=auth(key), timeout=60)
+    assert response.status_code == 200
+    return [v["id"] for v in response.json()["data"]]
+
+
+def speak(gateway, key: str, voice: str) -> httpx.Response:
+    return httpx.post(gateway.url + "/v1/audio/speech", headers=auth(key), timeout=60,
+                      json={"model": "cloner", "input": "Good morning.", "voice": voice, "response_format": "wav"})
+
+
+def test_a_cloned_voice_is_seen_and_used_only_by_its_key(cloning_gateway):
+    from gateway.auth import KeyRing
+
+    gw = cloning_gateway
+    made = clone(gw, KEY_A, "narrator")
+    assert made.status_code == 201 and made.json()["id"] == "narrator"
+    assert "narrator" in voices(gw, KEY_A)
+    assert speak(gw, KEY_A, "narrator").content[:4] == b"RIFF"
+    # Key B sees nothing of it: not listed, not usable by its name nor by its engine id,
+    # and each refusal reads as the one an unknown voice gets.
+    assert not any(v == "narrator" or v.startswith("clone-") for v in voices(gw, KEY_B))
+    by_name, unknown = speak(gw, KEY_B, "narrator"), speak(gw, KEY_B, "nobody")
+    assert by_name.status_code == unknown.status_code == 400
+    assert by_name.json()["error"]["message"].replace("narrator", "X") == unknown.json()["error"]["message"].replace("nobody", "X")
+    engine_id = VoiceOwners.clone_id(KeyRing([KEY_A]).owner(KEY_A), "narrator")
+    by_id, no_such_id = speak(gw, KEY_B, engine_id), speak(gw, KEY_B, "clone-" + "0" * 20)
+    assert by_id.status_code == no_such_id.status_code == 400
+    assert by_id.json()["error"]["message"].replace(engine_id, "X") == no_such_id.json()["error"]["message"].replace("clone-" + "0" * 20, "X")
+    assert speak(gw, KEY_A, engine_id).status_code == 400  # ids are never accepted from requests
+
+
+def test_two_keys_may_clone_the_same_name_without_touching_each_other(cloning_gateway):
+    gw = cloning_gateway
+    assert clone(gw, KEY_A, "reader").status_code == 201
+    assert clone(gw, KEY_B, "reader").status_code == 201
+    assert voices(gw, KEY_A).count("reader") == 1 and voices(gw, KEY_B).count("reader") == 1
+    assert speak(gw, KEY_A, "reader").status_code == speak(gw, KEY_B, "reader").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["joe", "JOE", "clone-abc", " "])
+def test_a_clone_may_not_shadow_a_shared_voice_or_look_like_an_engine_id(cloning_gateway, name):
+    response = clone(cloning_gateway, KEY_A, name)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"

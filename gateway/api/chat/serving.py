@@ -18,6 +18,8 @@ from typing import AsyncIterator
 
 from adapters.audio.encode import chat_audio_format
 from adapters.chat.audio_store import AudioStore
+from adapters.voice_owners import VoiceOwners, is_clone_id
+from adapters.voices import VoiceNotFound
 from adapters.chat.transcripts import MemoryTranscriptCache, TranscriptCache
 from adapters.text.tokens import count_audio_tokens
 from engines.base import Capability, SpeechEngine
@@ -118,10 +120,13 @@ class ChatService:
         settings: ChatSettings,
         store: AudioStore,
         transcripts: TranscriptCache | None = None,
+        *,
+        voice_owners: VoiceOwners | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.store = store
+        self.voice_owners = voice_owners or VoiceOwners()  # whose cloned voice is whose
         # Spoken turns come back as history with every request: each is transcribed once.
         self.transcripts = transcripts or MemoryTranscriptCache()
 
@@ -137,7 +142,7 @@ class ChatService:
                 param="n",
                 code="unsupported_value",
             )
-        audio_format, voice = await self._check_audio(wire)
+        audio_format, voice = await self._check_audio(wire, owner)
         tools = [
             ToolSpec(
                 name=t.function.name,
@@ -176,7 +181,7 @@ class ChatService:
         )
 
     async def _check_audio(
-        self, wire: CreateChatCompletionRequest
+        self, wire: CreateChatCompletionRequest, owner: str = ANONYMOUS
     ) -> tuple[str | None, str | None]:
         if "audio" not in (wire.modalities or []):
             return None, None
@@ -197,10 +202,14 @@ class ChatService:
         async with self.registry.use(model, Capability.SPEECH) as engine:
             assert isinstance(engine, SpeechEngine)
             known = {v.id for v in engine.voices()} | set(engine.context.voices)
-        voice = wire.audio.voice_name
+        try:  # the key's own cloned voice by its name; another key's clone is unknown
+            voice = self.voice_owners.engine_voice(owner, wire.audio.voice_name)
+        except VoiceNotFound as exc:
+            raise InvalidRequest(exc.message, param="audio.voice") from None
         if voice not in known:
             raise InvalidRequest(
-                f"Voice '{voice}' is not available. Available voices: {', '.join(sorted(known))}.",
+                f"Voice '{voice}' is not available. Available voices: "
+                f"{', '.join(sorted(k for k in known if not is_clone_id(k)))}.",
                 param="audio.voice",
             )
         return chat_audio_format(wire.audio.format), voice

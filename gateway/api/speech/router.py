@@ -8,10 +8,13 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from adapters.audio.encode import CONTENT_TYPES
+from adapters.voice_owners import VoiceOwners
+from adapters.voices import VoiceNotFound
 from engines.registry import ModelRegistry
 
 from ... import sse
-from ...errors import error_responses
+from ...auth import owner_of
+from ...errors import InvalidRequest, error_responses
 from ...openapi_docs import BINARY, documented_operation, event_stream
 from ...settings import Settings
 from ...streaming import abort_on_failure, prime
@@ -41,9 +44,14 @@ async def create_speech(
     data: JSONBody[CreateSpeechRequest],
     registry: NamedDependency[ModelRegistry],
     settings: NamedDependency[Settings],
+    voice_owners: NamedDependency[VoiceOwners],
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
-    stream = SpeechStream(registry, data)
+    try:  # the key's own cloned voice by its name; another key's clone is unknown
+        voice = voice_owners.engine_voice(owner_of(request.scope), data.voice_name)
+    except VoiceNotFound as exc:
+        raise InvalidRequest(exc.message, param="voice") from None
+    stream = SpeechStream(registry, data, voice)
     if data.stream_format == "sse":
         events = await prime(sse_events(stream))
         return sse.sse_response(

@@ -32,12 +32,15 @@ from .protocol import (
 class SpeechStream:
     """Encoded audio, produced as it is iterated; ``seconds`` is final once drained."""
 
-    def __init__(self, registry: ModelRegistry, request: CreateSpeechRequest) -> None:
+    def __init__(
+        self, registry: ModelRegistry, request: CreateSpeechRequest, voice: str | None = None
+    ) -> None:
         registry.check(request.model, Capability.SPEECH)
         if not request.input.strip():
             raise InvalidRequest("The input must contain text to speak.", param="input")
         self.registry = registry
         self.request = request
+        self.voice = voice or request.voice_name  # the engine's name for it (a clone's id)
         self.media_type = CONTENT_TYPES[request.response_format]
         self.seconds = 0.0
 
@@ -52,7 +55,7 @@ class SpeechStream:
             pipeline = SpeechAudioPipeline(request.response_format, tempo=residual)
             engine_request = SpeechRequest(
                 text=request.input,
-                voice=request.voice_name,
+                voice=self.voice,
                 language=detect_language(request.input),
                 speed=native,
                 instructions=request.instructions,

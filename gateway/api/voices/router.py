@@ -1,4 +1,8 @@
-"""GET /v1/audio/voices: every voice a speech model can use, OpenAI names included."""
+"""GET /v1/audio/voices: every voice a speech model can use, OpenAI names included;
+POST: clone one.
+
+A clone belongs to the key that made it (adapters.voice_owners): it is registered under
+an id made from its owner and name, listed only to its owner, under its own name."""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 
+from adapters.voice_owners import VoiceOwners, is_clone_id
 from engines.base import Capability, EngineUnavailable, SpeechEngine
 from engines.registry import ModelRegistry
 
+from ...auth import owner_of
 from ...errors import InvalidRequest, PayloadTooLarge, error_responses
 from ...multipart import fold_form, upload
 from ...openapi_docs import documented_operation
@@ -33,15 +39,25 @@ class VoiceList(msgspec.Struct, kw_only=True):
 
 
 @get("/v1/audio/voices", summary="List voices", tags=["audio"], responses=error_responses(401, 503))
-async def list_voices(registry: NamedDependency[ModelRegistry]) -> VoiceList:
+async def list_voices(
+    request: Request,
+    registry: NamedDependency[ModelRegistry],
+    voice_owners: NamedDependency[VoiceOwners],
+) -> VoiceList:
+    owner = owner_of(request.scope)
     data: list[Voice] = []
     for card in registry.cards():
         if Capability.SPEECH not in card.capabilities or card.id != card.target:
             continue
         try:
-            data.extend(await _voices_of(registry, card.id))
+            voices = await _voices_of(registry, card.id)
         except EngineUnavailable:
             continue  # a model that cannot load here (say, its extra is not installed)
+        for voice in voices:
+            name = voice_owners.public_name(owner, voice.id)
+            if name is not None:  # another key's clone is not shown
+                voice.id = name
+                data.append(voice)
     return VoiceList(data=data)
 
 
@@ -88,7 +104,10 @@ class CreateVoiceForm(msgspec.Struct, kw_only=True):
     operation_class=documented_operation(form=CreateVoiceForm, file_field="audio_sample"),
 )
 async def create_voice(
-    request: Request, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
+    request: Request,
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+    voice_owners: NamedDependency[VoiceOwners],
 ) -> Voice:
     if request.content_type[0] != "multipart/form-data":
         raise InvalidRequest("Expected multipart/form-data.", code="invalid_content_type")
@@ -109,13 +128,28 @@ async def create_voice(
         from ...errors import error_from_msgspec
 
         raise error_from_msgspec(exc) from None
+    owner = owner_of(request.scope)
     async with registry.use(form.model, Capability.SPEECH) as engine:
         assert isinstance(engine, SpeechEngine)
-        info = await engine.register_voice(form.name, data, form.transcript)
+        _check_name(form.name, engine)
+        engine_id = voice_owners.clone_id(owner, form.name)
+        info = await engine.register_voice(engine_id, data, form.transcript)
+        voice_owners.add(owner, form.name)
     return Voice(
-        id=info.id,
+        id=form.name,
         model=registry.canonical(form.model),
         languages=list(info.languages),
         gender=info.gender,
         description=info.description,
     )
+
+
+def _check_name(name: str, engine: SpeechEngine) -> None:
+    """A clone's name may not shadow a shared voice (a built-in speaker or an OpenAI name)
+    for its owner, nor look like an engine clone id."""
+    shared = {v.id.lower() for v in engine.voices() if not is_clone_id(v.id)}
+    shared |= {alias.lower() for alias in getattr(engine.context, "voices", {}) or {}}
+    if not name.strip() or is_clone_id(name):
+        raise InvalidRequest(f"Invalid voice name {name!r}.", param="name")
+    if name.lower() in shared:
+        raise InvalidRequest(f"Voice {name!r} is a built-in voice.", param="name")
