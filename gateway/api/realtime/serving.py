@@ -35,6 +35,7 @@ from adapters.realtime.vad import (
     VadSettings,
 )
 from adapters.text.tokens import count_audio_tokens
+from adapters.voice_owners import is_clone_id
 from engines.base import (
     Capability,
     EngineError,
@@ -495,7 +496,10 @@ class RealtimeSession:
     async def _check_voice(self, voice: str, param: str) -> None:
         async with self.registry.use(self.settings.chat.speech_model, Capability.SPEECH) as engine:
             assert isinstance(engine, SpeechEngine)
-            known = {v.id for v in engine.voices()} | set(engine.context.voices)
+            # A cloned voice's engine id is never a name a session may use (see
+            # adapters.voice_owners): it would reach another key's clone.
+            known = {v.id for v in engine.voices() if not is_clone_id(v.id)}
+            known |= set(engine.context.voices)
         if voice not in known:
             raise InvalidRequest(
                 f"Voice '{voice}' is not available. Available voices: {', '.join(sorted(known))}.",
