@@ -12,10 +12,10 @@ hold their sockets open indefinitely. :class:`DeadlineH11Protocol` adds, per con
 Both are protocol-level because only the protocol sees bytes arrive; an ASGI receive
 wrapper would only see a stalled body once the app asks for it, and never a stalled
 head. Neither runs while the app produces or streams its response, so long SSE replies
-are untouched, nor while the app has stopped reading (uvicorn's flow control pauses the
-socket; the client is not the one stalling then). An expired request that has sent
-something and got no response yet is answered ``408`` with the error envelope, then the
-connection is closed.
+(and upgraded WebSockets) are untouched, nor while the app has stopped reading (uvicorn's
+flow control pauses the socket) or a client waits for its ``100 Continue``: the client is
+not the one stalling then. An expired request that has sent something and got no
+response yet is answered ``408`` with the error envelope, then the connection is closed.
 
 The deadline protocol is an h11 subclass, so ``serve`` always uses h11 (httptools, if
 installed, is not picked up).
@@ -160,14 +160,14 @@ class DeadlineH11Protocol(H11Protocol):
         phase = self._phase
         if phase is None or self.transport.is_closing():
             return
-        if phase == "body" and self.flow.read_paused:
-            # The app is not reading; the client is not to blame. Start counting afresh
-            # once reading resumes.
+        cycle = self._timed_cycle if phase == "body" else None
+        if cycle is not None and (self.flow.read_paused or cycle.waiting_for_100_continue):
+            # The app is not reading (or has not yet asked for the body a client holds
+            # back for its 100 Continue): the client is not to blame. Count afresh.
             self._started = self._last = self.loop.time()
             self._bytes = 0
             self._arm()
             return
-        cycle = self._timed_cycle if phase == "body" else None
         log.warning(
             "request_timeout",
             phase=phase,
