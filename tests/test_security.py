@@ -287,6 +287,26 @@ async def test_a_websocket_session_outlives_every_timeout(gateway):
             pass
 
 
+def test_past_max_connections_new_requests_get_503():
+    settings = load_settings()
+    settings.engines.preload = []
+    settings.server.max_connections = 3
+    live = ServedAsServe(settings).start(ready_path="/health")
+    held = []
+    try:
+        for _ in range(3):  # holders: connected, their request head still coming
+            held.append(connect(live))
+            held[-1].sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.2)
+        assert raw_request(live, "GET", "/health")[0] == 503
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert raw_request(live, "GET", "/health")[0] == 200
+    finally:
+        live.stop()
+
+
 # ------------------------------------------------------------------ 11. Allow
 
 
