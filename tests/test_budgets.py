@@ -160,6 +160,17 @@ def test_schemas_nested_past_the_body_depth_are_a_400(http):
     assert "levels deep" in error["message"] and seconds < 2
 
 
+def test_a_huge_maximum_still_gets_a_tool_call(openai_client):
+    """maxItems of a billion is dropped from the grammar (an answer is cut by its token
+    budget long before), not refused and not expanded item by item."""
+    body = tool_call_request({"type": "array", "items": {"type": "integer"}, "maxItems": 10**9})
+    start = time.perf_counter()
+    completion = openai_client.chat.completions.create(**body, max_tokens=40, seed=1)
+    print(f"\n[budget] maxItems 1e9 answered in {time.perf_counter() - start:.2f} s")
+    assert time.perf_counter() - start < 30
+    assert completion.choices[0].message.tool_calls[0].function.name == "f"
+
+
 # ------------------------------------------------------------------ 4: decompression bombs
 
 
@@ -243,6 +254,16 @@ def test_a_prompt_that_cannot_fit_is_refused_from_its_length_alone(http):
     assert "at least" in error["message"] and seconds < 2
     print(f"[budget] concurrent 'Hi.' speech took {speech_seconds[0]:.2f} s")
     assert speech_seconds[0] < 10
+
+
+@pytest.mark.parametrize("content", ["   ", "\u200b\u200b\u2060"], ids=["spaces", "zero-width"])
+def test_chat_text_with_nothing_visible_is_answered_like_whitespace(openai_client, content):
+    """Chat text goes to the model as sent: whitespace-only and zero-width-only messages
+    are both answered (speech input, which must be said aloud, refuses both)."""
+    completion = openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=5, seed=1)
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.prompt_tokens > 0
 
 
 # ------------------------------------------------------------------ 7: no 500 on input
