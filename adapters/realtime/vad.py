@@ -77,6 +77,17 @@ class SpeechStopped:
     audio_end_ms: int
 
 
+@dataclass(frozen=True)
+class Paused:
+    """The first silent window after speech: the turn may be ending (a speculative
+    transcription can start now instead of ``silence_duration_ms`` later)."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Speech again before the silence was long enough: the turn goes on."""
+
+
 class TurnDetector:
     """Speech start when a window crosses ``threshold``; stop after ``silence_duration_ms``
     below ``threshold - 0.15`` (Silero's own hysteresis). Times count from the start of
@@ -89,8 +100,8 @@ class TurnDetector:
         self.speaking = False
         self._silence = 0
 
-    def push(self, samples: np.ndarray) -> list[SpeechStarted | SpeechStopped]:
-        events: list[SpeechStarted | SpeechStopped] = []
+    def push(self, samples: np.ndarray) -> list[object]:
+        events: list[object] = []
         start = self.samples - len(self.silero._pending)
         self.samples += len(samples)
         low = max(self.settings.threshold - 0.15, 0.01)
@@ -103,7 +114,16 @@ class TurnDetector:
                 begin = max(0, at - self.settings.prefix_padding_ms * RATE // 1000)
                 events.append(SpeechStarted(begin * 1000 // RATE))
             elif self.speaking:
-                self._silence = self._silence + 1 if p < low else 0
+                if p < low:
+                    self._silence += 1
+                    if self._silence == 1:
+                        events.append(Paused())
+                elif self._silence:
+                    if p >= self.settings.threshold:
+                        self._silence = 0
+                        events.append(Resumed())
+                    else:  # between the thresholds: neither speech nor silence
+                        self._silence += 1
                 if self._silence >= silence_windows:
                     self.speaking = False
                     end = at - (silence_windows - 1) * WINDOW

@@ -30,7 +30,10 @@ from adapters.audio.pcm import resample
 from adapters.realtime.vad import (
     RATE,
     SEMANTIC_SILENCE_MS,
+    Paused,
+    Resumed,
     SpeechStarted,
+    SpeechStopped,
     TurnDetector,
     VadSettings,
 )
@@ -247,6 +250,7 @@ class Response:
     usage: dict | None = None
     task: asyncio.Task | None = None
     cancel_reason: str | None = None
+    finishing: bool = False  # past the point where a cancel changes anything
     created_at: float = field(default_factory=time.perf_counter)
     speech_stopped_at: float | None = None
     first_audio_at: float | None = None
@@ -346,6 +350,8 @@ class RealtimeSession:
     async def close(self) -> None:
         """The socket is gone: stop every task so no engine stays held for it."""
         tasks = [i.transcription for i in self.items.values() if i.transcription]
+        if self._speculation is not None:
+            tasks.append(self._speculation)
         if self.response is not None and self.response.task is not None:
             tasks.append(self.response.task)
         for task in tasks:
@@ -518,6 +524,9 @@ class RealtimeSession:
             self.config.vad() if self.config.turn_detection else VadSettings(), self.heard
         )
         self._pending_item = _id("item")
+        if getattr(self, "_speculation", None) is not None:
+            self._speculation.cancel()
+        self._speculation: asyncio.Task | None = None
 
     async def _append(self, data_b64: str) -> None:
         try:
@@ -549,19 +558,36 @@ class RealtimeSession:
                 if self.response is not None and self.config.turn_detection.interrupt_response is not False:
                     metrics.REALTIME_BARGE_INS.inc()
                     await self.cancel_response("turn_detected")
-            else:
+            elif isinstance(turn, Paused):
+                # Step-Audio's scheme: start hearing the turn at the first pause; kept only
+                # if the silence lasts (speech_stopped), dropped if the user goes on.
+                self._drop_speculation()
+                if self.buffer:
+                    heard = np.concatenate(self.buffer)
+                    self._speculation = asyncio.create_task(self._recognise(heard))
+            elif isinstance(turn, Resumed):
+                self._drop_speculation()
+            elif isinstance(turn, SpeechStopped):
                 self._speech_stopped_at = time.perf_counter()
                 await self.send(
                     "input_audio_buffer.speech_stopped",
                     audio_end_ms=turn.audio_end_ms,
                     item_id=self._pending_item,
                 )
-                item = await self._commit(manual=False)
+                heard, self._speculation = self._speculation, None
+                item = await self._commit(manual=False, heard=heard)
+                if item is None and heard is not None:
+                    heard.cancel()
                 if item is not None and self.config.turn_detection.create_response is not False:
                     await self.create_response(None)
         if not self.detector.speaking:  # silence: keep only what a prefix may need
             keep = int(self.config.vad().prefix_padding_ms * RATE / 1000) + 2 * 512
             self._trim_to(self.heard - keep)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
 
     def _trim_to(self, session_sample: int) -> None:
         drop = session_sample - self.buffer_start
@@ -572,7 +598,7 @@ class RealtimeSession:
         self.buffered = len(audio)
         self.buffer_start = session_sample
 
-    async def _commit(self, *, manual: bool) -> Item | None:
+    async def _commit(self, *, manual: bool, heard: asyncio.Task | None = None) -> Item | None:
         if self.buffered < RATE // 10:
             if manual:
                 raise InvalidRequest(
@@ -593,7 +619,7 @@ class RealtimeSession:
         await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
         await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
-        item.transcription = asyncio.create_task(self._transcribe(item))
+        item.transcription = asyncio.create_task(self._transcribe(item, heard))
         return item
 
     def _last_id(self) -> str | None:
@@ -606,31 +632,46 @@ class RealtimeSession:
                 code="conversation_too_long",
             )
 
-    async def _transcribe(self, item: Item) -> None:
+    def _transcription_model(self) -> str:
         cfg = self.config.transcription
-        model = (cfg.model if cfg else None) or self.settings.chat.input_audio_model
-        announce = cfg is not None
+        return (cfg.model if cfg else None) or self.settings.chat.input_audio_model
+
+    async def _recognise(self, audio: np.ndarray) -> list[str]:
+        """The recogniser's segments for ``audio`` (16 kHz)."""
+        cfg = self.config.transcription
+        async with self.registry.use(self._transcription_model(), Capability.TRANSCRIPTION) as engine:
+            assert isinstance(engine, TranscriptionEngine)
+            if engine.sample_rate != RATE:
+                audio = resample(audio, RATE, engine.sample_rate)
+            options = TranscriptionOptions(
+                language=cfg.language if cfg else None, prompt=cfg.prompt if cfg else None
+            )
+            stream = await engine.transcribe(audio, options)
+            return [segment.text async for segment in stream.segments]
+
+    async def _transcribe(self, item: Item, heard: asyncio.Task | None = None) -> None:
+        """Transcribe a committed user item (or take the speculative transcription that
+        started at the pause), announcing it when the session asked for transcripts."""
+        announce = self.config.transcription is not None
         try:
-            async with self.registry.use(model, Capability.TRANSCRIPTION) as engine:
-                assert isinstance(engine, TranscriptionEngine)
-                audio = item.audio
-                if engine.sample_rate != RATE:
-                    audio = resample(audio, RATE, engine.sample_rate)
-                options = TranscriptionOptions(
-                    language=cfg.language if cfg else None, prompt=cfg.prompt if cfg else None
-                )
-                stream = await engine.transcribe(audio, options)
-                pieces = []
-                async for segment in stream.segments:
-                    pieces.append(segment.text)
-                    if announce and segment.text:
-                        await self.send(
-                            "conversation.item.input_audio_transcription.delta",
-                            item_id=item.id,
-                            content_index=0,
-                            delta=segment.text if len(pieces) > 1 else segment.text.lstrip(),
-                        )
+            pieces = None
+            if heard is not None:
+                try:
+                    pieces = await heard
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():
+                        raise
+            if pieces is None:
+                pieces = await self._recognise(item.audio)
             transcript = "".join(pieces).strip()
+            if announce:
+                for i, piece in enumerate(p for p in pieces if p.strip()):
+                    await self.send(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=item.id,
+                        content_index=0,
+                        delta=piece.lstrip() if i == 0 else piece,
+                    )
             item.content[0]["transcript"] = transcript
             seconds = len(item.audio) / RATE
             metrics.count_audio("realtime", "in", self.config.model, seconds)
@@ -765,13 +806,16 @@ class RealtimeSession:
         response = self.response
         if response is None or response.task is None:
             return
-        response.cancel_reason = reason
-        response.task.cancel()
+        if not response.finishing:  # its closing events are already on their way
+            response.cancel_reason = reason
+            response.task.cancel()
         try:
             await response.task
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():  # we ourselves are being cancelled
                 raise
+        if self.response is response:
+            self.response = None
 
     def _messages(self, response: Response) -> list[ChatMessage]:
         messages = [ChatMessage("system", response.instructions)] if response.instructions else []
@@ -929,6 +973,7 @@ class RealtimeSession:
                                             "message": f"The response failed: {type(exc).__name__}.",
                                             "param": None, "event_id": None})
         finally:
+            response.finishing = True
             if speech is not None:
                 await speech.aclose()
         await self._finish(response, message, calls, finish, speech, speaks, close_call)
