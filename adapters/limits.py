@@ -16,7 +16,9 @@ sum (tests/test_budgets.py checks the inequality on generated schemas), and the 
 refused above ``max_grammar_bytes``. Counts are capped first: a minimum above
 ``max_schema_bound`` cannot be generated in one answer and is refused; a maximum above
 it is dropped (an answer is cut by its token budget long before), so no count in the
-grammar exceeds the bound.
+grammar exceeds the bound. Numeric bounds (``minimum``, ``maximum``, ...) beyond 2^53 in
+magnitude, infinities included, are dropped too: converters that spell integer ranges
+out digit by digit then stay within a few rules per bound.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ def _depth(node: Any, limit: int) -> int:
     return deepest
 
 
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_LARGEST_BOUND = 2**53  # bounds beyond the exactly representable integers are dropped
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # values, not schemas
 _SCHEMA_MAPS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
@@ -215,6 +219,14 @@ def _cap(node: Any, budget: SchemaBudget, param: str) -> Any:
         maximum = _count(out, high, param)
         if maximum is not None and maximum > budget.max_bound:
             del out[high]
+    for key in _NUMBER_BOUNDS:
+        value = out.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise BudgetExceeded(f"{key} must be a number.", param, "invalid_value")
+        if abs(value) > _LARGEST_BOUND:  # infinities too; its digits would be grammar
+            del out[key]
     pattern = out.get("pattern")
     if isinstance(pattern, str):
         out["pattern"] = _cap_pattern(pattern, budget, param)

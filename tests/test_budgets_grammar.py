@@ -142,6 +142,14 @@ def test_a_huge_maximum_is_dropped_not_expanded():
     assert size < 2000 and seconds < 0.5
 
 
+def test_numeric_bounds_past_2_53_are_dropped_and_non_numbers_refused():
+    schema = {"type": "integer", "minimum": -1e300, "maximum": float("inf"), "exclusiveMaximum": 7}
+    assert cap_schema(schema, BUDGET, "tools") == {"type": "integer", "exclusiveMaximum": 7}
+    with pytest.raises(BudgetExceeded) as caught:
+        cap_schema({"type": "integer", "minimum": "0"}, BUDGET, "tools")
+    assert caught.value.code == "invalid_value"
+
+
 def test_keywords_inside_properties_and_values_are_not_mistaken_for_bounds():
     schema = {
         "type": "object",
