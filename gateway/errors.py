@@ -129,6 +129,7 @@ def error_from_validation(exc: ValidationException) -> APIError:
         param = None
         if message.startswith("'") or "Expected `object`" in message:
             message = "The request body must be a JSON object."
+    message = plain_message(message)
     return InvalidRequest(
         f"Invalid value for '{param}': {message}" if param else message, param=param
     )
