@@ -192,3 +192,14 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def drop_captured_logs() -> None:
+    """pytest keeps every record logged during a test (with its traceback, whose frames
+    hold whole audio buffers) until the test ends, in its caplog and report handlers on the
+    root logger; a memory test drops them between rounds so that it measures the gateway."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if hasattr(handler, "records") and callable(getattr(handler, "reset", None)):
+            handler.reset()
