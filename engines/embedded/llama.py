@@ -93,6 +93,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MAX_TOP_LOGPROBS = 20
 
 _CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
+_KV_CACHE_TYPES = {"f32": 0, "f16": 1}  # ggml type ids
 
 
 def default_model_path() -> Path | None:
@@ -101,6 +102,56 @@ def default_model_path() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+
+
+# Instruction sets a llama.cpp build reports (llama_print_system_info) and the
+# /proc/cpuinfo flag of each: a build that uses one the running CPU lacks dies on its
+# first prompt with SIGILL, so the engine refuses to load instead.
+_CPU_FLAGS = {
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "F16C": "f16c",
+    "FMA": "fma",
+    "BMI2": "bmi2",
+    "AVX_VNNI": "avx_vnni",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AMX_INT8": "amx_int8",
+}
+
+
+def build_cpu_features(system_info: str) -> list[str]:
+    """Instruction sets a llama.cpp build is compiled for, from its system info line
+    (``"CPU : SSE3 = 1 | AVX = 1 | ..."``)."""
+    features = []
+    for part in system_info.replace("CPU :", "|").split("|"):
+        name, _, value = part.partition("=")
+        if value.strip() == "1" and name.strip() in _CPU_FLAGS:
+            features.append(name.strip())
+    return features
+
+
+def missing_cpu_features(system_info: str | None = None, cpuinfo: str | None = None) -> list[str]:
+    """The build's x86 instruction sets that this CPU does not advertise (empty where
+    that cannot be read: other architectures, other systems)."""
+    if system_info is None:
+        import llama_cpp
+
+        system_info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags_line is None:
+        return []
+    flags = set(flags_line.partition(":")[2].split())
+    return [name for name in build_cpu_features(system_info) if _CPU_FLAGS[name] not in flags]
 
 
 @dataclass(frozen=True)
@@ -147,6 +198,8 @@ class LlamaChatEngine(ChatEngine):
         top_k: int = 40,
         min_p: float = 0.05,
         router_threshold: float = DEFAULT_THRESHOLD,
+        n_batch: int = 512,
+        kv_cache_type: str = "f32",
     ) -> None:
         """Options (the model's ``options`` table in the settings):
 
@@ -158,6 +211,12 @@ class LlamaChatEngine(ChatEngine):
         * ``system_prompt``: system turn used when the messages have none ("" for none).
         * ``top_k``, ``min_p``: llama.cpp samplers applied with temperature and top_p.
         * ``router_threshold``: score a tool needs to be called under tool_choice "auto".
+        * ``n_batch``: most prompt tokens evaluated in one step.
+        * ``kv_cache_type``: "f32" (default) or "f16", the type of cached keys and values.
+          With f16, llama.cpp's attention rounds differently depending on how many tokens
+          it evaluates at once, so answers depend on how a prompt was split (and on the
+          request before it); f32 gives the same values for every split into batches of
+          two or more, closer to the float64 result (188 MB instead of 94 MB at 4096).
         """
         super().__init__(name, context)
         self.model_path = model_path
@@ -169,7 +228,14 @@ class LlamaChatEngine(ChatEngine):
         self.top_k = int(top_k)
         self.min_p = float(min_p)
         self.router_threshold = float(router_threshold)
+        self.n_batch = max(2, int(n_batch))
+        if kv_cache_type not in _KV_CACHE_TYPES:
+            raise ValueError(f"kv_cache_type must be one of {sorted(_KV_CACHE_TYPES)}")
+        self.kv_cache_type = kv_cache_type
         self._llama = None
+        # The prompt whose tokens the KV cache holds, all computed by batched evaluation
+        # (see _reuse_cached_prompt); the answer's tokens after it are never reused.
+        self._cached_prompt: list[int] = []
         self._formatter = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
@@ -186,6 +252,12 @@ class LlamaChatEngine(ChatEngine):
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
             raise EngineUnavailable(f"model {self.name!r} needs llama-cpp-python: {exc}") from exc
+        missing = missing_cpu_features()
+        if missing:
+            raise EngineUnavailable(
+                f"model {self.name!r}: this llama-cpp-python build uses {', '.join(missing)},"
+                " which this CPU lacks; rebuild it for this CPU (see dev.py)"
+            )
         path = Path(self.model_path).expanduser() if self.model_path else default_model_path()
         if path is None or not path.is_file():
             raise EngineUnavailable(
@@ -198,6 +270,10 @@ class LlamaChatEngine(ChatEngine):
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch,
+                n_batch=self.n_batch,
+                n_ubatch=self.n_batch,
+                type_k=_KV_CACHE_TYPES[self.kv_cache_type],
+                type_v=_KV_CACHE_TYPES[self.kv_cache_type],
                 seed=self.seed if self.seed is not None else random.getrandbits(32),
                 logits_all=False,
                 verbose=False,
@@ -220,6 +296,7 @@ class LlamaChatEngine(ChatEngine):
             for token in range(llama.n_vocab())
         )
         self._pieces = {}
+        self._cached_prompt = []
         self._llama = llama
 
     def unload(self) -> None:
@@ -345,9 +422,7 @@ class LlamaChatEngine(ChatEngine):
 
     def _prepare(self, request: ChatRequest, plan: _Plan) -> _Job:
         """Render and tokenize the prompt, check it fits, compile the grammar."""
-        llama = self._model()
-        prompt = self._render(plan.messages)
-        prompt_tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        prompt_tokens = self._tokenize_prompt(plan.messages)
         room = self.n_ctx - len(prompt_tokens)
         if room < 1:
             raise ContextOverflow(
@@ -370,6 +445,35 @@ class LlamaChatEngine(ChatEngine):
             stop=plan.stop,
             top_logprobs=request.top_logprobs if request.logprobs else None,
         )
+
+    def _tokenize_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt's tokens, where only the chat template's own markers are control
+        tokens.
+
+        Tokenizing the rendered prompt with special tokens enabled would also turn an
+        ``<|im_end|><|im_start|>system`` typed by a user (or hidden in a tool schema)
+        into real turn boundaries. So every message's content is rendered as a
+        placeholder, the template around the placeholders is tokenized with special
+        tokens and each content as plain text, and the pieces are joined.
+        """
+        llama = self._model()
+        contents = [message["content"] for message in messages]
+        marker = _placeholder_marker(contents)
+        stand_ins = [
+            {**message, "content": f"{marker}{i}{marker}"} for i, message in enumerate(messages)
+        ]
+        pieces = self._render(stand_ins).split(marker)
+        if len(pieces) % 2 == 0 or not all(p.isdigit() for p in pieces[1::2]):
+            raise EngineError(f"model {self.name!r}: its chat template alters message content")
+        tokens: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:  # a placeholder's index: that message's content, as plain text
+                text, special = contents[int(piece)], False
+            else:  # the template's own text, markers and all
+                text, special = piece, True
+            if text:
+                tokens += llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return tokens
 
     def _render(self, messages: list[dict[str, str]]) -> str:
         if self._formatter is not None:
@@ -422,6 +526,7 @@ class LlamaChatEngine(ChatEngine):
             processors = llama_cpp.LogitsProcessorList([capture])
 
         llama.set_seed(job.seed)
+        self._reuse_cached_prompt(job.prompt_tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = _TextOut(job.stop, keep_logprobs=job.top_logprobs is not None)
         sampled = 0
@@ -436,6 +541,7 @@ class LlamaChatEngine(ChatEngine):
             logits_processor=processors,
             grammar=job.grammar,
         ):
+            self._cached_prompt = job.prompt_tokens  # evaluated: the first token exists
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 reason = "stop"
                 break
@@ -457,6 +563,40 @@ class LlamaChatEngine(ChatEngine):
             if delta is not None:
                 yield delta
         yield _End(reason, sampled)
+
+    def _reuse_cached_prompt(self, prompt: list[int]) -> None:
+        """Keep of the KV cache only what evaluating ``prompt`` from scratch would compute
+        bit for bit the same, so an answer never depends on the request before it.
+
+        llama.cpp computes one token alone (a matrix-vector product) with other rounding
+        than tokens in a batch (matrix-matrix kernels), while any batch of two or more
+        gives the same values whatever its size or start (measured on the packaged
+        SmolLM2: logits identical for every split of a prompt into batches of two or more;
+        the last token alone moved them by up to 0.74). llama-cpp-python's own prefix reuse
+        re-evaluates only the last token of a repeated prompt, and reuses the answer's
+        tokens, which were decoded one at a time; SmolLM2-135M's top two first tokens for
+        "What is the capital of France?" are 0.095 apart, so the same question was answered
+        in French or in English depending on what came before. Here only positions the
+        last prompt evaluated in batches are kept, and what is left to evaluate never ends
+        in a batch of one token.
+        """
+        llama = self._model()
+        keep = 0
+        for cached, new in zip(self._cached_prompt, prompt[:-2]):
+            if cached != new:
+                break
+            keep += 1
+        self._cached_prompt = []  # until this prompt has been evaluated
+        if len(prompt) >= 2 and (len(prompt) - keep) % self.n_batch == 1:
+            if keep:
+                keep -= 1  # the last batch gets two tokens
+            else:
+                llama.reset()
+                llama.eval(prompt[:2])  # from scratch: a first batch of two
+                keep = 2
+        # Llama.generate keeps exactly these positions: it reuses the longest common
+        # prefix of what it holds (now prompt[:keep]) and the prompt.
+        llama.n_tokens = keep
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -534,6 +674,15 @@ class _TextOut:
         if not out:
             return None
         return TextDelta(out, logprobs)
+
+
+def _placeholder_marker(contents: list[str]) -> str:
+    """A string found in none of ``contents`` (private-use characters and a random tag),
+    so splitting the rendered prompt on it finds exactly the placeholders."""
+    while True:
+        marker = f"\ue000{random.getrandbits(64):016x}\ue001"
+        if not any(marker in content for content in contents):
+            return marker
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
