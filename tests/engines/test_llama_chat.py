@@ -13,6 +13,7 @@ import platform
 import time
 
 import jsonschema
+import llama_cpp  # noqa: E402
 import pytest
 
 from adapters.tools import (
@@ -42,11 +43,8 @@ from engines.chat import (
     ToolChoice,
     ToolSpec,
 )
-from engines.workers import Worker
-
-import llama_cpp  # noqa: E402
-
 from engines.embedded.llama import LlamaChatEngine, _TextOut, default_model_path  # noqa: E402
+from engines.workers import Worker
 
 WEATHER = ToolSpec(
     "get_weather",
