@@ -33,8 +33,12 @@ async def stream(conn, pcm: bytes, pace: float = 0.1) -> None:
         await asyncio.sleep(pace)
 
 
-async def turn(client: AsyncOpenAI, question: bytes) -> float:
+async def turn(client: AsyncOpenAI, question: bytes, hearing: str | None) -> float:
     async with client.realtime.connect(model="gpt-realtime") as conn:
+        if hearing:
+            await conn.session.update(session={
+                "type": "realtime", "audio": {"input": {"transcription": {"model": hearing}}},
+            })
         feeding = asyncio.create_task(stream(conn, question + bytes(48_000)))
         stopped = None
         try:
@@ -50,7 +54,9 @@ async def turn(client: AsyncOpenAI, question: bytes) -> float:
     raise RuntimeError("the session ended without audio")
 
 
-async def barge_in(client: AsyncOpenAI, question: bytes, interrupt: bytes) -> tuple[float, str]:
+async def barge_in(client: AsyncOpenAI, question: bytes, interrupt: bytes) -> dict | None:
+    """Times from the barge-in (speech_started, as the client receives it) to the last
+    audio delta of the interrupted answer and to its response.done (cancelled)."""
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(session={
             "type": "realtime",
@@ -58,6 +64,7 @@ async def barge_in(client: AsyncOpenAI, question: bytes, interrupt: bytes) -> tu
         })
         await stream(conn, question + bytes(48_000), pace=0)
         response_id = started = last = None
+        after = 0  # audio bytes of the interrupted answer received after the barge-in
         barging = None
         async for event in conn:
             if event.type == "response.output_audio.delta":
@@ -66,12 +73,16 @@ async def barge_in(client: AsyncOpenAI, question: bytes, interrupt: bytes) -> tu
                     barging = asyncio.create_task(stream(conn, interrupt + bytes(48_000)))
                 if event.response_id == response_id:
                     last = time.perf_counter()
+                    if started is not None:
+                        after += len(base64.b64decode(event.delta))
             elif event.type == "input_audio_buffer.speech_started" and response_id is not None:
                 started = started or time.perf_counter()
             elif event.type == "response.done" and event.response.id == response_id:
                 barging.cancel()
-                status = event.response.status
-                return (max(0.0, last - started) if started and last else float("nan")), status
+                if event.response.status != "cancelled" or started is None:
+                    return None  # the answer ended before the user spoke
+                return {"last_delta": last - started, "done": time.perf_counter() - started,
+                        "audio_after": after / 48_000}
     raise RuntimeError("the session ended early")
 
 
@@ -83,24 +94,31 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--barge-ins", type=int, default=5)
+    parser.add_argument("--transcription-model", default=None,
+                        help="the session's input transcription model (default: chat.input_audio_model)")
     args = parser.parse_args()
-    _, url = start_server(["tts-1", "whisper-1", "gpt-4o-mini"])
+    hearing = args.transcription_model
+    _, url = start_server(["tts-1", "whisper-1", "gpt-4o-mini"] + ([hearing] if hearing else []))
     client = AsyncOpenAI(base_url=url + "/v1", api_key="sk-local", max_retries=0)
     speech = client.audio.speech
     question = (await speech.create(model="tts-1", voice="alloy", input=QUESTION, response_format="pcm")).content
     interrupt = (await speech.create(model="tts-1", voice="alloy", input=INTERRUPT, response_format="pcm")).content
-    await turn(client, question)  # warm-up
-    latencies = [await turn(client, question) for _ in range(args.turns)]
-    print(f"voice-to-voice (speech_stopped -> first audio delta), {args.turns} turns:")
+    await turn(client, question, hearing)  # warm-up
+    latencies = [await turn(client, question, hearing) for _ in range(args.turns)]
+    print(f"voice-to-voice (speech_stopped -> first audio delta), {args.turns} turns, "
+          f"hearing with {hearing or 'the default input model'}:")
     print(f"  p50 {pct(latencies, 50):.3f} s   p90 {pct(latencies, 90):.3f} s   "
           f"min {min(latencies):.3f} s   max {max(latencies):.3f} s")
     if args.barge_ins:
         results = [await barge_in(client, question, interrupt) for _ in range(args.barge_ins)]
-        tails = [t for t, status in results if status == "cancelled" and t == t]
-        print(f"barge-in (speech_started -> last audio delta of the cancelled answer), "
-              f"{len(tails)}/{args.barge_ins} cancelled:")
-        if tails:
-            print(f"  p50 {pct(tails, 50):.3f} s   max {max(tails):.3f} s")
+        cut = [r for r in results if r is not None]
+        print(f"barge-in, {len(cut)}/{args.barge_ins} answers cancelled (times from speech_started "
+              "as received; negative: the last delta came before it):")
+        if cut:
+            for key, label in (("last_delta", "to the last audio delta"), ("done", "to response.done")):
+                values = [r[key] for r in cut]
+                print(f"  {label}: p50 {pct(values, 50):.3f} s   max {max(values):.3f} s")
+            print(f"  audio received after the barge-in: max {max(r['audio_after'] for r in cut):.2f} s")
 
 
 if __name__ == "__main__":

@@ -447,3 +447,49 @@ def test_readme_python_example_runs(server):
         heard = re.search(r"heard: (.*)", result.stdout).group(1)
         assert wer(QUESTION, heard) <= 0.34, result.stdout
         assert re.search(r"answer: \S", result.stdout) and re.search(r"[1-9][0-9.]* s of audio", result.stdout)
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_frees_the_engines(spec, recordings):
+    """The client asks for a long spoken answer and never reads: its small receive window
+    fills, the server's bounded queue fills behind it, and after send_timeout_seconds the
+    session is closed, so the chat and speech engines are not held by nobody listening."""
+    import socket
+
+    import httpx
+
+    from gateway.settings import load_settings
+
+    settings = load_settings()
+    settings.engines.preload = ["tts-1", "whisper-1", "gpt-4o-mini"]
+    settings.realtime.send_queue_events = 4
+    settings.realtime.send_timeout_seconds = 1.0
+    live = await live_server(settings).astart()
+    held_pattern = r'^step_audio_gateway_model_requests_in_use\{model="([^"]+)"\} (\S+)'
+    async with httpx.AsyncClient(base_url=live.url) as http:  # routers hold their members
+        idle = dict(re.findall(held_pattern, (await http.get("/metrics")).text, re.M))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", live.port))
+    try:
+        async with websockets.connect(
+            live.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime",
+            sock=sock, max_queue=1, max_size=None,
+        ) as ws:
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "realtime", "audio": {"input": {"turn_detection": None}},
+                "instructions": "You are a storyteller. Always answer with a long story of at least ten sentences."}}))
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story."}]}}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            async with httpx.AsyncClient(base_url=live.url) as http:
+                for _ in range(240):  # never reading, only watching the gateway's metrics
+                    await asyncio.sleep(0.5)
+                    text = (await http.get("/metrics")).text
+                    open_sessions = re.search(r"^step_audio_gateway_realtime_sessions_open (\S+)", text, re.M)
+                    held = dict(re.findall(held_pattern, text, re.M))
+                    if float(open_sessions.group(1)) == 0 and held == idle:
+                        break
+                else:
+                    raise AssertionError(f"the session still holds engines: {held}")
+    finally:
+        live.stop()

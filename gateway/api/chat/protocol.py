@@ -195,7 +195,10 @@ class CreateChatCompletionRequest(msgspec.Struct, kw_only=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    # Floats as in the transcription form's Meta(ge=0.0, le=1.0): typing caches Annotated
+    # types by equality (0 == 0.0), so int bounds here made the exported schema say 1 or 1.0
+    # depending on which module was imported first.
+    top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     seed: int | None = None

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import secrets
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -29,7 +27,6 @@ from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wir
 from adapters.audio.pcm import resample
 from adapters.realtime.vad import (
     RATE,
-    SEMANTIC_SILENCE_MS,
     Paused,
     Resumed,
     SpeechStarted,
@@ -55,9 +52,7 @@ from engines.chat import (
     ToolCall,
     ToolCallArgsDelta,
     ToolCallStart,
-    ToolChoice,
     ToolSpec,
-    new_tool_call_id,
 )
 from engines.registry import ModelRegistry
 
@@ -65,212 +60,34 @@ from ... import metrics
 from ...errors import APIError, InvalidRequest, error_from_engine, error_from_msgspec
 from ...settings import Settings
 from . import protocol as p
+from .conversation import (
+    Config,
+    Item,
+    Response,
+    check_rate,
+    event_id_of,
+    format_wire,
+    item_from_wire,
+    new_id,
+    tool_choice_of,
+    tool_choice_wire,
+    tool_wire,
+    transcription_wire,
+)
 from .speech import RealtimeSpeech, heard_transcript
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
 
-DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short."
 _DELTA_BYTES_PCM = 9_600  # 200 ms of 24 kHz PCM per audio delta: fine-grained barge-in
 
 
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
+_id = new_id
 
 
 class SessionClosed(Exception):
     """The client stopped reading (its send buffer stayed full) or went away."""
-
-
-# ---------------------------------------------------------------------- conversation
-
-
-@dataclass
-class Item:
-    """A conversation item, with what the wire form leaves out (audio, sentence marks)."""
-
-    id: str
-    type: str
-    role: str | None = None
-    status: str = "completed"
-    content: list[dict] = field(default_factory=list)
-    call_id: str | None = None
-    name: str | None = None
-    arguments: str | None = None
-    output: str | None = None
-    audio: np.ndarray | None = None  # user speech, 16 kHz float32
-    out_audio: bytearray = field(default_factory=bytearray)  # assistant speech, wire bytes
-    marks: list[tuple[int, str]] = field(default_factory=list)
-    transcription: asyncio.Task | None = None
-    format: str = "audio/pcm"  # the wire format of out_audio
-
-    def wire(self) -> dict:
-        item: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type}
-        item["status"] = self.status
-        if self.type == "message":
-            item["role"] = self.role
-            item["content"] = [{k: v for k, v in c.items() if v is not None} for c in self.content]
-        elif self.type == "function_call":
-            item.update(call_id=self.call_id, name=self.name, arguments=self.arguments or "")
-        else:
-            item.update(call_id=self.call_id, output=self.output or "")
-        return item
-
-    def text(self) -> str:
-        """What this message said, for the chat engine: text and transcripts in order."""
-        parts = [c.get("text") or c.get("transcript") or "" for c in self.content]
-        return "\n".join(x for x in parts if x)
-
-
-def _item_from_wire(wire: p.Item) -> Item:
-    item = Item(id=wire.id or _id("item"), type=wire.type, role=wire.role)
-    if wire.type == "message":
-        if wire.role is None:
-            raise InvalidRequest("A message item needs a role.", param="item.role")
-        allowed = {
-            "user": {"input_text", "input_audio"},
-            "system": {"input_text"},
-            "assistant": {"output_text", "output_audio", "text", "audio"},
-        }[wire.role]
-        for i, part in enumerate(wire.content or []):
-            if part.type not in allowed:
-                raise InvalidRequest(
-                    f"A {wire.role} message cannot hold '{part.type}' content.",
-                    param=f"item.content[{i}].type",
-                )
-            kind = {"text": "output_text", "audio": "output_audio"}.get(part.type, part.type)
-            item.content.append({"type": kind, "text": part.text, "transcript": part.transcript})
-    elif wire.type == "function_call":
-        if not wire.name:
-            raise InvalidRequest("A function_call item needs a name.", param="item.name")
-        item.call_id = wire.call_id or new_tool_call_id()
-        item.name, item.arguments = wire.name, wire.arguments or "{}"
-    else:
-        if wire.call_id is None:
-            raise InvalidRequest("A function_call_output item needs a call_id.", param="item.call_id")
-        item.call_id, item.output = wire.call_id, wire.output or ""
-    return item
-
-
-# ---------------------------------------------------------------------- configuration
-
-
-@dataclass
-class Config:
-    model: str
-    instructions: str = DEFAULT_INSTRUCTIONS
-    output_modalities: list[str] = field(default_factory=lambda: ["audio"])
-    input_format: str = "audio/pcm"
-    output_format: str = "audio/pcm"
-    voice: str = "alloy"
-    speed: float = 1.0
-    transcription: p.Transcription | None = None
-    turn_detection: p.TurnDetection | None = field(
-        default_factory=lambda: p.TurnDetection(type="server_vad")
-    )
-    tools: list[p.FunctionTool] = field(default_factory=list)
-    tool_choice: Any = "auto"
-    max_output_tokens: int | str = "inf"
-
-    def vad(self) -> VadSettings:
-        td = self.turn_detection
-        assert td is not None
-        silence = td.silence_duration_ms
-        if td.type == "semantic_vad":
-            silence = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
-        return VadSettings(
-            threshold=0.5 if td.threshold is None else td.threshold,
-            prefix_padding_ms=300 if td.prefix_padding_ms is None else td.prefix_padding_ms,
-            silence_duration_ms=500 if silence is None else silence,
-        )
-
-    def turn_detection_wire(self) -> dict | None:
-        td = self.turn_detection
-        if td is None:
-            return None
-        common = {
-            "create_response": td.create_response is not False,
-            "interrupt_response": td.interrupt_response is not False,
-        }
-        if td.type == "semantic_vad":
-            return {"type": "semantic_vad", "eagerness": td.eagerness or "auto", **common}
-        vad = self.vad()
-        return {
-            "type": "server_vad",
-            "threshold": vad.threshold,
-            "prefix_padding_ms": vad.prefix_padding_ms,
-            "silence_duration_ms": vad.silence_duration_ms,
-            "idle_timeout_ms": None,
-            **common,
-        }
-
-
-def _format_wire(fmt: str) -> dict:
-    return {"type": fmt, "rate": 24_000} if fmt == "audio/pcm" else {"type": fmt}
-
-
-def _transcription_wire(t: p.Transcription) -> dict:
-    return {k: v for k, v in msgspec.structs.asdict(t).items() if v is not None}
-
-
-def _tool_wire(tool: p.FunctionTool) -> dict:
-    out: dict[str, Any] = {"type": "function", "name": tool.name}
-    if tool.description is not None:
-        out["description"] = tool.description
-    out["parameters"] = tool.parameters or {"type": "object", "properties": {}}
-    return out
-
-
-def _tool_choice_wire(choice: Any) -> Any:
-    if isinstance(choice, p.NamedFunction):
-        return {"type": "function", "name": choice.name}
-    return choice
-
-
-# ---------------------------------------------------------------------- responses
-
-
-@dataclass
-class Response:
-    id: str
-    modalities: list[str]
-    voice: str
-    output_format: str
-    instructions: str
-    tools: list[p.FunctionTool]
-    tool_choice: Any
-    max_output_tokens: int | str
-    conversation: bool = True
-    extra_input: list[Item] | None = None
-    metadata: dict | None = None
-    output: list[Item] = field(default_factory=list)
-    status: str = "in_progress"
-    details: dict | None = None
-    usage: dict | None = None
-    task: asyncio.Task | None = None
-    cancel_reason: str | None = None
-    finishing: bool = False  # past the point where a cancel changes anything
-    created_at: float = field(default_factory=time.perf_counter)
-    speech_stopped_at: float | None = None
-    first_audio_at: float | None = None
-    last_audio_at: float | None = None
-
-    def wire(self) -> dict:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "object": "realtime.response",
-            "status": self.status,
-            "status_details": self.details,
-            "output": [item.wire() for item in self.output],
-            "conversation_id": "conv_default" if self.conversation else None,
-            "output_modalities": self.modalities,
-            "max_output_tokens": self.max_output_tokens,
-            "audio": {"output": {"format": _format_wire(self.output_format), "voice": self.voice}},
-            "usage": self.usage,
-            "metadata": self.metadata,
-        }
-        return {k: v for k, v in out.items() if v is not None}
 
 
 # ---------------------------------------------------------------------- the session
@@ -324,23 +141,23 @@ class RealtimeSession:
             "model": c.model,
             "output_modalities": c.output_modalities,
             "instructions": c.instructions,
-            "tools": [_tool_wire(t) for t in c.tools],
-            "tool_choice": _tool_choice_wire(c.tool_choice),
+            "tools": [tool_wire(t) for t in c.tools],
+            "tool_choice": tool_choice_wire(c.tool_choice),
             "max_output_tokens": c.max_output_tokens,
             "tracing": None,
             "expires_at": self.expires_at,
             "audio": {
                 "input": {
-                    "format": _format_wire(c.input_format),
+                    "format": format_wire(c.input_format),
                     # the spec types these as objects: "off" is their absence, not null
                     **(
                         {}
                         if c.transcription is None
-                        else {"transcription": _transcription_wire(c.transcription)}
+                        else {"transcription": transcription_wire(c.transcription)}
                     ),
                     "turn_detection": c.turn_detection_wire(),
                 },
-                "output": {"format": _format_wire(c.output_format), "voice": c.voice, "speed": c.speed},
+                "output": {"format": format_wire(c.output_format), "voice": c.voice, "speed": c.speed},
             },
         }
 
@@ -378,7 +195,7 @@ class RealtimeSession:
         try:
             event = p.decoder.decode(frame)
         except msgspec.ValidationError as exc:
-            await self.error(error_from_msgspec(exc), _event_id_of(frame))
+            await self.error(error_from_msgspec(exc), event_id_of(frame))
             return
         except msgspec.DecodeError:
             await self.error(
@@ -457,17 +274,17 @@ class RealtimeSession:
         if audio.input is not None:
             fmt = audio.input.format
             if fmt is not None:
-                _check_rate(fmt, "session.audio.input.format.rate")
+                check_rate(fmt, "session.audio.input.format.rate")
             if isinstance(audio.input.transcription, p.Transcription):
                 model = audio.input.transcription.model or self.settings.chat.input_audio_model
                 self.registry.check(model, Capability.TRANSCRIPTION)
         if audio.output is not None:
             if audio.output.format is not None:
-                _check_rate(audio.output.format, "session.audio.output.format.rate")
+                check_rate(audio.output.format, "session.audio.output.format.rate")
             if audio.output.voice is not None:
                 await self._check_voice(audio.output.voice, "session.audio.output.voice")
         if new.tool_choice is not None:
-            _tool_choice(new.tool_choice, new.tools if new.tools is not None else c.tools)
+            tool_choice_of(new.tool_choice, new.tools if new.tools is not None else c.tools)
         # everything checked: apply
         if new.model is not None:
             c.model = new.model
@@ -698,7 +515,7 @@ class RealtimeSession:
 
     async def _create_item(self, event: p.ItemCreate) -> None:
         self._check_items_budget()
-        item = _item_from_wire(event.item)
+        item = item_from_wire(event.item)
         if item.id in self.items:
             raise InvalidRequest(f"Item '{item.id}' already exists.", param="item.id")
         for part in event.item.content or []:
@@ -771,11 +588,11 @@ class RealtimeSession:
         if out is not None and out.voice is not None:
             await self._check_voice(out.voice, "response.audio.output.voice")
         if out is not None and out.format is not None:
-            _check_rate(out.format, "response.audio.output.format.rate")
+            check_rate(out.format, "response.audio.output.format.rate")
         tools = list(w.tools) if w.tools is not None else c.tools
         choice = w.tool_choice if w.tool_choice is not None else c.tool_choice
-        _tool_choice(choice, tools)
-        extra = [_item_from_wire(i) for i in w.input] if w.input is not None else None
+        tool_choice_of(choice, tools)
+        extra = [item_from_wire(i) for i in w.input] if w.input is not None else None
         response = Response(
             id=_id("resp"),
             modalities=list(w.output_modalities or c.output_modalities),
@@ -1034,7 +851,7 @@ class RealtimeSession:
         return ChatRequest(
             messages=self._messages(response),
             tools=tools,
-            tool_choice=_tool_choice(response.tool_choice, response.tools),
+            tool_choice=tool_choice_of(response.tool_choice, response.tools),
             max_tokens=None if limit == "inf" else int(limit),
             temperature=0.8,
         )
@@ -1052,37 +869,3 @@ class RealtimeSession:
                 messages[i] = ChatMessage("user", None, audio_tokens=tokens.text)
                 break
         return ChatRequest(**{**request.__dict__, "messages": messages})
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _event_id_of(frame: str | bytes) -> str | None:
-    """The client's ``event_id`` from an event that failed validation, if it has one."""
-    try:
-        raw = msgspec.json.decode(frame)
-    except msgspec.DecodeError:
-        return None
-    value = raw.get("event_id") if isinstance(raw, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _check_rate(fmt: p.AudioFormat, param: str) -> None:
-    if fmt.type == "audio/pcm" and fmt.rate not in (None, 24_000):
-        raise InvalidRequest(
-            f"Invalid rate {fmt.rate}: 'audio/pcm' is 24000 Hz.", param=param, code="invalid_value"
-        )
-
-
-def _tool_choice(choice: Any, tools: list[p.FunctionTool]) -> ToolChoice:
-    names = {t.name for t in tools}
-    if isinstance(choice, p.NamedFunction):
-        if choice.name not in names:
-            raise InvalidRequest(f"tool_choice names '{choice.name}', which is not among the tools.",
-                                 param="tool_choice")
-        return ToolChoice.function(choice.name)
-    if choice == "required" and not tools:
-        raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
-    if choice == "none" or not tools:
-        return ToolChoice.NONE
-    return ToolChoice.REQUIRED if choice == "required" else ToolChoice.AUTO
