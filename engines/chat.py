@@ -9,8 +9,13 @@ The event stream of one generation is, in order, either
 
 * any number of :class:`TextDelta`, then one :class:`Finish` (``"stop"`` or ``"length"``), or
 * for each tool call (index 0, 1, ...) one :class:`ToolCallStart` followed by
-  :class:`ToolCallArgsDelta` fragments whose concatenation is that call's JSON arguments,
-  then one :class:`Finish` (``"tool_calls"``, or ``"length"`` when cut short).
+  :class:`ToolCallArgsDelta` fragments whose concatenation is that call's JSON arguments
+  and one :class:`ToolCallEnd`, then one :class:`Finish` (``"tool_calls"``, or
+  ``"length"`` when cut short, where the last call may have no end).
+
+These tool-call events are the one vocabulary of the project: the parsers of model
+output (adapters.tools.extract for JSON, adapters.step_audio.tools for Step-Audio's
+markup) emit them, the engines pass them on, and the chat and realtime services read them.
 
 Errors that depend only on the request (bad schema, prompt longer than the context) are
 raised before the first event, so a caller can still answer them with an HTTP status.
@@ -185,6 +190,8 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class ToolCallStart:
+    """A call's name is known. ``index`` counts the answer's calls from 0."""
+
     index: int
     id: str
     name: str
@@ -192,8 +199,23 @@ class ToolCallStart:
 
 @dataclass(frozen=True)
 class ToolCallArgsDelta:
+    """The next piece of a call's arguments; the pieces concatenate to its JSON text."""
+
     index: int
     fragment: str
+
+
+@dataclass(frozen=True)
+class ToolCallEnd:
+    """A call is over. ``error`` is None when ``arguments`` is usable, else why not (a
+    parser cannot know before the end); ``closed`` is False when the output ended inside
+    the call's markup."""
+
+    index: int
+    name: str
+    arguments: str
+    closed: bool = True
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +227,8 @@ class Finish:
     completion_tokens: int
 
 
-ChatEvent = Union[TextDelta, ToolCallStart, ToolCallArgsDelta, Finish]
+ChatEvent = Union[TextDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Finish]
+ToolCallEvent = Union[ToolCallStart, ToolCallArgsDelta, ToolCallEnd]
 
 
 # --------------------------------------------------------------------------- errors

@@ -15,14 +15,11 @@ from hypothesis import strategies as st
 from adapters.step_audio.tools import (
     CALL_CLOSE,
     CALL_OPEN,
-    Text,
-    ToolCallArguments,
-    ToolCallBegin,
-    ToolCallEnd,
     ToolCallParser,
     render_tool_call,
 )
-from adapters.tools.extract import ArgumentsDelta, CallFinished, CallStarted, ToolCallExtractor
+from adapters.tools.extract import ToolCallExtractor
+from engines.chat import TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 
 _json_scalar = (
     st.none() | st.booleans() | st.integers(-(10**6), 10**6)
@@ -83,20 +80,20 @@ def test_json_calls_stream_out_exactly_as_written(document, cuts):
     events = [event for chunk in _chunks(text, cuts) for event in extractor.feed(chunk)]
     assert extractor.done
 
-    started = [e for e in events if isinstance(e, CallStarted)]
-    finished = [e for e in events if isinstance(e, CallFinished)]
+    started = [e for e in events if isinstance(e, ToolCallStart)]
+    finished = [e for e in events if isinstance(e, ToolCallEnd)]
     assert [(e.index, e.name) for e in started] == [(i, name) for i, (name, _) in enumerate(calls)]
     assert [e.index for e in finished] == list(range(len(calls)))
     for index, (name, args) in enumerate(calls):
-        streamed = "".join(e.text for e in events if isinstance(e, ArgumentsDelta) and e.index == index)
+        streamed = "".join(e.fragment for e in events if isinstance(e, ToolCallArgsDelta) and e.index == index)
         assert streamed == finished[index].arguments  # the deltas are the arguments' text
         assert json.loads(streamed) == args
         assert finished[index].name == name
     # Nothing of a call is reported before its name, nor after its end.
     for index in range(len(calls)):
         positions = [i for i, e in enumerate(events) if getattr(e, "index", None) == index]
-        assert isinstance(events[positions[0]], CallStarted)
-        assert isinstance(events[positions[-1]], CallFinished)
+        assert isinstance(events[positions[0]], ToolCallStart)
+        assert isinstance(events[positions[-1]], ToolCallEnd)
 
 
 @given(document=json_documents(), cuts=st.lists(st.integers(min_value=0), max_size=30))
@@ -152,7 +149,7 @@ def test_step_audio_calls_and_text_come_out_as_written(segments, cuts):
     parser = ToolCallParser(TOOLS)
     events = [e for chunk in _chunks(output, cuts) for e in parser.feed(chunk)] + parser.close()
 
-    text = "".join(e.text for e in events if isinstance(e, Text))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "".join(s[1] for s in segments if s[0] == "text")
     kept = [(name, args) for _, name, args, _ in calls if name in TOOLS]
     assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == kept
@@ -160,9 +157,9 @@ def test_step_audio_calls_and_text_come_out_as_written(segments, cuts):
     assert len(parser.dropped) == len(calls) - len(kept)
     for index, call in enumerate(parser.calls):
         mine = [e for e in events if getattr(e, "index", None) == index]
-        assert isinstance(mine[0], ToolCallBegin) and mine[0].name == call.name
+        assert isinstance(mine[0], ToolCallStart) and mine[0].name == call.name
         assert isinstance(mine[-1], ToolCallEnd)
-        pieces = "".join(e.fragment for e in mine if isinstance(e, ToolCallArguments))
+        pieces = "".join(e.fragment for e in mine if isinstance(e, ToolCallArgsDelta))
         assert pieces == call.arguments
 
 
@@ -178,7 +175,7 @@ def test_any_output_parses_the_same_however_it_is_cut(text, cuts):
     def run(chunks):
         parser = ToolCallParser(TOOLS)
         events = [e for chunk in chunks for e in parser.feed(chunk)] + parser.close()
-        texts = [e.text for e in events if isinstance(e, Text)]
+        texts = [e.text for e in events if isinstance(e, TextDelta)]
         for piece in texts:
             assert CALL_OPEN not in piece and CALL_CLOSE not in piece, piece
         return "".join(texts), parser.calls, parser.dropped

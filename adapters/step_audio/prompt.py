@@ -44,17 +44,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Sequence, Union
+
+from engines.chat import ChatMessage, ToolSpec
 
 from .audio_tokens import split_audio_tokens
 from .special_tokens import EOT, neutralise, open_turn, turn
 from .tools import (
     DEFAULT_RESULT_NAME,
     FUNCTION_OUTPUT,
-    ToolCallLike,
-    ToolLike,
-    ToolResultFormat,
     TOOL_SCHEMAS_ROLE,
+    ToolResultFormat,
     render_tool_calls,
     tool_result_turn,
     tool_schemas_json,
@@ -71,16 +71,6 @@ APP_SYSTEM_PROMPT = "适配用户的语言，用简短口语化的文字回答"
 VLLM_CLIENT_SYSTEM_PROMPT = (
     "You are an AI designed for conversation, currently unable to connect to the internet."
 )
-
-
-class MessageLike(Protocol):
-    """What the builder needs of a message (``engines.chat.ChatMessage`` fits)."""
-
-    role: str
-    content: str | None
-    tool_calls: Sequence[ToolCallLike]
-    tool_call_id: str | None
-    name: str | None
 
 
 @dataclass(frozen=True)
@@ -118,13 +108,13 @@ class SystemPolicy(str, enum.Enum):
     COMBINE = "combine"
 
 
-Message = Union[MessageLike, SpokenTurn]
+Message = Union[ChatMessage, SpokenTurn]
 
 
 def build_prompt(
     messages: Sequence[Message],
     *,
-    tools: Sequence[ToolLike] = (),
+    tools: Sequence[ToolSpec] = (),
     system_policy: SystemPolicy | str = SystemPolicy.REQUEST,
     default_system: str | None = None,
     tool_result_format: ToolResultFormat = FUNCTION_OUTPUT,

@@ -19,7 +19,8 @@ convention from StepFun's vLLM fork (reference §4.2), the best available guess 
 outside the markup (never a character of the markup, even a ``<tool_call>`` split across
 fragments: a possible partial tag at the end of a fragment is held back until the next one
 settles it), each call's name as soon as its line is complete, the arguments as they
-arrive, and the end of each call. Its results do not depend on how the output is split.
+arrive, and the end of each call, as the project's one set of events (``TextDelta``,
+``ToolCallStart``, ``ToolCallArgsDelta``, ``ToolCallEnd`` from :mod:`engines.chat`). Its results do not depend on how the output is split.
 Calls are dropped, as by the fork's parser, when their name is not among the request's
 tools or the header has no name line; dropped calls produce no events at all and are
 listed in :attr:`ToolCallParser.dropped`. Invalid JSON arguments cannot be known until the
@@ -30,7 +31,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Collection, Protocol, Sequence, Union
+from typing import Collection, Sequence, Union
+
+from engines.chat import (
+    TextDelta,
+    ToolCall,
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+    new_tool_call_id,
+)
 
 from ..text.holdback import partial_marker_length
 from .special_tokens import turn
@@ -41,26 +52,10 @@ CALL_CLOSE = "</tool_call>"
 CALL_TYPE = "function"
 
 
-class ToolLike(Protocol):
-    """What :func:`tool_schemas` needs of a tool (``engines.chat.ToolSpec`` fits)."""
-
-    name: str
-    description: str
-    parameters: dict
-
-
-class ToolCallLike(Protocol):
-    """What :func:`render_tool_call` needs of a call (``engines.chat.ToolCall`` fits)."""
-
-    id: str
-    name: str
-    arguments: str
-
-
 # --------------------------------------------------------------------------- prompt side
 
 
-def tool_schemas(tools: Sequence[ToolLike]) -> list[dict]:
+def tool_schemas(tools: Sequence[ToolSpec]) -> list[dict]:
     """The OpenAI ``tools`` array for ``tools``.
 
     ``description`` is left out when empty: an OpenAI client that sent none gets none
@@ -76,17 +71,17 @@ def tool_schemas(tools: Sequence[ToolLike]) -> list[dict]:
     return schemas
 
 
-def tool_schemas_json(tools: Sequence[ToolLike]) -> str:
+def tool_schemas_json(tools: Sequence[ToolSpec]) -> str:
     """``json.dumps(tools, ensure_ascii=False)`` with default separators, as upstream."""
     return json.dumps(tool_schemas(tools), ensure_ascii=False)
 
 
-def tool_schemas_turn(tools: Sequence[ToolLike]) -> str:
+def tool_schemas_turn(tools: Sequence[ToolSpec]) -> str:
     """``<|BOT|>tool_json_schemas\\n[...]<|EOT|>``; goes right after the system turn."""
     return turn(TOOL_SCHEMAS_ROLE, tool_schemas_json(tools))
 
 
-def render_tool_call(call: ToolCallLike) -> str:
+def render_tool_call(call: ToolCall) -> str:
     """``<tool_call>function\\n{name}\\n{arguments}</tool_call>``, arguments written once.
 
     Empty arguments are written as ``{}`` so the call reads back as valid JSON.
@@ -95,7 +90,7 @@ def render_tool_call(call: ToolCallLike) -> str:
     return f"{CALL_OPEN}{CALL_TYPE}\n{call.name}\n{arguments}{CALL_CLOSE}"
 
 
-def render_tool_calls(calls: Sequence[ToolCallLike]) -> str:
+def render_tool_calls(calls: Sequence[ToolCall]) -> str:
     """Several calls back to back, with no separator (the fork's history rendering)."""
     return "".join(render_tool_call(call) for call in calls)
 
@@ -130,45 +125,6 @@ def tool_result_turn(
 
 
 @dataclass(frozen=True)
-class Text:
-    """Output text outside any tool markup."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallBegin:
-    """A call's name line is complete. ``index`` counts reported calls from 0."""
-
-    index: int
-    name: str
-
-
-@dataclass(frozen=True)
-class ToolCallArguments:
-    """The next piece of a call's arguments; the pieces concatenate to its JSON text
-    (leading and trailing whitespace inside the markup left out)."""
-
-    index: int
-    fragment: str
-
-
-@dataclass(frozen=True)
-class ToolCallEnd:
-    """A call is over. ``error`` is None when ``arguments`` is a JSON object, else why not.
-
-    ``closed`` is False when the output ended before ``</tool_call>``; such a call is still
-    usable when its arguments are already a complete JSON object.
-    """
-
-    index: int
-    name: str
-    arguments: str
-    closed: bool = True
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class DroppedCall:
     """Tool-call markup that produced no events, and why."""
 
@@ -176,7 +132,8 @@ class DroppedCall:
     reason: str
 
 
-ParserEvent = Union[Text, ToolCallBegin, ToolCallArguments, ToolCallEnd]
+#: Text outside the markup, and the project's tool-call events (engines.chat).
+ParserEvent = Union[TextDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd]
 
 _TEXT, _HEADER, _ARGS, _SKIP = "text", "header", "args", "skip"
 
@@ -277,7 +234,7 @@ class ToolCallParser:
                 self._start_skip(header, f"{name!r} is not one of the request's tools")
             else:
                 self._name, self._arguments = name, []
-                events.append(ToolCallBegin(len(self.calls), name))
+                events.append(ToolCallStart(len(self.calls), new_tool_call_id(), name))
                 self._state = _ARGS
             return True
         if closed != -1:
@@ -337,12 +294,12 @@ class ToolCallParser:
 
     def _emit_text(self, events: list[ParserEvent], text: str) -> None:
         if text:
-            events.append(Text(text))
+            events.append(TextDelta(text))
 
     def _emit_arguments(self, events: list[ParserEvent], fragment: str) -> None:
         if fragment:
             self._arguments.append(fragment)
-            events.append(ToolCallArguments(len(self.calls), fragment))
+            events.append(ToolCallArgsDelta(len(self.calls), fragment))
 
     def _end_call(self, events: list[ParserEvent], closed: bool) -> None:
         arguments = "".join(self._arguments)
@@ -363,7 +320,7 @@ def parse_tool_calls(
     """A whole completion as (text outside the markup, calls whose ``error`` is None)."""
     parser = ToolCallParser(tool_names)
     events = parser.feed(text) + parser.close()
-    content = "".join(event.text for event in events if isinstance(event, Text))
+    content = "".join(event.text for event in events if isinstance(event, TextDelta))
     return content, [call for call in parser.calls if call.error is None]
 
 
@@ -371,6 +328,6 @@ def strip_tool_markup(text: str) -> str:
     """``text`` without any tool-call markup, for TTS: what the parser reports as text.
 
     Whole calls, a call cut off at the end and stray ``</tool_call>`` tags all go. For
-    streamed output, speak the parser's :class:`Text` events instead.
+    streamed output, speak the parser's text events instead.
     """
     return parse_tool_calls(text)[0]

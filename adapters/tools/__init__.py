@@ -6,15 +6,12 @@
 * :mod:`.prompt`: tool turns and tool lists written as plain chat text.
 """
 
-from .extract import ArgumentsDelta, CallFinished, CallStarted, ToolCallExtractor
+from .extract import ToolCallExtractor
 from .prompt import render_messages, tools_system_prompt
 from .router import DEFAULT_THRESHOLD, route, score_tools, tool_vocabulary, words
 from .schema import JSON_OBJECT_SCHEMA, call_schema, calls_schema, sequence_schema
 
 __all__ = [
-    "ArgumentsDelta",
-    "CallFinished",
-    "CallStarted",
     "DEFAULT_THRESHOLD",
     "JSON_OBJECT_SCHEMA",
     "ToolCallExtractor",

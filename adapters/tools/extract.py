@@ -3,9 +3,12 @@
 The model writes ``{"name": "get_weather", "arguments": {"city": "Berlin"}}`` (or an array
 of such objects) a token at a time. :class:`ToolCallExtractor` scans the text as it
 arrives and reports, for each call object, the tool name as soon as its string is
-complete, then the raw text of the ``arguments`` value piece by piece, exactly as
-generated (so the pieces concatenate to the arguments' JSON text), then the end of the
-call. Nothing is re-serialized and nothing waits for the end of the document.
+complete (:class:`~engines.chat.ToolCallStart`), then the raw text of the ``arguments``
+value piece by piece, exactly as generated (:class:`~engines.chat.ToolCallArgsDelta`: the
+pieces concatenate to the arguments' JSON text), then the end of the call
+(:class:`~engines.chat.ToolCallEnd`, with an ``error`` when the object had no usable
+name, in which case no start was reported). Nothing is re-serialized and nothing waits
+for the end of the document.
 
 It is a small character-level JSON scanner: it tracks strings, escapes and bracket depth,
 and interprets only the keys of the call objects themselves. Keys other than ``name``
@@ -17,32 +20,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Union
 
+from engines.chat import (
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallEvent,
+    ToolCallStart,
+    new_tool_call_id,
+)
 
-@dataclass(frozen=True)
-class CallStarted:
-    index: int
-    name: str
-
-
-@dataclass(frozen=True)
-class ArgumentsDelta:
-    index: int
-    text: str
-
-
-@dataclass(frozen=True)
-class CallFinished:
-    """A call object closed. ``name`` is None when it had no usable ``name`` string (no
-    :class:`CallStarted` was reported for it then)."""
-
-    index: int
-    name: str | None
-    arguments: str
-
-
-ExtractorEvent = Union[CallStarted, ArgumentsDelta, CallFinished]
+NO_NAME = "the call has no name"
 
 
 @dataclass
@@ -68,14 +55,14 @@ class ToolCallExtractor:
         self._args_depth = 0
         self._call: _Call | None = None
         self._count = 0
-        self._events: list[ExtractorEvent] = []
+        self._events: list[ToolCallEvent] = []
         self._piece: list[str] = []  # arguments text seen during this feed
         self.done = False  # the whole document (object or array) is closed
-        self.calls: list[CallFinished] = []
+        self.calls: list[ToolCallEnd] = []
 
     # ------------------------------------------------------------------ public
 
-    def feed(self, text: str) -> list[ExtractorEvent]:
+    def feed(self, text: str) -> list[ToolCallEvent]:
         """Scan the next piece of generated text; returns what it revealed, in order."""
         for char in text:
             self._char(char)
@@ -165,9 +152,9 @@ class ToolCallExtractor:
                 call.name = name
                 call.started = True
                 self._flush_piece()
-                self._events.append(CallStarted(call.index, name))
+                self._events.append(ToolCallStart(call.index, new_tool_call_id(), name))
                 if call.held:
-                    self._events.append(ArgumentsDelta(call.index, "".join(call.held)))
+                    self._events.append(ToolCallArgsDelta(call.index, "".join(call.held)))
                     call.held.clear()
 
     # ------------------------------------------------------------------ arguments
@@ -230,14 +217,19 @@ class ToolCallExtractor:
 
     def _flush_piece(self) -> None:
         if self._piece and self._call is not None:
-            self._events.append(ArgumentsDelta(self._call.index, "".join(self._piece)))
+            self._events.append(ToolCallArgsDelta(self._call.index, "".join(self._piece)))
         self._piece = []
 
     def _finish_call(self) -> None:
         call = self._call
         assert call is not None
         self._flush_piece()
-        finished = CallFinished(call.index, call.name, "".join(call.arguments))
+        finished = ToolCallEnd(
+            call.index,
+            call.name or "",
+            "".join(call.arguments),
+            error=None if call.name else NO_NAME,
+        )
         self.calls.append(finished)
         self._events.append(finished)
         self._call = None

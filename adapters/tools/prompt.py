@@ -11,26 +11,12 @@ the call, which it does when the call is shown as bare JSON.
 from __future__ import annotations
 
 import json
-from typing import Protocol, Sequence
+from typing import Sequence
 
-from .schema import ToolLike
-
-
-class ToolCallLike(Protocol):
-    id: str
-    name: str
-    arguments: str
+from engines.chat import ChatMessage, ToolSpec
 
 
-class MessageLike(Protocol):
-    role: str
-    content: str | None
-    tool_calls: Sequence[ToolCallLike]
-    tool_call_id: str | None
-    name: str | None
-
-
-def tools_system_prompt(tools: Sequence[ToolLike]) -> str:
+def tools_system_prompt(tools: Sequence[ToolSpec]) -> str:
     """Instructions listing ``tools``, for the system turn when a call is to be written."""
     lines = ["You can call these tools:"]
     for tool in tools:
@@ -46,7 +32,7 @@ def tools_system_prompt(tools: Sequence[ToolLike]) -> str:
     return "\n".join(lines)
 
 
-def render_messages(messages: Sequence[MessageLike]) -> list[dict[str, str]]:
+def render_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     """``messages`` as ``{"role", "content"}`` dicts with roles system, user and assistant."""
     names: dict[str, str] = {}
     rendered: list[dict[str, str]] = []

@@ -26,9 +26,9 @@ reliable choices should send ``tool_choice="required"`` or a named tool.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
-from .schema import ToolLike
+from engines.chat import ChatMessage, ToolSpec
 
 DEFAULT_THRESHOLD = 2.0
 
@@ -53,11 +53,6 @@ STOPWORDS = frozenset(
 )
 
 
-class MessageLike(Protocol):
-    role: str
-    content: str | None
-
-
 def words(text: str) -> list[str]:
     """Lowercase words of ``text`` (identifiers split on ``_``, ``-`` and camelCase), with
     stopwords removed and a plural ``s`` dropped."""
@@ -69,7 +64,7 @@ def words(text: str) -> list[str]:
     return out
 
 
-def tool_vocabulary(tool: ToolLike) -> dict[str, float]:
+def tool_vocabulary(tool: ToolSpec) -> dict[str, float]:
     """The words that point at ``tool``, each with its weight."""
     vocabulary: dict[str, float] = {}
 
@@ -91,7 +86,7 @@ def tool_vocabulary(tool: ToolLike) -> dict[str, float]:
     return vocabulary
 
 
-def score_tools(text: str, tools: Sequence[ToolLike]) -> dict[str, float]:
+def score_tools(text: str, tools: Sequence[ToolSpec]) -> dict[str, float]:
     """Each tool's score for the request ``text``."""
     asked = set(words(text))
     scores = {}
@@ -102,8 +97,8 @@ def score_tools(text: str, tools: Sequence[ToolLike]) -> dict[str, float]:
 
 
 def route(
-    messages: Sequence[MessageLike],
-    tools: Sequence[ToolLike],
+    messages: Sequence[ChatMessage],
+    tools: Sequence[ToolSpec],
     *,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[str]:
@@ -120,7 +115,7 @@ def route(
     return sorted(chosen, key=lambda name: (-scores[name], order[name]))
 
 
-def _last_user_text(messages: Iterable[MessageLike]) -> str:
+def _last_user_text(messages: Iterable[ChatMessage]) -> str:
     for message in reversed(list(messages)):
         if message.role == "user":
             return message.content or ""

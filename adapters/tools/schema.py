@@ -17,7 +17,9 @@ prefix and its references are rewritten to match.
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
+
+from engines.chat import ToolSpec
 
 #: A schema accepting any JSON object, for ``response_format={"type": "json_object"}``.
 JSON_OBJECT_SCHEMA: dict = {"type": "object"}
@@ -26,13 +28,7 @@ _EMPTY_PARAMETERS: dict = {"type": "object", "properties": {}}
 _DEF_KEYS = ("$defs", "definitions")
 
 
-class ToolLike(Protocol):
-    name: str
-    description: str
-    parameters: dict
-
-
-def call_schema(tools: Sequence[ToolLike], names: Iterable[str] | None = None) -> dict:
+def call_schema(tools: Sequence[ToolSpec], names: Iterable[str] | None = None) -> dict:
     """Schema of one call to any tool in ``names`` (default: all ``tools``)."""
     branches, defs = _branches(tools, names)
     schema: dict = branches[0] if len(branches) == 1 else {"anyOf": branches}
@@ -40,7 +36,7 @@ def call_schema(tools: Sequence[ToolLike], names: Iterable[str] | None = None) -
 
 
 def calls_schema(
-    tools: Sequence[ToolLike],
+    tools: Sequence[ToolSpec],
     names: Iterable[str] | None = None,
     *,
     max_calls: int | None = None,
@@ -55,7 +51,7 @@ def calls_schema(
     return _with_defs(schema, defs)
 
 
-def sequence_schema(tools: Sequence[ToolLike], names: Sequence[str]) -> dict:
+def sequence_schema(tools: Sequence[ToolSpec], names: Sequence[str]) -> dict:
     """Schema of an array of exactly ``len(names)`` calls: the i-th one calls ``names[i]``."""
     if not names:
         raise ValueError("sequence_schema needs at least one tool name")
@@ -77,7 +73,7 @@ def sequence_schema(tools: Sequence[ToolLike], names: Sequence[str]) -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _branches(tools: Sequence[ToolLike], names: Iterable[str] | None) -> tuple[list[dict], dict]:
+def _branches(tools: Sequence[ToolSpec], names: Iterable[str] | None) -> tuple[list[dict], dict]:
     by_name = {tool.name: (i, tool) for i, tool in enumerate(tools)}
     wanted = list(by_name) if names is None else list(dict.fromkeys(names))
     if not wanted:

@@ -59,9 +59,6 @@ from adapters.limits import min_prompt_tokens
 from adapters.text.holdback import partial_marker_length
 from adapters.tools import (
     JSON_OBJECT_SCHEMA,
-    ArgumentsDelta,
-    CallFinished,
-    CallStarted,
     ToolCallExtractor,
     call_schema,
     render_messages,
@@ -80,10 +77,8 @@ from ..chat import (
     Finish,
     TextDelta,
     TokenLogprob,
-    ToolCallArgsDelta,
-    ToolCallStart,
+    ToolCallEnd,
     TopLogprob,
-    new_tool_call_id,
 )
 from ..workers import Gate
 
@@ -344,12 +339,9 @@ class LlamaChatEngine(ChatEngine):
                     raise EngineError("the model wrote a malformed tool call")
                 return
             for event in extractor.feed(item.text):
-                if isinstance(event, CallStarted):
-                    yield ToolCallStart(event.index, new_tool_call_id(), event.name)
-                elif isinstance(event, ArgumentsDelta):
-                    yield ToolCallArgsDelta(event.index, event.text)
-                elif isinstance(event, CallFinished) and event.name is None:
-                    raise EngineError("the model wrote a tool call without a name")
+                if isinstance(event, ToolCallEnd) and event.error:
+                    raise EngineError(f"the model wrote a malformed tool call: {event.error}")
+                yield event
 
     @asynccontextmanager
     async def _turn(self):

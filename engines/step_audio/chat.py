@@ -44,15 +44,7 @@ from adapters.step_audio.special_tokens import (
     TOKENIZER_PROBE,
     TOKENIZER_PROBE_IDS,
 )
-from adapters.step_audio.tools import (
-    FUNCTION_OUTPUT,
-    Text,
-    ToolCallArguments,
-    ToolCallBegin,
-    ToolCallEnd,
-    ToolCallParser,
-    ToolResultFormat,
-)
+from adapters.step_audio.tools import FUNCTION_OUTPUT, ToolCallParser, ToolResultFormat
 
 from ..base import EngineError, EngineUnavailable, InvalidInput
 from ..chat import (
@@ -61,9 +53,8 @@ from ..chat import (
     ChatRequest,
     Finish,
     TextDelta,
-    ToolCallArgsDelta,
+    ToolCallEnd,
     ToolCallStart,
-    new_tool_call_id,
 )
 from .vllm import VLLMReplicaPool
 
@@ -200,7 +191,6 @@ class StepAudioChatEngine(ChatEngine):
         elif request.tool_choice.mode == "required" and request.tools:
             pending = _CALL_OPEN
         calls = 0
-        ids: dict[int, str] = {}
         finish_reason, prompt_tokens, completion_tokens = "stop", 0, 0
         stops = [*STOP_STRINGS, *request.stop]
         if forced is not None:
@@ -222,7 +212,7 @@ class StepAudioChatEngine(ChatEngine):
             async for piece in pieces:
                 text = pending + piece.text
                 pending = ""
-                for event in self._events(parser.feed(text), ids):
+                for event in self._events(parser.feed(text)):
                     calls += isinstance(event, ToolCallStart)
                     yield event
                 if piece.finish_reason is not None:
@@ -230,7 +220,7 @@ class StepAudioChatEngine(ChatEngine):
                     prompt_tokens = piece.prompt_tokens or self.count_tokens(prompt)
                     completion_tokens = piece.completion_tokens or 0
         tail = parser.feed("</tool_call>") if forced is not None else []
-        for event in self._events([*tail, *parser.close()], ids):
+        for event in self._events([*tail, *parser.close()]):
             calls += isinstance(event, ToolCallStart)
             yield event
         if calls:
@@ -240,18 +230,17 @@ class StepAudioChatEngine(ChatEngine):
         yield Finish(finish_reason, prompt_tokens, completion_tokens)
 
     @staticmethod
-    def _events(parsed, ids: dict[int, str]) -> list[ChatEvent]:
+    def _events(parsed) -> list[ChatEvent]:
+        """The parser's events as the engine's: the same types, with the end-of-turn
+        marker cut from text and a malformed call turned into an error."""
         out: list[ChatEvent] = []
         for event in parsed:
-            if isinstance(event, Text):
+            if isinstance(event, TextDelta):
                 text = strip_end_of_turn(event.text)
                 if text:
                     out.append(TextDelta(text))
-            elif isinstance(event, ToolCallBegin):
-                ids[event.index] = new_tool_call_id()
-                out.append(ToolCallStart(event.index, ids[event.index], event.name))
-            elif isinstance(event, ToolCallArguments):
-                out.append(ToolCallArgsDelta(event.index, event.fragment))
             elif isinstance(event, ToolCallEnd) and event.error:
                 raise EngineError(f"the model wrote a malformed tool call: {event.error}")
+            else:
+                out.append(event)
         return out

@@ -16,10 +16,6 @@ import pytest
 from adapters.step_audio.tools import (
     FUNCTION_OUTPUT,
     INPUT,
-    Text,
-    ToolCallArguments,
-    ToolCallBegin,
-    ToolCallEnd,
     ToolCallParser,
     ToolResultFormat,
     parse_tool_calls,
@@ -31,7 +27,8 @@ from adapters.step_audio.tools import (
     tool_schemas_json,
     tool_schemas_turn,
 )
-from engines.chat import ToolCall, ToolSpec
+from engines.chat import TextDelta, ToolCall, ToolCallArgsDelta, ToolCallEnd, ToolSpec
+from tests.tool_events import started
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -53,15 +50,15 @@ COMPLETION = (
     "稍等。"
 )
 EXPECTED = [
-    Text("好的，我来查一下北京和上海的天气 (a < b)。\n"),
-    ToolCallBegin(0, "get_weather"),
-    ToolCallArguments(0, '{"city": "北京", "unit": "celsius"}'),
+    TextDelta("好的，我来查一下北京和上海的天气 (a < b)。\n"),
+    started(0, "get_weather"),
+    ToolCallArgsDelta(0, '{"city": "北京", "unit": "celsius"}'),
     ToolCallEnd(0, "get_weather", '{"city": "北京", "unit": "celsius"}'),
-    Text("\n"),
-    ToolCallBegin(1, "get_weather"),
-    ToolCallArguments(1, '{"city": "上海 <市>", "unit": "celsius"}'),
+    TextDelta("\n"),
+    started(1, "get_weather"),
+    ToolCallArgsDelta(1, '{"city": "上海 <市>", "unit": "celsius"}'),
     ToolCallEnd(1, "get_weather", '{"city": "上海 <市>", "unit": "celsius"}'),
-    Text("稍等。"),
+    TextDelta("稍等。"),
 ]
 
 
@@ -79,14 +76,14 @@ def merged(events):
     out = []
     for event in events:
         last = out[-1] if out else None
-        if isinstance(event, Text) and isinstance(last, Text):
-            out[-1] = Text(last.text + event.text)
+        if isinstance(event, TextDelta) and isinstance(last, TextDelta):
+            out[-1] = TextDelta(last.text + event.text)
         elif (
-            isinstance(event, ToolCallArguments)
-            and isinstance(last, ToolCallArguments)
+            isinstance(event, ToolCallArgsDelta)
+            and isinstance(last, ToolCallArgsDelta)
             and last.index == event.index
         ):
-            out[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
+            out[-1] = ToolCallArgsDelta(event.index, last.fragment + event.fragment)
         else:
             out.append(event)
     return out
@@ -185,11 +182,11 @@ def test_text_is_released_as_soon_as_it_cannot_be_markup():
         following = COMPLETION.find("<tool_call>", close.end())
         text_spans.append((close.end(), len(COMPLETION) if following == -1 else following))
     assert [COMPLETION[a:b] for a, b in text_spans] == [
-        e.text for e in EXPECTED if isinstance(e, Text)
+        e.text for e in EXPECTED if isinstance(e, TextDelta)
     ]
     for cut in range(len(COMPLETION) + 1):
         parser = ToolCallParser({"get_weather"})
-        so_far = "".join(e.text for e in parser.feed(COMPLETION[:cut]) if isinstance(e, Text))
+        so_far = "".join(e.text for e in parser.feed(COMPLETION[:cut]) if isinstance(e, TextDelta))
         certain = "".join(COMPLETION[a : min(b, cut)] for a, b in text_spans if a < cut)
         assert certain.startswith(so_far), cut
         held = certain[len(so_far) :]
@@ -203,9 +200,9 @@ def test_name_comes_before_arguments_and_arguments_stream():
     # §4.2 "Streaming: the name is emitted first, then argument diffs."
     parser = ToolCallParser()
     assert parser.feed("<tool_call>function\nget_wea") == []
-    assert parser.feed("ther\n") == [ToolCallBegin(0, "get_weather")]
-    assert parser.feed('{"city": ') == [ToolCallArguments(0, '{"city":')]
-    assert parser.feed('"Paris"}  </tool') == [ToolCallArguments(0, ' "Paris"}')]
+    assert parser.feed("ther\n") == [started(0, "get_weather")]
+    assert parser.feed('{"city": ') == [ToolCallArgsDelta(0, '{"city":')]
+    assert parser.feed('"Paris"}  </tool') == [ToolCallArgsDelta(0, ' "Paris"}')]
     assert parser.feed("_call>") == [ToolCallEnd(0, "get_weather", '{"city": "Paris"}')]
     assert parser.close() == []
 
@@ -219,8 +216,8 @@ def test_calls_to_unknown_tools_are_dropped_without_events():
     for pieces in ([text], list(text)):
         events, parser = run(pieces)
         assert merged(events) == [
-            ToolCallBegin(0, "get_time"),
-            ToolCallArguments(0, '{"tz": "UTC"}'),
+            started(0, "get_time"),
+            ToolCallArgsDelta(0, '{"tz": "UTC"}'),
             ToolCallEnd(0, "get_time", '{"tz": "UTC"}'),
         ]
         assert [d.markup for d in parser.dropped] == ["<tool_call>function\nrm_rf\n{}</tool_call>"]
@@ -243,7 +240,7 @@ def test_header_without_name_line_is_dropped():
     # §4.2 "The parser ... splits the inner text with split("\n", 2) into function_type,
     # name and arguments": fewer than three parts is no call.
     events, parser = run(["a<tool_call>function\nget_time</tool_call>b"])
-    assert merged(events) == [Text("ab")]
+    assert merged(events) == [TextDelta("ab")]
     assert parser.dropped[0].reason == "the call has no name line"
     events, parser = run(["<tool_call>function\n\n{}</tool_call>"])
     assert events == [] and "empty name" in parser.dropped[0].reason
@@ -256,22 +253,22 @@ def test_output_ending_inside_a_call():
     events, _ = run(['<tool_call>function\nget_time\n{"tz": "U'])
     assert events[-1].closed is False and events[-1].error.startswith("arguments are not valid")
     events, parser = run(["hi <tool_call>function\nget_ti"])
-    assert events == [Text("hi ")]
+    assert events == [TextDelta("hi ")]
     assert parser.dropped[0].reason == "the output ended in the call"
 
 
 def test_partial_tags_that_never_complete_are_text():
     events, _ = run(["a <tool_", "call"])
-    assert merged(events) == [Text("a <tool_call")]
+    assert merged(events) == [TextDelta("a <tool_call")]
     events, _ = run(["x <", "y"])
-    assert merged(events) == [Text("x <y")]
+    assert merged(events) == [TextDelta("x <y")]
     parser = ToolCallParser()
-    assert parser.feed("see <tool_c") == [Text("see ")]
-    assert parser.close() == [Text("<tool_c")]
+    assert parser.feed("see <tool_c") == [TextDelta("see ")]
+    assert parser.close() == [TextDelta("<tool_c")]
 
 
 def test_stray_close_tags_are_markup_too():
-    assert merged(run(["done.</tool_call> bye"])[0]) == [Text("done. bye")]
+    assert merged(run(["done.</tool_call> bye"])[0]) == [TextDelta("done. bye")]
 
 
 def test_round_trip_through_the_history_rendering():

@@ -17,9 +17,6 @@ import llama_cpp  # noqa: E402
 import pytest
 
 from adapters.tools import (
-    ArgumentsDelta,
-    CallFinished,
-    CallStarted,
     ToolCallExtractor,
     call_schema,
     calls_schema,
@@ -29,6 +26,7 @@ from adapters.tools import (
     sequence_schema,
     words,
 )
+from adapters.tools.extract import NO_NAME
 from engines.base import EngineContext, InvalidInput
 from engines.chat import (
     ChatMessage,
@@ -39,12 +37,14 @@ from engines.chat import (
     TextDelta,
     ToolCall,
     ToolCallArgsDelta,
+    ToolCallEnd,
     ToolCallStart,
     ToolChoice,
     ToolSpec,
 )
 from engines.embedded.llama import LlamaChatEngine, _TextOut, default_model_path  # noqa: E402
 from engines.workers import Worker
+from tests.tool_events import started
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -227,7 +227,7 @@ def run_extractor(pieces: list[str]) -> tuple[list, ToolCallExtractor]:
 
 
 def arguments_of(events, index: int) -> str:
-    return "".join(e.text for e in events if isinstance(e, ArgumentsDelta) and e.index == index)
+    return "".join(e.fragment for e in events if isinstance(e, ToolCallArgsDelta) and e.index == index)
 
 
 class TestExtractor:
@@ -238,11 +238,11 @@ class TestExtractor:
         for cut in range(len(self.DOC) + 1):
             events, extractor = run_extractor([self.DOC[:cut], self.DOC[cut:]])
             assert arguments_of(events, 0) == self.ARGS, cut
-            assert [e for e in events if isinstance(e, CallStarted)] == [
-                CallStarted(0, "get_weather")
+            assert [e for e in events if isinstance(e, ToolCallStart)] == [
+                started(0, "get_weather")
             ]
-            assert isinstance(events[0], CallStarted)
-            assert events[-1] == CallFinished(0, "get_weather", self.ARGS)
+            assert isinstance(events[0], ToolCallStart)
+            assert events[-1] == ToolCallEnd(0, "get_weather", self.ARGS)
             assert extractor.done
 
     def test_every_pair_of_split_positions(self):
@@ -254,7 +254,7 @@ class TestExtractor:
 
     def test_fragments_arrive_while_the_arguments_are_written(self):
         events, _ = run_extractor(list(self.DOC))  # one character at a time
-        fragments = [e.text for e in events if isinstance(e, ArgumentsDelta)]
+        fragments = [e.fragment for e in events if isinstance(e, ToolCallArgsDelta)]
         assert len(fragments) == len(self.ARGS)
 
     def test_array_of_calls(self):
@@ -268,16 +268,16 @@ class TestExtractor:
             events, extractor = run_extractor([doc[:cut], doc[cut:]])
             assert arguments_of(events, 0) == first
             assert arguments_of(events, 1) == second
-            starts = [e for e in events if isinstance(e, CallStarted)]
-            assert starts == [CallStarted(0, "set_timer"), CallStarted(1, "get_weather")]
+            starts = [e for e in events if isinstance(e, ToolCallStart)]
+            assert starts == [started(0, "set_timer"), started(1, "get_weather")]
             assert extractor.done and len(extractor.calls) == 2
 
     def test_arguments_before_name_are_held_until_the_name(self):
         doc = '{"arguments": {"minutes": 5}, "id": {"x": [1]}, "name": "set_timer"}'
         events, extractor = run_extractor(list(doc))
-        assert events[0] == CallStarted(0, "set_timer")
+        assert events[0] == started(0, "set_timer")
         assert arguments_of(events, 0) == '{"minutes": 5}'
-        assert extractor.calls == [CallFinished(0, "set_timer", '{"minutes": 5}')]
+        assert extractor.calls == [ToolCallEnd(0, "set_timer", '{"minutes": 5}')]
 
     def test_scalar_and_string_arguments(self):
         events, _ = run_extractor(['{"name": "f", "arguments": 12 }'])
@@ -287,7 +287,7 @@ class TestExtractor:
 
     def test_call_without_name(self):
         events, extractor = run_extractor(['{"arguments": {}}'])
-        assert events == [CallFinished(0, None, "{}")]
+        assert events == [ToolCallEnd(0, "", "{}", error=NO_NAME)]
         assert extractor.done
 
 
