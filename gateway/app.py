@@ -17,7 +17,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from adapters.chat.audio_store import MemoryAudioStore
+from adapters.state import create_backend
 from adapters.voice_owners import VoiceOwners
 from engines.registry import ModelRegistry, registry_from_settings
 
@@ -36,6 +36,7 @@ from .errors import handle_exception
 from .json_body import GatewayRequest
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
+from .ratelimit import ratelimit_middleware_factory
 from .settings import Settings, load_settings
 from .streaming import admission_middleware, disconnect_middleware
 
@@ -89,9 +90,20 @@ def create_app(
 ) -> Litestar:
     settings = settings or load_settings()
     registry = registry or registry_from_settings(settings)
+    # What replicas share (limits, audio ids, transcripts, clones): memory or Redis.
+    state_backend = create_backend(
+        settings.state.backend,
+        redis_url=settings.state.redis_url,
+        prefix=settings.state.redis_prefix,
+        timeout_seconds=settings.state.redis_timeout_seconds,
+    )
     voice_owners = VoiceOwners()  # who cloned which voice (POST /v1/audio/voices)
     chat_service = ChatService(
-        registry, settings.chat, MemoryAudioStore(), voice_owners=voice_owners
+        registry,
+        settings.chat,
+        state_backend.audio_store,
+        voice_owners=voice_owners,
+        transcripts=state_backend.transcripts,
     )
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
@@ -110,11 +122,13 @@ def create_app(
             finally:
                 tasks.cancel_scope.cancel()
         await registry.close()
+        await state_backend.close()
 
     return GatewayApp(
         outer_middleware=(
             request_id_middleware,
             api_key_middleware_factory(settings.server.api_keys),
+            ratelimit_middleware_factory(settings.limits.per_key, state_backend, settings.state),
             options_allow_middleware,
             admission_middleware,
             disconnect_middleware,
@@ -144,6 +158,7 @@ def create_app(
             "settings": settings,
             "metrics": app_metrics(registry),
             "voice_owners": voice_owners,
+            "state_backend": state_backend,
         },
         debug=False,
     )

@@ -163,6 +163,8 @@ class LimitsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_schema_depth: int = 32
     max_schema_bound: int = 256
     max_grammar_bytes: int = 1_048_576
+    # Per-key rate limits by key (plain or "sha256:<hex>"); "*" for every other key.
+    per_key: dict[str, KeyLimitSettings] = {}
 
     def schema_budget(self) -> SchemaBudget:
         return SchemaBudget(
@@ -171,6 +173,42 @@ class LimitsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             max_bound=self.max_schema_bound,
             max_grammar_bytes=self.max_grammar_bytes,
         )
+
+
+class KeyLimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One key's limits (see [limits.per_key] in config/default.toml); 0 or absent: none."""
+
+    rpm: int = 0
+    tpm: int = 0
+    audio_seconds_in_per_minute: float = 0.0
+    audio_seconds_out_per_minute: float = 0.0
+    concurrent_streams: int = 0
+    # Models (or aliases) the key may use; empty: every model.
+    models: list[str] = []
+
+    def __post_init__(self) -> None:
+        if min(self.rpm, self.tpm, self.concurrent_streams) < 0 or min(
+            self.audio_seconds_in_per_minute, self.audio_seconds_out_per_minute
+        ) < 0:
+            raise ValueError("limits.per_key: limits must be >= 0 (0: no limit)")
+
+
+class StateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where replicas keep what they share (limits, audio ids, transcripts, clones)."""
+
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sag"
+    redis_timeout_seconds: float = 0.5
+    # While Redis cannot be reached: "closed" refuses limited requests (503), "open" serves
+    # them unlimited.
+    on_redis_error: str = "closed"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("memory", "redis"):
+            raise ValueError("state.backend must be 'memory' or 'redis'")
+        if self.on_redis_error not in ("closed", "open"):
+            raise ValueError("state.on_redis_error must be 'closed' or 'open'")
 
 
 class RealtimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -192,6 +230,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step_audio: StepAudioSettings = msgspec.field(default_factory=StepAudioSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     realtime: RealtimeSettings = msgspec.field(default_factory=RealtimeSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
 

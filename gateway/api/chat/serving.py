@@ -39,7 +39,7 @@ from engines.chat import (
 )
 from engines.registry import ModelRegistry
 
-from ... import metrics
+from ... import metrics, ratelimit
 from ...auth import ANONYMOUS
 from ...errors import InvalidRequest
 from ...settings import ChatSettings
@@ -136,6 +136,7 @@ class ChatService:
         self, wire: CreateChatCompletionRequest, owner: str = ANONYMOUS
     ) -> Prepared:
         self.registry.check(wire.model, Capability.CHAT)
+        ratelimit.check_model(wire.model)
         if (wire.n or 1) > 1:
             raise InvalidRequest(
                 "n > 1 is not supported: this gateway returns one choice per request.",
@@ -152,6 +153,7 @@ class ChatService:
             for t in wire.tools or []
         ]
         messages, audio_seconds = await self._messages(wire, owner)
+        await ratelimit.charge_audio_in(audio_seconds)  # 429 before generating, if over
         stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
         max_tokens = wire.max_completion_tokens or wire.max_tokens
         request = ChatRequest(
@@ -310,7 +312,7 @@ class ChatService:
     async def run(self, prepared: Prepared) -> AsyncIterator[object]:
         """Engine events, with spoken audio interleaved when the reply is voiced.
 
-        Yields ``TextDelta``/``ToolCallStart``/``ToolCallArgsDelta`` as the engine makes
+        Yields ``TextDelta`` and the tool-call events as the engine makes
         them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd`` (spoken
         replies) and the engine's ``Finish`` last. The first token and the first audio
         are timed for the metrics on the way out.
@@ -328,6 +330,8 @@ class ChatService:
                     metrics.first_audio("chat", model)
                 elif isinstance(event, AudioEnd):
                     metrics.count_audio("chat", "out", model, event.seconds)
+                elif isinstance(event, Finish):
+                    await ratelimit.charge_tokens(event.prompt_tokens + event.completion_tokens)
                 yield event
 
     async def _generate(self, prepared: Prepared) -> AsyncIterator[object]:

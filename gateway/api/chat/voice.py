@@ -38,6 +38,7 @@ from engines.base import (
 )
 from engines.registry import ModelRegistry
 
+from ... import ratelimit
 from ...errors import InvalidRequest
 from ...streaming import spawn
 
@@ -200,9 +201,13 @@ class SpokenReply:
                         text=sentence, voice=self.voice, language=detect_language(sentence)
                     )
                     async for chunk in engine.synthesize(request):
+                        before = self.pipeline.seconds
                         data = await anyio.to_thread.run_sync(
                             self.pipeline.process, chunk.samples, chunk.sample_rate
                         )
+                        # Spoken seconds count against the key as they are made; the
+                        # piece that runs it out ends the reply with a 429 error.
+                        await ratelimit.charge_audio_out(self.pipeline.seconds - before)
                         if data:
                             self._audio.put_nowait(data)
                 tail = await anyio.to_thread.run_sync(self.pipeline.finish)

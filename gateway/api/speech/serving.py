@@ -19,7 +19,7 @@ from adapters.text.tokens import count_audio_tokens, count_text_tokens
 from engines.base import Capability, SpeechEngine, SpeechRequest
 from engines.registry import ModelRegistry
 
-from ... import metrics
+from ... import metrics, ratelimit
 from ...errors import InvalidRequest
 from .protocol import (
     CreateSpeechRequest,
@@ -36,6 +36,7 @@ class SpeechStream:
         self, registry: ModelRegistry, request: CreateSpeechRequest, voice: str | None = None
     ) -> None:
         registry.check(request.model, Capability.SPEECH)
+        ratelimit.check_model(request.model)
         if not request.input.strip():
             raise InvalidRequest("The input must contain text to speak.", param="input")
         self.registry = registry
@@ -64,6 +65,8 @@ class SpeechStream:
                 data = await anyio.to_thread.run_sync(
                     pipeline.process, chunk.samples, chunk.sample_rate
                 )
+                # Charged as spoken: the piece that runs the key out ends the stream.
+                await ratelimit.charge_audio_out(pipeline.seconds - self.seconds)
                 self.seconds = pipeline.seconds
                 if data:
                     yield data

@@ -27,7 +27,7 @@ from engines.base import (
 )
 from engines.registry import ModelRegistry
 
-from ... import metrics
+from ... import metrics, ratelimit
 from ...errors import InvalidRequest, PayloadTooLarge, error_from_msgspec
 from ...json_body import apply_audio_budget
 from ...multipart import fold_form, upload
@@ -137,9 +137,12 @@ async def run(
 ) -> AsyncIterator[TranscriptionStream]:
     """Yield one stream, keeping the engine in use until the caller is done with it."""
     registry.check(model, capability)
+    ratelimit.check_model(model)
     async with registry.use(model, capability) as engine:
         assert isinstance(engine, TranscriptionEngine)
         audio = await decode(upload, engine)
+        # Heard audio is known before the work: charged whole, or 429 charging nothing.
+        await ratelimit.charge_audio_in(len(audio) / engine.sample_rate)
         stream = await engine.transcribe(audio, options)
         endpoint = "translation" if options.task == "translate" else "transcription"
         metrics.count_audio(endpoint, "in", model, len(audio) / engine.sample_rate)
