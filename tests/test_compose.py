@@ -250,3 +250,40 @@ def test_gpu_requirements_resolve_without_downloading_cuda_wheels(tmp_path):
         f"resolved {len(resolved)} distributions in {seconds:.1f} s, "
         f"downloading {sum(downloads.values()) / 1e6:.1f} MB: {sorted(downloads)}"
     )
+
+
+# --------------------------------------------------------------------------- scale profile
+
+
+def test_the_scale_profile_is_two_replicas_on_redis_behind_nginx_on_8000(compose):
+    """`docker compose --profile scale up`: the replicas keep their shared state in the
+    Redis service, and only the load balancer publishes 8000."""
+    services = _config(compose, "scale")["services"]
+    assert set(services) == {"redis", "gateway-1", "gateway-2", "gateway-lb"}
+    assert [name for name, s in services.items() if _published(s)] == ["gateway-lb"]
+    assert _published(services["gateway-lb"]) == ["8000"]
+    for name in ("gateway-1", "gateway-2"):
+        replica = services[name]
+        assert replica["environment"]["GATEWAY__STATE__BACKEND"] == "redis"
+        assert replica["environment"]["GATEWAY__STATE__REDIS_URL"] == "redis://redis:6379/0"
+        assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert replica["build"]["target"] == "cpu"
+    (mount,) = services["gateway-lb"]["volumes"]
+    assert mount["source"] == str(ROOT / "deploy" / "nginx.conf")
+    assert mount["target"] == "/etc/nginx/nginx.conf"
+    for service in services.values():
+        assert service["healthcheck"]["test"]
+
+
+def test_nginx_balances_over_every_replica_and_streams_unbuffered(compose):
+    services = _config(compose, "scale")["services"]
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream gateways \{(.*?)\}", conf, re.S).group(1)
+    servers = re.findall(r"^\s*server (\S+):8000\b", upstream, re.M)
+    replicas = sorted(name for name in services if re.fullmatch(r"gateway-\d+", name))
+    assert sorted(servers) == replicas == ["gateway-1", "gateway-2"]
+    assert re.search(r"^\s*listen 8000;", conf, re.M)
+    for directive in ("proxy_buffering off;", "proxy_request_buffering off;", "proxy_http_version 1.1;"):
+        assert directive in conf  # SSE and chunked audio pass as produced
+    assert "$http_upgrade" in conf  # /v1/realtime's WebSocket
+    assert "non_idempotent" not in conf  # a POST is never replayed on another replica
