@@ -7,15 +7,23 @@ way in (and back on the way out, in listings), and no request can name a clone b
 engine id: any voice spelt like one is refused exactly as an unknown voice is, whether
 such a clone exists or not, so nothing tells one key what another has cloned.
 
-In memory, like the clones themselves (an engine forgets them on restart).
+The records live in the state backend when one is given (``adapters.state``: Redis for
+several replicas), so every replica sees which clone is whose; lookups stay synchronous
+on a local copy that :meth:`VoiceOwners.refresh` brings up to date before a request uses
+it. The clone's voice itself stays in the engine that registered it (an engine forgets
+it on restart): replicas share it only if they share that engine (a gateway-gpu TTS).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from typing import TYPE_CHECKING
 
 from .voices import VoiceNotFound
+
+if TYPE_CHECKING:
+    from .state import VoiceRecords
 
 CLONE_PREFIX = "clone-"
 
@@ -25,9 +33,24 @@ def is_clone_id(voice: str) -> bool:
 
 
 class VoiceOwners:
-    def __init__(self) -> None:
+    def __init__(self, records: "VoiceRecords | None" = None) -> None:
         self._clones: dict[str, tuple[str, str]] = {}  # engine id -> (owner, public name)
         self._lock = threading.Lock()
+        self._records = records
+
+    async def refresh(self) -> None:
+        """Bring the local copy up to date with the shared records (no-op without them)."""
+        if self._records is not None:
+            clones = await self._records.all()
+            with self._lock:
+                self._clones = dict(clones)
+
+    async def record(self, owner: str, name: str) -> str:
+        """:meth:`add`, written through to the shared records."""
+        engine_id = self.add(owner, name)
+        if self._records is not None:
+            await self._records.put(engine_id, owner, name)
+        return engine_id
 
     @staticmethod
     def clone_id(owner: str, name: str) -> str:

@@ -97,7 +97,8 @@ def create_app(
         prefix=settings.state.redis_prefix,
         timeout_seconds=settings.state.redis_timeout_seconds,
     )
-    voice_owners = VoiceOwners()  # who cloned which voice (POST /v1/audio/voices)
+    # Who cloned which voice (POST /v1/audio/voices), shared like the rest of the state.
+    voice_owners = VoiceOwners(state_backend.voices)
     chat_service = ChatService(
         registry,
         settings.chat,

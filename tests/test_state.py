@@ -163,3 +163,21 @@ def test_an_unreachable_redis_raises_state_unavailable_quickly():
         return time.monotonic() - started
 
     assert run(scenario()) < 5
+
+
+def test_cloned_voices_recorded_on_one_replica_are_known_to_another(make_backend):
+    from adapters.voice_owners import VoiceOwners
+
+    async def scenario():
+        one, other = VoiceOwners(make_backend().voices), VoiceOwners(make_backend().voices)
+        engine_id = await one.record("key_a", "narrator")
+        before = other.engine_voice("key_a", "narrator")
+        await other.refresh()
+        return engine_id, before, other
+
+    engine_id, before, other = run(scenario(), make_backend)
+    assert before == "narrator"  # not yet refreshed: a plain (unknown) voice name
+    assert other.engine_voice("key_a", "narrator") == engine_id
+    assert other.public_name("key_a", engine_id) == "narrator"
+    assert other.public_name("key_b", engine_id) is None  # another key's clone stays hidden
+    assert other.engine_voice("key_b", "narrator") == "narrator"

@@ -47,6 +47,7 @@ async def create_speech(
     voice_owners: NamedDependency[VoiceOwners],
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
+    await voice_owners.refresh()
     try:  # the key's own cloned voice by its name; another key's clone is unknown
         voice = voice_owners.engine_voice(owner_of(request.scope), data.voice_name)
     except VoiceNotFound as exc:

@@ -45,6 +45,7 @@ async def list_voices(
     voice_owners: NamedDependency[VoiceOwners],
 ) -> VoiceList:
     owner = owner_of(request.scope)
+    await voice_owners.refresh()
     data: list[Voice] = []
     for card in registry.cards():
         if Capability.SPEECH not in card.capabilities or card.id != card.target:
@@ -134,7 +135,7 @@ async def create_voice(
         _check_name(form.name, engine)
         engine_id = voice_owners.clone_id(owner, form.name)
         info = await engine.register_voice(engine_id, data, form.transcript)
-        voice_owners.add(owner, form.name)
+        await voice_owners.record(owner, form.name)
     return Voice(
         id=form.name,
         model=registry.canonical(form.model),
