@@ -157,6 +157,9 @@ class ChatRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     defaulted: frozenset[str] = frozenset()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
 
 # --------------------------------------------------------------------------- events

@@ -170,6 +170,9 @@ class _Job:
     seed: int
     stop: tuple[str, ...]
     top_logprobs: int | None  # None: no logprobs
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,14 @@ class LlamaChatEngine(ChatEngine):
                 "of the messages.",
                 param="messages",
             )
+        n_vocab = self._model().n_vocab()
+        unknown = sorted(token for token in request.logit_bias if token >= n_vocab)
+        if unknown:
+            raise InvalidInput(
+                f"Invalid 'logit_bias': token id {unknown[0]} is not in this model's vocabulary "
+                f"(0 to {n_vocab - 1}).",
+                param="logit_bias",
+            )
         wanted = request.max_tokens
         limit = room if wanted is None else min(wanted, room)
         grammar = self._grammar(plan.schema, plan.schema_param) if plan.schema else None
@@ -436,6 +447,9 @@ class LlamaChatEngine(ChatEngine):
             seed=(seed if seed is not None else random.getrandbits(32)) & 0xFFFFFFFF,
             stop=plan.stop,
             top_logprobs=request.top_logprobs if request.logprobs else None,
+            frequency_penalty=request.frequency_penalty,
+            presence_penalty=request.presence_penalty,
+            logit_bias=tuple(request.logit_bias.items()),
         )
 
     def _tokenize_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -516,6 +530,14 @@ class LlamaChatEngine(ChatEngine):
                 return logits
 
             processors = llama_cpp.LogitsProcessorList([capture])
+        if job.logit_bias:  # OpenAI's logit_bias: added to the logits, after logprobs are taken
+            ids, bias = (np.array(column) for column in zip(*job.logit_bias))
+
+            def biased(_input_ids, logits):
+                logits[ids] += bias
+                return logits
+
+            processors = llama_cpp.LogitsProcessorList([*(processors or []), biased])
 
         llama.set_seed(job.seed)
         self._reuse_cached_prompt(job.prompt_tokens)
@@ -530,6 +552,8 @@ class LlamaChatEngine(ChatEngine):
             min_p=self.min_p,
             temp=job.temperature,
             repeat_penalty=1.0,
+            frequency_penalty=job.frequency_penalty,
+            presence_penalty=job.presence_penalty,
             logits_processor=processors,
             grammar=job.grammar,
         ):

@@ -207,9 +207,16 @@ class CreateChatCompletionRequest(msgspec.Struct, kw_only=True):
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, Annotated[int, Meta(ge=-100, le=100)]] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    # Decoded only to be refused (REFUSED_FIELDS): dropped as unknown fields, a request for
+    # web search, moderation or the deprecated functions would get an answer without them.
+    web_search_options: Any = None
+    moderation: Any = None
+    functions: Any = None
+    function_call: Any = None
 
     def check_input(self, limits) -> None:
         """Budgets checked before any compute: each text field's length, and the schemas
@@ -251,6 +258,16 @@ def _check_text(content: Any, param: str, limits) -> None:
                 where,
                 "string_above_max_length",
             )
+
+
+# Spec fields this gateway cannot honour and will not pretend to: each is a 400 naming it.
+# Every other spec field is honoured or ignored as docs/compatibility.md says.
+REFUSED_FIELDS = {
+    "web_search_options": "this gateway has no web search",
+    "moderation": "this gateway runs no moderation",
+    "functions": "the deprecated functions API is not served; use tools",
+    "function_call": "the deprecated functions API is not served; use tool_choice",
+}
 
 
 # ------------------------------------------------------------------ responses

@@ -55,6 +55,7 @@ from .protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     CompletionTokensDetails,
+    REFUSED_FIELDS,
     CreateChatCompletionRequest,
     Delta,
     DeveloperMessage,
@@ -143,6 +144,12 @@ class ChatService:
                 param="n",
                 code="unsupported_value",
             )
+        for name, why in REFUSED_FIELDS.items():
+            if getattr(wire, name) is not None:
+                raise InvalidRequest(
+                    f"'{name}' is not supported: {why}.", param=name, code="unsupported_parameter"
+                )
+        logit_bias = _logit_bias(wire.logit_bias)
         audio_format, voice = await self._check_audio(wire, owner)
         tools = [
             ToolSpec(
@@ -172,6 +179,9 @@ class ChatService:
             defaulted=frozenset(
                 name for name in ("temperature", "top_p") if getattr(wire, name) is None
             ),
+            frequency_penalty=wire.frequency_penalty or 0.0,
+            presence_penalty=wire.presence_penalty or 0.0,
+            logit_bias=logit_bias,
         )
         return Prepared(
             wire=wire,
@@ -571,6 +581,21 @@ def _text(content: str | list) -> str:
     if isinstance(content, str):
         return content
     return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+def _logit_bias(wire: dict[str, int] | None) -> dict[int, float]:
+    """OpenAI keys the bias by token id written as a string; an id the model lacks is the
+    engine's to refuse, since only it knows its vocabulary."""
+    bias = {}
+    for key, value in (wire or {}).items():
+        if not key.isascii() or not key.isdigit():
+            raise InvalidRequest(
+                f"Invalid 'logit_bias': keys must be token ids (integers), got {key[:40]!r}.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        bias[int(key)] = float(value)
+    return bias
 
 
 def _tool_choice(wire: CreateChatCompletionRequest, tools: list[ToolSpec]) -> ToolChoice:
