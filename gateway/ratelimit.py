@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge
 from adapters.state import Admission, Limits, StateBackend, StateUnavailable
 from adapters.state.base import AUDIO_IN, AUDIO_OUT, REQUESTS, STREAMS, TOKENS
 
-from .auth import _digest_of, owner_id, owner_of
+from .auth import _digest_of, is_public, owner_id, owner_of, resolved_template
 from .errors import APIError, ErrorResponse, NotFound
 from .metrics import PREFIX
 from .settings import KeyLimitSettings, StateSettings
@@ -273,12 +273,12 @@ async def charge_tokens(tokens: int) -> None:
 
 
 def _limited(scope: Scope) -> bool:
-    path = scope.get("path", "")
-    return (
-        scope["type"] == "http"
-        and scope.get("method") != "OPTIONS"
-        and (path == "/v1" or path.startswith("/v1/") or path.startswith("//"))
-    )
+    """Every HTTP request but CORS preflights and the public routes (health, readiness,
+    metrics, docs), found as the key check finds them: by the route the router resolves,
+    so no spelling of a path (``//v1/models``, ``/%76%31/models``) slips past."""
+    if scope["type"] != "http" or scope.get("method") == "OPTIONS":
+        return False
+    return not is_public(resolved_template(scope))
 
 
 async def _send_error(send: Send, error: APIError) -> None:

@@ -22,6 +22,7 @@ from tests.redis_server import avoid_minute_edge
 
 KEYS = {
     "sk-rpm": KeyLimitSettings(rpm=3),
+    "sk-rpm-paths": KeyLimitSettings(rpm=2),
     # The same policy matched through the key's sha256 form (the file holds no secret).
     "sha256:" + hashlib.sha256(b"sk-hashed").hexdigest(): KeyLimitSettings(rpm=2),
     "sk-refund": KeyLimitSettings(rpm=2),
@@ -33,7 +34,7 @@ KEYS = {
     "sk-tokens": KeyLimitSettings(tpm=20),
 }
 API_KEYS = ["sk-rpm", "sk-hashed", "sk-refund", "sk-models", "sk-out", "sk-out-binary", "sk-in"]
-API_KEYS += ["sk-streams", "sk-tokens", "sk-free"]
+API_KEYS += ["sk-streams", "sk-tokens", "sk-free", "sk-rpm-paths"]
 RESET = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+(\.\d+)?s)$")
 
 
@@ -234,3 +235,14 @@ def test_tokens_per_minute_refuse_the_next_request(gateway):
     error = assert_rate_limited(second, "tokens")
     assert "tokens per min (TPM)" in error["message"]
     assert second.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_every_spelling_of_a_limited_path_counts_and_public_routes_do_not(gateway):
+    avoid_minute_edge()
+    with client(gateway, "sk-rpm-paths") as http:
+        public = [http.get(path).status_code for path in ("/health", "/ready", "/metrics")]
+        spelled = [
+            http.get(path).status_code for path in ("/v1//models", "/v1/./models", "/%76%31/models")
+        ]
+    assert public == [200, 200, 200]
+    assert spelled == [200, 200, 429]
