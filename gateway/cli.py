@@ -1,10 +1,12 @@
-"""``step-audio-gateway serve`` (and ``python -m gateway``): run the server; ``openapi``: print the spec."""
+"""``step-audio-gateway serve`` (and ``python -m gateway``): run the server; ``openapi``: print the spec;
+``config-reference``: print docs/configuration.md."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .settings import SettingsError, load_settings
 
@@ -18,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default from settings)")
     spec = commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     spec.add_argument("--config", help="TOML settings file")
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference (docs/configuration.md)"
+    )
+    reference.add_argument("--config", help="TOML settings file whose defaults and comments to read")
     return parser
 
 
@@ -28,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"step-audio-gateway: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config-reference":
+        from .config_reference import render
+        from .settings import DEFAULT_CONFIG
+
+        sys.stdout.write(render(Path(args.config) if args.config else DEFAULT_CONFIG))
+        return 0
     from .app import create_app
 
     if args.command == "openapi":

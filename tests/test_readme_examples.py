@@ -39,6 +39,11 @@ RUNNERS = {"python", "js", "bash"}
 NOT_CODE = {"text", "toml", "json"}
 # Sections whose examples another test runs (it extracts them from the README itself).
 RUN_ELSEWHERE = {"Realtime": ["tests/test_realtime.py", "tests/test_realtime_node.py"]}
+# What some examples must print beyond "something": (a phrase of the block, a pattern).
+EXPECTED_OUTPUT = [
+    ("def get_weather", r"called get_weather\(.*Paris.*\) -> .*sunny[\s\S]*answer: \S"),
+    ("delta.audio", r"[1-9][0-9.]* s of audio"),
+]
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(\S[^>]*?)\s*-->\s*$")
 
@@ -50,10 +55,6 @@ class Block:
     line: int
     section: str
     not_run: str | None
-
-    @property
-    def id(self) -> str:
-        return f"{self.language}-line{self.line}"
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -132,7 +133,18 @@ def _run(block: Block, base_url: str, folder: Path, node: str | None) -> subproc
     return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
+def _ids(blocks: list[Block]) -> list[str]:
+    """Section and position, which an edit elsewhere in the README does not shift."""
+    seen: dict[str, int] = {}
+    ids = []
+    for block in blocks:
+        section = re.sub(r"\W+", "-", block.section).strip("-").lower()
+        seen[section] = seen.get(section, 0) + 1
+        ids.append(f"{section}-{seen[section]}-{block.language}")
+    return ids
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=_ids(BLOCKS))
 def test_readme_example_runs(block: Block, server, tmp_path, request):
     node = request.getfixturevalue("node_sdk") if block.language == "js" else None
     result = _run(block, server.url, tmp_path, node)
@@ -140,5 +152,8 @@ def test_readme_example_runs(block: Block, server, tmp_path, request):
     assert result.returncode == 0, f"{where} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), f"{where} printed nothing; examples show their result"
     assert '"error"' not in result.stdout, f"{where} got an error:\n{result.stdout[-2000:]}"
+    for phrase, pattern in EXPECTED_OUTPUT:
+        if phrase in block.code:
+            assert re.search(pattern, result.stdout), f"{where} printed:\n{result.stdout[-2000:]}"
     for seconds in re.findall(r"([0-9.]+) s of audio", result.stdout):
         assert float(seconds) > 0, f"{where} got no audio:\n{result.stdout[-2000:]}"

@@ -45,6 +45,7 @@ from ...errors import InvalidRequest
 from ...settings import ChatSettings
 from ...streaming import prime
 from .protocol import (
+    REFUSED_FIELDS,
     AllowedToolsChoice,
     AssistantMessage,
     AudioDelta,
@@ -55,7 +56,6 @@ from .protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     CompletionTokensDetails,
-    REFUSED_FIELDS,
     CreateChatCompletionRequest,
     Delta,
     DeveloperMessage,
