@@ -205,8 +205,8 @@ class Quota:
 
     async def _charge(self, field: str, amount: int, *, partial: bool) -> bool:
         limit = self.policy.limits.of(field)
-        if amount <= 0:
-            return True
+        if amount <= 0 or limit is None:
+            return True  # nothing to count against: no call to the backend at all
         try:
             charge = await self.backend.charge(
                 self.owner, self.admission.window, field, amount, limit, partial=partial
