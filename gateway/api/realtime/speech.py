@@ -13,15 +13,22 @@ import anyio.to_thread
 
 from adapters.realtime.audio import OutputConverter, bytes_per_second
 from adapters.text.language import detect_language
+from adapters.text.sentences import SentenceBuffer
 from engines.base import Capability, SpeechEngine, SpeechRequest
 from engines.registry import ModelRegistry
 
 from ..chat.voice import SpokenReply
 
 
+FIRST_AUDIO_CHARS = 120
+
+
 class RealtimeSpeech(SpokenReply):
     def __init__(self, registry: ModelRegistry, model: str, voice: str, fmt: str) -> None:
         super().__init__(registry, model, voice, "pcm")
+        # A run-on first sentence would hold the first audio back: in a conversation the
+        # wait matters more than where a long sentence is cut (at a clause or a space).
+        self._buffer = SentenceBuffer(max_chars=FIRST_AUDIO_CHARS)
         self.fmt = fmt
         self.converter = OutputConverter(fmt)
         self.produced = 0  # wire bytes synthesised so far
