@@ -164,7 +164,7 @@ def test_a_non_streamed_chat_stops_generating_when_its_client_leaves(gateway, cl
 def test_a_transcription_stops_when_its_client_leaves(gateway, client):
     wav = client.post(
         "/v1/audio/speech",
-        json={"model": "tts-1", "voice": "alloy", "input": PARAGRAPH * 4, "response_format": "wav"},
+        json={"model": "tts-1", "voice": "alloy", "input": PARAGRAPH * 8, "response_format": "wav"},
     ).content
     leave_after(
         gateway.url,
@@ -174,8 +174,9 @@ def test_a_transcription_stops_when_its_client_leaves(gateway, client):
         data={"model": "whisper-1"},
     )
     left = time.monotonic()
-    last = last_busy_after(client, "whisper-base", left, bound=8.0)
+    last = last_busy_after(client, "whisper-base", left, bound=15.0)
     print(f"\nwhisper last computing {last:.2f} s after its client left")
-    # The worker call under way (one 30 s window of audio, 2-4 s on two busy cores) may
-    # finish; the rest of the minute of audio (about 30 s of work) is not transcribed.
-    assert last < 8.0
+    # The worker call under way (one 30 s window of audio: 2-4 s on two idle cores, up to
+    # 9 s seen on a loaded host) may finish; the rest of the two minutes of audio (about
+    # 60 s of work on idle cores) is not transcribed.
+    assert last < 15.0
