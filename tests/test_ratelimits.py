@@ -32,9 +32,10 @@ KEYS = {
     "sk-in": KeyLimitSettings(audio_seconds_in_per_minute=3),
     "sk-streams": KeyLimitSettings(concurrent_streams=1),
     "sk-tokens": KeyLimitSettings(tpm=20),
+    "sk-chat-out": KeyLimitSettings(audio_seconds_out_per_minute=1),
 }
 API_KEYS = ["sk-rpm", "sk-hashed", "sk-refund", "sk-models", "sk-out", "sk-out-binary", "sk-in"]
-API_KEYS += ["sk-streams", "sk-tokens", "sk-free", "sk-rpm-paths"]
+API_KEYS += ["sk-streams", "sk-tokens", "sk-free", "sk-rpm-paths", "sk-chat-out"]
 RESET = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+(\.\d+)?s)$")
 
 
@@ -246,3 +247,29 @@ def test_every_spelling_of_a_limited_path_counts_and_public_routes_do_not(gatewa
         ]
     assert public == [200, 200, 200]
     assert spelled == [200, 200, 429]
+
+
+def test_a_spoken_chat_reply_is_cut_when_its_key_has_spoken_its_minute(gateway):
+    avoid_minute_edge()
+    body = {
+        "model": "gpt-4o-mini",
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+        "stream": True,
+        "max_tokens": 80,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+    }
+    with client(gateway, "sk-chat-out") as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] != "[DONE]"
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "rate_limit_exceeded", last
+    audio = b"".join(
+        base64.b64decode(chunk["choices"][0]["delta"]["audio"]["data"])
+        for chunk in map(json.loads, events[:-1])
+        if chunk.get("choices") and (chunk["choices"][0]["delta"].get("audio") or {}).get("data")
+    )
+    assert len(audio) / 2 / 24_000 <= 1.0  # never more than the key's second
