@@ -199,7 +199,7 @@ class StateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sag"
-    redis_timeout_seconds: float = 0.5
+    redis_timeout_seconds: float = 2.0
     # While Redis cannot be reached: "closed" refuses limited requests (503), "open" serves
     # them unlimited.
     on_redis_error: str = "closed"
