@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 _RESERVED = frozenset({"model", "prompt", "stream"})
 #: An error body longer than this is cut: only the message is wanted.
 _ERROR_BODY_LIMIT = 16_384
+#: How long the end of a body may take to arrive after ``[DONE]`` (see ``_drain``).
+_DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,20 @@ def _usage(chunk: dict) -> tuple[int | None, int | None]:
     return usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read a finished stream to the end of its chunked body.
+
+    httpcore hands a connection back to the pool only when the response was read to its
+    end; closed earlier, the connection is closed too, and every request would pay a new
+    TCP connection (and leave a socket in TIME_WAIT). vLLM ends the body right after
+    ``[DONE]``, so this costs one read; a server that keeps it open is not waited on for
+    long: the connection is then dropped, which loses nothing.
+    """
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        async for _ in lines:
+            pass
+
+
 async def _pieces(response: httpx.Response) -> AsyncIterator[CompletionPiece]:
     """Parse vLLM's SSE stream into pieces.
 
@@ -268,13 +284,15 @@ async def _pieces(response: httpx.Response) -> AsyncIterator[CompletionPiece]:
     Empty non-final pieces (a token that decodes to nothing yet) are dropped.
     """
     held: CompletionPiece | None = None
-    async for line in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for line in lines:
         if not line.startswith("data:"):
             continue  # blank separators, ": ping" comments, other SSE fields
         data = line[5:].strip()
         if data == "[DONE]":
             if held is not None:
                 yield held
+            await _drain(lines)
             return
         try:
             chunk = msgspec.json.decode(data)

@@ -91,6 +91,7 @@ class FakeVLLM:
         self.max_active = 0
         self.disconnects: list[float] = []
         self.completed = 0
+        self.connections = 0  # TCP connections accepted: reuse keeps this flat
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.url = ""
@@ -110,6 +111,7 @@ class FakeVLLM:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.connections += 1
         try:
             while True:  # keep-alive: one request after another on this connection
                 request_line = await reader.readline()
@@ -225,6 +227,9 @@ class FakeVLLM:
             self.active -= 1
             if not gone.done():
                 gone.cancel()
+                # Let the cancelled read let go of the reader before the next request on
+                # this keep-alive connection reads from it.
+                await asyncio.wait({gone})
             elif not gone.cancelled():
                 gone.exception()  # retrieved: a reset is an expected way to leave
 
@@ -342,6 +347,17 @@ async def test_extra_may_not_override_owned_fields(fakes):
         with pytest.raises(ValueError, match="stream"):
             await collect(pool, extra={"stream": False})
     assert fake.requests == []
+
+
+async def test_sequential_completions_reuse_one_upstream_connection(fakes):
+    """A stream left unread after ``[DONE]`` makes httpcore close its connection, so each
+    request would open a new one (and leave a socket in TIME_WAIT)."""
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        for _ in range(10):
+            assert text_of(await collect(pool)) == "".join(TOKENS)
+    assert fake.completed == 10
+    assert fake.connections == 1
 
 
 # --------------------------------------------------------------------------- routing
