@@ -2,7 +2,7 @@
 // `window.playground` holds timings the browser test reads (first audio played vs. done).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = (window.playground = { events: [], firstAudioPlayAt: null, responseDoneAt: null, turns: 0 });
+const state = (window.playground = { events: [], audioAt: [], firstAudioPlayAt: null, responseDoneAt: null, turns: 0 });
 const RATE = 24000; // audio/pcm in the realtime API: 16-bit, 24 kHz, mono
 
 function status(text, error = false) {
@@ -184,6 +184,7 @@ function onEvent(event) {
       talk.assistant = null;
       break;
     case "response.output_audio.delta":
+      state.audioAt.push(performance.now());
       play(event.delta);
       break;
     case "response.output_audio_transcript.delta":
@@ -215,7 +216,7 @@ async function startTalk() {
   } catch (err) {
     return status(`tools: ${err.message}`, true);
   }
-  Object.assign(state, { firstAudioPlayAt: null, responseDoneAt: null, events: [], turns: 0 });
+  Object.assign(state, { firstAudioPlayAt: null, responseDoneAt: null, events: [], audioAt: [], turns: 0 });
   talk.ctx = new AudioContext({ sampleRate: RATE });
   await talk.ctx.resume();
   talk.playHead = 0;
@@ -227,6 +228,7 @@ async function startTalk() {
   talk.ws.onopen = async () => {
     send({ type: "session.update", session: {
       type: "realtime", tools, ...($("talk-instructions").value.trim() && { instructions: $("talk-instructions").value.trim() }),
+      ...($("talk-max-tokens").value && { max_output_tokens: Number($("talk-max-tokens").value) }),
       audio: { input: { transcription: { model: "whisper-1" } }, output: { voice: $("talk-voice").value } },
     } });
     $("talk-start").disabled = true;
