@@ -4,7 +4,7 @@ import OpenAI, { toFile } from "openai";
 import { Stream } from "openai/core/streaming";
 import { readFileSync, writeFileSync } from "node:fs";
 
-const [baseURL, wavPath, outDir, text] = process.argv.slice(2);
+const [baseURL, wavPath, outDir, text, japaneseWavPath] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: "sk-local", maxRetries: 0 });
 const wav = readFileSync(wavPath);
 const out = {};
@@ -91,9 +91,10 @@ async function failure(promise) {
   out.transcription_stream = { types, deltas, done, logprobs };
 }
 
-// 5. A translation as plain text.
+// 5. A translation of a Japanese recording, as plain text.
 {
-  const translated = await client.audio.translations.create({ model: "whisper-1", file: await toFile(wav, "q.wav"), response_format: "text" });
+  const japanese = readFileSync(japaneseWavPath);
+  const translated = await client.audio.translations.create({ model: "whisper-1", file: await toFile(japanese, "q.wav"), response_format: "text" });
   out.translation = { type: typeof translated, text: translated };
 }
 
