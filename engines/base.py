@@ -69,13 +69,12 @@ class EngineUnavailable(EngineError):
 
 
 class Engine(abc.ABC):
-    """Base class: a loadable model with declared capabilities.
+    """Base class: a loadable model. What it can do is the interface it implements
+    (:mod:`engines.capabilities`), which its kind in the catalog declares.
 
     ``load`` and ``unload`` are blocking and called from a worker thread by the registry,
     so an engine may do slow file and model work there without stalling the event loop.
     """
-
-    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self, name: str, context: "EngineContext") -> None:
         self.name = name
@@ -144,14 +143,20 @@ class AudioChunk:
 
 
 class SpeechEngine(Engine):
-    capabilities = frozenset({Capability.SPEECH})
-
     #: Speed factors the engine applies natively (duration change without pitch change);
     #: the gateway applies the rest with a tempo filter.
     speed_range: tuple[float, float] = (1.0, 1.0)
+    #: Whether the engine acts on control tags leading its input text (Step-Audio-TTS's
+    #: "(RAP)", "(四川话)"...): a spoken reply then carries the reply's tags to every sentence.
+    reads_leading_tags: bool = False
 
     @abc.abstractmethod
     def voices(self) -> Sequence[VoiceInfo]: ...
+
+    def voice_aliases(self) -> dict[str, list[str]]:
+        """OpenAI voice names this engine maps onto its own voices, in order of
+        preference (the speech router's table; other engines map none)."""
+        return {}
 
     @abc.abstractmethod
     def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
@@ -213,7 +218,6 @@ class TranscriptionStream:
 
 
 class TranscriptionEngine(Engine):
-    capabilities = frozenset({Capability.TRANSCRIPTION})
     sample_rate: int = 16_000
 
     @abc.abstractmethod
@@ -221,3 +225,24 @@ class TranscriptionEngine(Engine):
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> TranscriptionStream:
         """Transcribe mono float32 audio at ``sample_rate``."""
+
+
+# --------------------------------------------------------------------------- audio tokens
+
+
+@dataclass(frozen=True)
+class AudioTokens:
+    """The two raw code streams of one utterance and the prompt text made from them."""
+
+    linguistic: list[int]  # vq02 codes, 0-1023
+    semantic: list[int]  # vq06 codes, 0-4095 (not yet shifted by 1024)
+    text: str  # "<audio_N>..." for a chat prompt
+    duration: float  # seconds of audio that were tokenized
+
+
+class AudioTokenizer(Engine):
+    """Speech in, discrete codes out: what a chat model that reads speech is given."""
+
+    @abc.abstractmethod
+    async def tokenize(self, audio: np.ndarray, sample_rate: int) -> AudioTokens:
+        """Codes for mono float32 ``audio`` at ``sample_rate``."""

@@ -27,7 +27,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar, NamedTuple, Union
 
-from .base import Capability, Engine, InvalidInput
+from .base import Engine, InvalidInput
 
 # --------------------------------------------------------------------------- request
 
@@ -247,7 +247,6 @@ class ContextOverflow(InvalidInput):
 
 
 class ChatEngine(Engine):
-    capabilities = frozenset({Capability.CHAT})
 
     #: True when the engine reads the current user turn's speech as ``<audio_N>`` tokens
     #: (Step-Audio); otherwise the gateway hands it a transcript.

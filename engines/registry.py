@@ -8,7 +8,7 @@ that long is unloaded by a reaper task, and loads again on the next request.
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Mapping
@@ -16,8 +16,19 @@ from typing import AsyncIterator, Mapping
 import anyio
 import structlog
 
-from .base import Capability, Engine, EngineContext, EngineError, EngineUnavailable
+from .base import (
+    AudioTokenizer,
+    Capability,
+    Engine,
+    EngineContext,
+    EngineError,
+    EngineUnavailable,
+    SpeechEngine,
+    TranscriptionEngine,
+)
+from .capabilities import INTERFACES
 from .catalog import CATALOG, EngineKind
+from .chat import ChatEngine
 from .workers import Worker
 
 log = structlog.get_logger(__name__)
@@ -167,13 +178,35 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ use
 
+    def chat(self, name: str) -> AbstractAsyncContextManager[ChatEngine]:
+        """Hold the chat engine behind ``name`` loaded for the duration of the block."""
+        return self.use(name, Capability.CHAT)  # type: ignore[return-value]
+
+    def speech(self, name: str) -> AbstractAsyncContextManager[SpeechEngine]:
+        return self.use(name, Capability.SPEECH)  # type: ignore[return-value]
+
+    def transcription(self, name: str) -> AbstractAsyncContextManager[TranscriptionEngine]:
+        return self.use(name, Capability.TRANSCRIPTION)  # type: ignore[return-value]
+
+    def translation(self, name: str) -> AbstractAsyncContextManager[TranscriptionEngine]:
+        return self.use(name, Capability.TRANSLATION)  # type: ignore[return-value]
+
+    def audio_tokens(self, name: str) -> AbstractAsyncContextManager[AudioTokenizer]:
+        return self.use(name, Capability.AUDIO_TOKENS)  # type: ignore[return-value]
+
     @asynccontextmanager
     async def use(self, name: str, capability: Capability) -> AsyncIterator[Engine]:
-        """Hold the engine behind ``name`` loaded for the duration of the block."""
+        """Hold the engine behind ``name`` loaded for the duration of the block, as the
+        interface of ``capability`` (the typed accessors above say which)."""
         slot = self._slots[self.check(name, capability)]
         slot.in_use += 1
         try:
             engine = await self._ensure_loaded(slot)
+            if not isinstance(engine, INTERFACES[capability]):
+                raise EngineUnavailable(
+                    f"The model '{name}' is listed for {capability.value}, but its engine"
+                    f" ({type(engine).__name__}) does not provide it."
+                )
             yield engine
         finally:
             slot.in_use -= 1

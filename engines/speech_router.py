@@ -12,7 +12,6 @@ from adapters.voices import VoiceNotFound, VoiceOption, choose_voice
 
 from .base import (
     AudioChunk,
-    Capability,
     EngineUnavailable,
     InvalidInput,
     SpeechEngine,
@@ -38,7 +37,7 @@ class SpeechRouter(SpeechEngine):
         for member in self.member_names:
             try:
                 engine = await stack.enter_async_context(
-                    self.context.registry.use(member, Capability.SPEECH)
+                    self.context.registry.speech(member)
                 )
             except EngineUnavailable as exc:
                 # A GPL-free install has no Piper: serve with the members that load.
@@ -58,6 +57,9 @@ class SpeechRouter(SpeechEngine):
 
     def voices(self) -> Sequence[VoiceInfo]:
         return [voice for engine in self._members.values() for voice in engine.voices()]
+
+    def voice_aliases(self) -> dict[str, list[str]]:
+        return self.context.voices
 
     def route(self, voice: str, language: str) -> tuple[SpeechEngine, str]:
         options = [

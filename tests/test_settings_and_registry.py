@@ -116,3 +116,26 @@ def test_extends_loops_are_refused(tmp_path):
     (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
     with pytest.raises(SettingsError, match="loops"):
         load_settings(tmp_path / "a.toml", environ={})
+
+
+async def test_typed_accessors_hand_out_the_capabilitys_interface(tmp_path):
+    """registry.speech() gives a SpeechEngine; a catalog entry that claims a capability
+    its engine class does not implement is a model that cannot serve (503), found at
+    first use instead of as an AttributeError somewhere in a handler."""
+    from engines.base import EngineUnavailable
+
+    liar = EngineKind("tests.test_settings_and_registry:CountingEngine", frozenset({Capability.CHAT}))
+    honest = EngineKind("tests.test_settings_and_registry:CountingEngine", frozenset({Capability.SPEECH}))
+    registry = ModelRegistry(
+        [ModelSpec("speaks", "honest"), ModelSpec("claims-chat", "liar")],
+        cache_dir=tmp_path, catalog={**CATALOG, "honest": honest, "liar": liar},
+    )
+    async with registry.speech("speaks") as engine:
+        assert isinstance(engine, SpeechEngine) and engine.voice_aliases() == {}
+    with pytest.raises(EngineUnavailable, match="does not provide it") as caught:
+        async with registry.chat("claims-chat"):
+            pass
+    assert caught.value.status_code == 503
+    with pytest.raises(WrongModelKind):
+        async with registry.transcription("speaks"):
+            pass

@@ -15,7 +15,6 @@ from typing import AsyncIterator
 import numpy as np
 
 from ..base import (
-    Capability,
     InvalidInput,
     Segment,
     TranscriptionEngine,
@@ -33,7 +32,6 @@ _FALLBACK_STEP = 0.2
 
 
 class FasterWhisperEngine(TranscriptionEngine):
-    capabilities = frozenset({Capability.TRANSCRIPTION, Capability.TRANSLATION})
 
     def __init__(
         self,

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ import numpy as np
 from adapters.audio.pcm import resample
 from adapters.step_audio.audio_tokens import LINGUISTIC_CODEBOOK_SIZE, audio_token_string
 
-from ..base import Capability, Engine, EngineError, EngineUnavailable, InvalidInput
+from ..base import AudioTokenizer, AudioTokens, EngineError, EngineUnavailable, InvalidInput
 
 PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 CENTROIDS_FILE = "linguistic_tokenizer.npy"
@@ -95,20 +94,8 @@ SEMANTIC_TOLERANCE = 2
 _INPUT = "input_audio"
 
 
-@dataclass(frozen=True)
-class AudioTokens:
-    """The two raw code streams of one utterance and the prompt text made from them."""
-
-    linguistic: list[int]  # vq02 codes, 0-1023
-    semantic: list[int]  # vq06 codes, 0-4095 (not yet shifted by 1024)
-    text: str  # "<audio_N>..." for the chat prompt
-    duration: float  # seconds of 16 kHz audio that were tokenized
-
-
-class StepAudioTokenizer(Engine):
+class StepAudioTokenizer(AudioTokenizer):
     """The Step-Audio audio tokenizer as an engine the chat path calls for audio input."""
-
-    capabilities = frozenset({Capability.AUDIO_TOKENS})
 
     def __init__(
         self,

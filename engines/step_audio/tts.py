@@ -77,7 +77,6 @@ from adapters.voices import VoiceNotFound
 
 from ..base import (
     AudioChunk,
-    Capability,
     EngineUnavailable,
     InvalidInput,
     SpeechEngine,
@@ -480,7 +479,7 @@ class StepAudioTTS(SpeechEngine):
         if self.prompt_coder is None and self.tokenizer_model:
             stack = AsyncExitStack()
             self.prompt_coder = await stack.enter_async_context(
-                self.context.registry.use(self.tokenizer_model, Capability.AUDIO_TOKENS)
+                self.context.registry.audio_tokens(self.tokenizer_model)
             )
             self._tokenizer_hold = stack
         try:

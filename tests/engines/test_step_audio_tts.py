@@ -449,7 +449,7 @@ class _OneEngine:
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def use(self, name, capability):
+    def speech(self, name):
         from contextlib import asynccontextmanager
 
         @asynccontextmanager

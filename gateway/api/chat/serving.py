@@ -18,13 +18,12 @@ from typing import AsyncIterator
 
 from adapters.audio.encode import chat_audio_format
 from adapters.chat.audio_store import AudioStore
-from adapters.voice_owners import VoiceOwners, is_clone_id
-from adapters.voices import VoiceNotFound
 from adapters.chat.transcripts import MemoryTranscriptCache, TranscriptCache
 from adapters.text.tokens import count_audio_tokens
-from engines.base import Capability, SpeechEngine
+from adapters.voice_owners import VoiceOwners, is_clone_id
+from adapters.voices import VoiceNotFound
+from engines.base import Capability
 from engines.chat import (
-    ChatEngine,
     ChatMessage,
     ChatRequest,
     Finish,
@@ -211,8 +210,7 @@ class ChatService:
                 code="unsupported_value",
             )
         model = self.settings.speech_model
-        async with self.registry.use(model, Capability.SPEECH) as engine:
-            assert isinstance(engine, SpeechEngine)
+        async with self.registry.speech(model) as engine:
             known = {v.id for v in engine.voices()} | set(engine.context.voices)
         await self.voice_owners.refresh()
         try:  # the key's own cloned voice by its name; another key's clone is unknown
@@ -237,8 +235,8 @@ class ChatService:
         if any(
             isinstance(m, UserMessage) and not isinstance(m.content, str) for m in wire.messages
         ):
-            async with self.registry.use(wire.model, Capability.CHAT) as engine:
-                if getattr(engine, "accepts_audio_tokens", False):
+            async with self.registry.chat(wire.model) as engine:
+                if engine.accepts_audio_tokens:
                     tokenizer = TokenizingInput(self.registry, self.settings.input_audio_tokenizer)
         last_user = max(
             (i for i, m in enumerate(wire.messages) if isinstance(m, UserMessage)), default=-1
@@ -352,8 +350,7 @@ class ChatService:
                 self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format
             )
         try:
-            async with self.registry.use(prepared.wire.model, Capability.CHAT) as engine:
-                assert isinstance(engine, ChatEngine)
+            async with self.registry.chat(prepared.wire.model) as engine:
                 finish: Finish | None = None
                 called_tools = False
                 if reply is not None:

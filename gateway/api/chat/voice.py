@@ -29,11 +29,8 @@ from adapters.step_audio.speech_controls import split_leading_tags
 from adapters.text.language import detect_language
 from adapters.text.sentences import SentenceBuffer
 from engines.base import (
-    Capability,
     InvalidInput,
-    SpeechEngine,
     SpeechRequest,
-    TranscriptionEngine,
     TranscriptionOptions,
 )
 from engines.registry import ModelRegistry
@@ -96,8 +93,7 @@ class TranscribingInput:
         return prepared
 
     async def _transcribe(self, data_b64: str, param: str) -> PreparedAudio:
-        async with self.registry.use(self.model, Capability.TRANSCRIPTION) as engine:
-            assert isinstance(engine, TranscriptionEngine)
+        async with self.registry.transcription(self.model) as engine:
             audio = await _decode(data_b64, param, engine.sample_rate)
             stream = await engine.transcribe(audio, TranscriptionOptions())
             text = "".join([segment.text async for segment in stream.segments]).strip()
@@ -115,7 +111,7 @@ class TokenizingInput:
 
     async def prepare(self, data_b64: str, param: str) -> PreparedAudio:
         audio = await _decode(data_b64, param, self.sample_rate)
-        async with self.registry.use(self.model, Capability.AUDIO_TOKENS) as engine:
+        async with self.registry.audio_tokens(self.model) as engine:
             try:
                 tokens = await engine.tokenize(audio, self.sample_rate)
             except InvalidInput as exc:
@@ -191,9 +187,8 @@ class SpokenReply:
 
     async def _synthesise(self) -> None:
         try:
-            async with self.registry.use(self.model, Capability.SPEECH) as engine:
-                assert isinstance(engine, SpeechEngine)
-                carry = _TagCarrier() if getattr(engine, "reads_leading_tags", False) else None
+            async with self.registry.speech(self.model) as engine:
+                carry = _TagCarrier() if engine.reads_leading_tags else None
                 while (sentence := await self._sentences.get()) is not None:
                     if carry is not None:
                         sentence = carry(sentence)

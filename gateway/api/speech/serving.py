@@ -16,7 +16,7 @@ from adapters.audio.encode import CONTENT_TYPES
 from adapters.audio.pipeline import SpeechAudioPipeline, split_speed
 from adapters.text.language import detect_language
 from adapters.text.tokens import count_audio_tokens, count_text_tokens
-from engines.base import Capability, SpeechEngine, SpeechRequest
+from engines.base import Capability, SpeechRequest
 from engines.registry import ModelRegistry
 
 from ... import metrics, ratelimit
@@ -50,8 +50,7 @@ class SpeechStream:
 
     async def _encoded(self) -> AsyncIterator[bytes]:
         request = self.request
-        async with self.registry.use(request.model, Capability.SPEECH) as engine:
-            assert isinstance(engine, SpeechEngine)
+        async with self.registry.speech(request.model) as engine:
             native, residual = split_speed(request.speed, engine.speed_range)
             pipeline = SpeechAudioPipeline(request.response_format, tempo=residual)
             engine_request = SpeechRequest(

@@ -138,8 +138,8 @@ async def run(
     """Yield one stream, keeping the engine in use until the caller is done with it."""
     registry.check(model, capability)
     ratelimit.check_model(model)
-    async with registry.use(model, capability) as engine:
-        assert isinstance(engine, TranscriptionEngine)
+    use = registry.translation if capability is Capability.TRANSLATION else registry.transcription
+    async with use(model) as engine:
         audio = await decode(upload, engine)
         # Heard audio is known before the work: charged whole, or 429 charging nothing.
         await ratelimit.charge_audio_in(len(audio) / engine.sample_rate)

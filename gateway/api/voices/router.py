@@ -63,10 +63,9 @@ async def list_voices(
 
 
 async def _voices_of(registry: ModelRegistry, model: str) -> list[Voice]:
-    async with registry.use(model, Capability.SPEECH) as engine:
-        assert isinstance(engine, SpeechEngine)
+    async with registry.speech(model) as engine:
         native = {v.id: v for v in engine.voices()}
-        table = engine.context.voices if hasattr(engine, "route") else {}
+        table = engine.voice_aliases()
     data = []
     for name, choices in table.items():
         available = [c for c in choices if c in native]
@@ -130,8 +129,7 @@ async def create_voice(
 
         raise error_from_msgspec(exc) from None
     owner = owner_of(request.scope)
-    async with registry.use(form.model, Capability.SPEECH) as engine:
-        assert isinstance(engine, SpeechEngine)
+    async with registry.speech(form.model) as engine:
         _check_name(form.name, engine)
         engine_id = voice_owners.clone_id(owner, form.name)
         info = await engine.register_voice(engine_id, data, form.transcript)
@@ -149,7 +147,7 @@ def _check_name(name: str, engine: SpeechEngine) -> None:
     """A clone's name may not shadow a shared voice (a built-in speaker or an OpenAI name)
     for its owner, nor look like an engine clone id."""
     shared = {v.id.lower() for v in engine.voices() if not is_clone_id(v.id)}
-    shared |= {alias.lower() for alias in getattr(engine.context, "voices", {}) or {}}
+    shared |= {alias.lower() for alias in engine.context.voices}
     if not name.strip() or is_clone_id(name):
         raise InvalidRequest(f"Invalid voice name {name!r}.", param="name")
     if name.lower() in shared:
