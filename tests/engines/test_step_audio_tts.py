@@ -24,14 +24,13 @@ import os
 import wave
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import cosyvoice.flow.flow  # noqa: E402,F401 - the tier's environment must have these
 import hyperpyyaml  # noqa: E402,F401
 import kaldi_native_fbank  # noqa: E402,F401
 import matcha.utils.audio  # noqa: E402,F401
+import numpy as np
 import onnx  # noqa: E402
+import pytest
 import torch  # noqa: E402
 import transformers  # noqa: E402,F401
 
