@@ -176,3 +176,10 @@ def test_bad_logit_bias_is_a_400(http, bias, detail):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "logit_bias" and detail in error["message"]
+
+
+def test_deleting_a_model_is_not_served(http):
+    """The table says DELETE /v1/models/{model} answers 405 with Allow."""
+    response = http.delete("/v1/models/gpt-4o-mini")
+    assert response.status_code == 405 and "GET" in response.headers["allow"], response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
