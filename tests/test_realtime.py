@@ -239,6 +239,9 @@ async def test_barge_in_cancels_and_truncation_keeps_only_what_was_heard(client,
             done = await s.until("response.done")
         assert done["response"]["status"] == "cancelled"
         assert done["response"]["status_details"]["reason"] == "turn_detected"
+        # The barge-in turn (still being spoken) gets a short answer: this is not about length.
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 60,
+                                           "instructions": "Keep answers short."})
         sent = audio_of(s.events, response_id)
         assert sent
         # The client heard less than it was sent; it tells the server where it stopped.
