@@ -275,7 +275,9 @@ def start_litellm(binary: Path, upstream: str) -> tuple[subprocess.Popen, str, o
     config.write(LITELLM_CONFIG.format(model=MODEL, upstream=upstream))
     config.close()
     log = tempfile.TemporaryFile()
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+    # A master key, as any real deployment has (1.108 refuses to start without one); the
+    # client sends it as its bearer token to every target.
+    env = {**os.environ, "LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
            "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True"}
     proc = subprocess.Popen([str(binary), "--config", config.name, "--host", "127.0.0.1",
                              "--port", str(port), "--num_workers", "1", "--telemetry", "False"],
