@@ -360,6 +360,22 @@ async def test_sequential_completions_reuse_one_upstream_connection(fakes):
     assert fake.connections == 1
 
 
+async def test_an_idle_connection_the_replica_closed_is_not_reused(fakes):
+    """vLLM (uvicorn) closes keep-alive connections idle for 5 s. The client must notice
+    (the socket reads as closed) and open a new one instead of sending the next request
+    on a dead connection, which would fail and mark a healthy replica down."""
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        await collect(pool)
+        for writer in list(fake._writers):
+            writer.transport.close()
+        assert await wait_until(lambda: not fake._writers)
+        await asyncio.sleep(0.05)  # let the FIN reach the client's socket
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+        [replica] = pool.snapshot().replicas
+    assert (replica.failures, replica.healthy, fake.connections) == (0, True, 2)
+
+
 # --------------------------------------------------------------------------- routing
 
 
