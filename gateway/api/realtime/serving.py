@@ -23,8 +23,8 @@ import msgspec
 import numpy as np
 import structlog
 
-from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wire, wire_rate
 from adapters.audio.pcm import resample
+from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wire, wire_rate
 from adapters.realtime.vad import (
     RATE,
     Paused,
@@ -39,12 +39,9 @@ from adapters.voice_owners import is_clone_id
 from engines.base import (
     Capability,
     EngineError,
-    SpeechEngine,
-    TranscriptionEngine,
     TranscriptionOptions,
 )
 from engines.chat import (
-    ChatEngine,
     ChatMessage,
     ChatRequest,
     Finish,
@@ -317,8 +314,7 @@ class RealtimeSession:
         await self.send("session.updated", session=self.session_wire())
 
     async def _check_voice(self, voice: str, param: str) -> None:
-        async with self.registry.use(self.settings.chat.speech_model, Capability.SPEECH) as engine:
-            assert isinstance(engine, SpeechEngine)
+        async with self.registry.speech(self.settings.chat.speech_model) as engine:
             # A cloned voice's engine id is never a name a session may use (see
             # adapters.voice_owners): it would reach another key's clone.
             known = {v.id for v in engine.voices() if not is_clone_id(v.id)}
@@ -456,8 +452,7 @@ class RealtimeSession:
     async def _recognise(self, audio: np.ndarray) -> list[str]:
         """The recogniser's segments for ``audio`` (16 kHz)."""
         cfg = self.config.transcription
-        async with self.registry.use(self._transcription_model(), Capability.TRANSCRIPTION) as engine:
-            assert isinstance(engine, TranscriptionEngine)
+        async with self.registry.transcription(self._transcription_model()) as engine:
             if engine.sample_rate != RATE:
                 audio = resample(audio, RATE, engine.sample_rate)
             options = TranscriptionOptions(
@@ -723,8 +718,7 @@ class RealtimeSession:
             for task in pending:
                 await asyncio.shield(task) if not task.done() else None
             request = await self._request(response)
-            async with self.registry.use(self.config.model, Capability.CHAT) as engine:
-                assert isinstance(engine, ChatEngine)
+            async with self.registry.chat(self.config.model) as engine:
                 if engine.accepts_audio_tokens:
                     request = await self._with_audio_tokens(request)
                 if speaks:
@@ -867,7 +861,7 @@ class RealtimeSession:
         last = next((i for i in reversed(self.items.values()) if i.role == "user"), None)
         if last is None or last.audio is None:
             return request
-        async with self.registry.use(self.settings.chat.input_audio_tokenizer, Capability.AUDIO_TOKENS) as tok:
+        async with self.registry.audio_tokens(self.settings.chat.input_audio_tokenizer) as tok:
             tokens = await tok.tokenize(last.audio, RATE)
         messages = list(request.messages)
         for i in range(len(messages) - 1, -1, -1):

@@ -14,11 +14,10 @@ import anyio.to_thread
 from adapters.realtime.audio import OutputConverter, bytes_per_second
 from adapters.text.language import detect_language
 from adapters.text.sentences import SentenceBuffer
-from engines.base import Capability, SpeechEngine, SpeechRequest
+from engines.base import SpeechRequest
 from engines.registry import ModelRegistry
 
 from ..chat.voice import SpokenReply
-
 
 FIRST_AUDIO_CHARS = 120
 
@@ -45,8 +44,7 @@ class RealtimeSpeech(SpokenReply):
 
     async def _synthesise(self) -> None:
         try:
-            async with self.registry.use(self.model, Capability.SPEECH) as engine:
-                assert isinstance(engine, SpeechEngine)
+            async with self.registry.speech(self.model) as engine:
                 while (sentence := await self._sentences.get()) is not None:
                     request = SpeechRequest(
                         text=sentence, voice=self.voice, language=detect_language(sentence)
