@@ -26,9 +26,16 @@ class PiperEngine(SpeechEngine):
     # faster; the gateway's tempo filter is exact, so it does all of the change.
     speed_range = (1.0, 1.0)
 
-    def __init__(self, name, context, *, noise_scale: float | None = None) -> None:
+    def __init__(
+        self, name, context, *, noise_scale: float | None = None, noise_w_scale: float | None = None
+    ) -> None:
+        """``noise_scale`` (voice) and ``noise_w_scale`` (phoneme lengths) scale the noise
+        the model samples inside its ONNX graph, unseeded; left unset they are the voice's
+        own. Both at 0 make synthesis repeatable: the same text gives the same samples,
+        which tests that compare two syntheses need (onnxruntime offers no per-call seed)."""
         super().__init__(name, context)
         self.noise_scale = noise_scale
+        self.noise_w_scale = noise_w_scale
         self._voice = None
 
     def load(self) -> None:
@@ -50,7 +57,11 @@ class PiperEngine(SpeechEngine):
 
         assert self._voice is not None, "engine used before load()"
         base = self._voice.config.length_scale or 1.0
-        config = SynthesisConfig(length_scale=base / request.speed, noise_scale=self.noise_scale)
+        config = SynthesisConfig(
+            length_scale=base / request.speed,
+            noise_scale=self.noise_scale,
+            noise_w_scale=self.noise_w_scale,
+        )
         for chunk in self._voice.synthesize(request.text, syn_config=config):
             yield AudioChunk(
                 samples=chunk.audio_float_array,
