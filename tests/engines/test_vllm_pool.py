@@ -94,6 +94,7 @@ class FakeVLLM:
         self.connections = 0  # TCP connections accepted: reuse keeps this flat
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
         self.url = ""
 
     async def start(self) -> "FakeVLLM":
@@ -107,11 +108,18 @@ class FakeVLLM:
         self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
+        # Keep-alive connections have handlers waiting for a next request: let them see
+        # the abort and end before the test's event loop closes under them.
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         self.connections += 1
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
         try:
             while True:  # keep-alive: one request after another on this connection
                 request_line = await reader.readline()
