@@ -33,15 +33,32 @@ class Capability(str, enum.Enum):
 
 
 class EngineError(Exception):
-    """A request an engine cannot serve. ``param`` names the offending input, if any."""
+    """The service's one error type, raised by engines (which know nothing of HTTP) and by
+    the gateway alike: what went wrong, the status and OpenAI ``code`` a client gets for
+    it, and ``param``, the offending input, if any. ``type`` (OpenAI's error type) is left
+    to the gateway to derive from the status unless set; ``headers`` go on the response."""
 
     status_code = 500
     code: str | None = "engine_error"
+    type: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = dict(headers or {})
 
 
 class InvalidInput(EngineError):

@@ -28,7 +28,7 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils import normalize_path
 
-from .errors import AuthenticationFailed, ErrorResponse
+from .errors import AuthenticationFailed, ErrorResponse, error_detail
 
 PROTECTED_PREFIX = "/v1"
 ANONYMOUS = "anonymous"
@@ -168,7 +168,7 @@ async def _refuse(scope: Scope, send: Send, presented: bool) -> None:
     error = AuthenticationFailed(
         "Incorrect API key provided." if presented else "You didn't provide an API key."
     )
-    body = msgspec.json.encode(ErrorResponse(error=error.detail()))
+    body = msgspec.json.encode(ErrorResponse(error=error_detail(error)))
     await send(
         {
             "type": "http.response.start",

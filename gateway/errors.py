@@ -23,7 +23,7 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from engines.base import EngineError
+from engines.base import EngineError, InvalidInput
 
 log = structlog.get_logger(__name__)
 
@@ -39,38 +39,25 @@ class ErrorResponse(msgspec.Struct):
     error: ErrorDetail
 
 
-class APIError(Exception):
-    """An error with everything the envelope needs; raise it from any layer above engines."""
-
-    status_code = 400
-    type = "invalid_request_error"
-    code: str | None = None
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        status_code: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
-        self.headers = headers or {}
-
-    def detail(self) -> ErrorDetail:
-        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+#: The gateway raises the same error type as the engines (engines.base): one hierarchy,
+#: whose classes carry the status and code; these names are the gateway's spelling of it.
+APIError = EngineError
+InvalidRequest = InvalidInput
 
 
-class InvalidRequest(APIError):
-    status_code = 400
-    code = "invalid_value"
+def error_type(error: EngineError) -> str:
+    """OpenAI's error ``type``: set on the error, or what OpenAI sends for its status."""
+    if error.type:
+        return error.type
+    if error.status_code == 429:
+        return "requests"
+    return "server_error" if error.status_code >= 500 else "invalid_request_error"
+
+
+def error_detail(error: EngineError) -> ErrorDetail:
+    return ErrorDetail(
+        message=error.message, type=error_type(error), param=error.param, code=error.code
+    )
 
 
 class AuthenticationFailed(APIError):
@@ -90,22 +77,19 @@ class PayloadTooLarge(APIError):
 
 class ServerError(APIError):
     status_code = 500
-    type = "server_error"
     code = "internal_error"
 
 
-def error_from_engine(exc: EngineError) -> APIError:
-    error = APIError(exc.message, param=exc.param, code=exc.code, status_code=exc.status_code)
-    if exc.status_code >= 500:
-        error.type = "server_error"
+def error_from_engine(exc: EngineError) -> EngineError:
+    """``exc`` ready for the wire: its type filled in, and for a full queue what OpenAI
+    sends for a rate limit (the SDKs raise RateLimitError and retry after retry-after; a
+    full queue is a transient limit on how many requests this server takes at once, not a
+    broken server, so 429 rather than 503)."""
     if exc.status_code == 429:
-        # What OpenAI sends for a rate limit: the SDKs raise RateLimitError and retry
-        # after retry-after. A full queue is a transient limit on how many requests this
-        # server takes at once, not a broken server, so 429 rather than 503.
-        error.type = "requests"
-        error.code = "rate_limit_exceeded"
-        error.headers["retry-after"] = "1"
-    return error
+        exc.code = "rate_limit_exceeded"
+        exc.headers.setdefault("retry-after", "1")
+    exc.type = error_type(exc)
+    return exc
 
 
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
@@ -157,8 +141,6 @@ def _error_from_http(exc: HTTPException, request: Request) -> APIError:
 
 
 def to_api_error(exc: Exception, request: Request) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
     if isinstance(exc, EngineError):
         return error_from_engine(exc)
     if isinstance(exc, ValidationException):
@@ -173,7 +155,7 @@ def to_api_error(exc: Exception, request: Request) -> APIError:
 
 def error_response(error: APIError) -> Response[Any]:
     return Response(
-        content=ErrorResponse(error=error.detail()),
+        content=ErrorResponse(error=error_detail(error)),
         status_code=error.status_code,
         headers=error.headers,
         media_type="application/json",
@@ -189,7 +171,7 @@ def handle_exception(request: Request, exc: Exception) -> Response[Any]:
 
 def sse_error_event(error: APIError) -> bytes:
     """The event that ends a stream already under way (see gateway/sse.py)."""
-    return b"data: " + msgspec.json.encode(ErrorResponse(error=error.detail())) + b"\n\n"
+    return b"data: " + msgspec.json.encode(ErrorResponse(error=error_detail(error))) + b"\n\n"
 
 
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")

@@ -38,7 +38,7 @@ from adapters.state import Admission, Limits, StateBackend, StateUnavailable
 from adapters.state.base import AUDIO_IN, AUDIO_OUT, REQUESTS, STREAMS, TOKENS
 
 from .auth import _digest_of, is_public, owner_id, owner_of, resolved_template
-from .errors import APIError, ErrorResponse, NotFound
+from .errors import APIError, ErrorResponse, NotFound, error_detail
 from .metrics import PREFIX
 from .settings import KeyLimitSettings, StateSettings
 
@@ -282,7 +282,7 @@ def _limited(scope: Scope) -> bool:
 
 
 async def _send_error(send: Send, error: APIError) -> None:
-    body = msgspec.json.encode(ErrorResponse(error=error.detail()))
+    body = msgspec.json.encode(ErrorResponse(error=error_detail(error)))
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -60,6 +60,7 @@ async def report_failures(events: AsyncIterator[bytes], request: Request) -> Asy
 class StreamOverflow(APIError):
     """The client left more unread than a stream may buffer; its generation was stopped."""
 
+    status_code = 400  # the client's doing, reported as an invalid_request_error
     code = "stream_buffer_exceeded"
 
 

@@ -54,7 +54,7 @@ from engines.chat import (
 from engines.registry import ModelRegistry
 
 from ... import metrics
-from ...errors import APIError, InvalidRequest, error_from_engine, error_from_msgspec
+from ...errors import InvalidRequest, error_from_engine, error_from_msgspec
 from ...settings import Settings
 from . import protocol as p
 from .conversation import (
@@ -115,9 +115,8 @@ class RealtimeSession:
     async def send(self, type_: str, **fields: Any) -> None:
         await self._send({"event_id": _id("event"), "type": type_, **fields})
 
-    async def error(self, exc: APIError | EngineError, event_id: str | None = None) -> None:
-        if isinstance(exc, EngineError):
-            exc = error_from_engine(exc)
+    async def error(self, exc: EngineError, event_id: str | None = None) -> None:
+        exc = error_from_engine(exc)
         await self.send(
             "error",
             error={
@@ -201,7 +200,7 @@ class RealtimeSession:
             return
         try:
             await self._dispatch(event)
-        except (APIError, EngineError) as exc:
+        except EngineError as exc:
             await self.error(exc, event.event_id)
 
     async def _dispatch(self, event: Any) -> None:
@@ -495,9 +494,9 @@ class RealtimeSession:
                     transcript=transcript,
                     usage={"type": "duration", "seconds": round(seconds, 3)},
                 )
-        except (EngineError, APIError) as exc:
+        except EngineError as exc:
             item.content[0]["transcript"] = ""
-            error = error_from_engine(exc) if isinstance(exc, EngineError) else exc
+            error = error_from_engine(exc)
             await self.send(
                 "conversation.item.input_audio_transcription.failed",
                 item_id=item.id,
@@ -774,9 +773,9 @@ class RealtimeSession:
                 raise
             response.status = "cancelled"
             response.details = {"type": "cancelled", "reason": response.cancel_reason}
-        except (EngineError, APIError) as exc:
+        except EngineError as exc:
             response.status = "failed"
-            error = error_from_engine(exc) if isinstance(exc, EngineError) else exc
+            error = error_from_engine(exc)
             response.details = {"type": "failed", "error": {"type": error.type, "code": error.code or "engine_error"}}
             await self.error(error)
         except SessionClosed:
