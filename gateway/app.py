@@ -22,6 +22,7 @@ from adapters.voice_owners import VoiceOwners
 from engines.registry import ModelRegistry, registry_from_settings
 
 from . import __version__
+from .allow import options_allow_middleware
 from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
@@ -30,7 +31,6 @@ from .api.realtime.router import realtime
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
 from .api.voices.router import create_voice, list_voices
-from .allow import options_allow_middleware
 from .auth import api_key_middleware_factory
 from .errors import handle_exception
 from .json_body import GatewayRequest

@@ -16,11 +16,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llama_cpp import llama_grammar
 
 from adapters.limits import BudgetExceeded, SchemaBudget, cap_schema, grammar_cost
 from adapters.tools.schema import call_schema, sequence_schema
 from engines.chat import ToolSpec
-from llama_cpp import llama_grammar
 
 BUDGET = SchemaBudget()
 WRAPPER = 4096  # the tool-call wrapper's own rules (name const, braces, whitespace)

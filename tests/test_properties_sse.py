@@ -12,9 +12,9 @@ import asyncio
 import json
 
 import httpx
+from httpx_sse import EventSource
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from httpx_sse import EventSource
 from openai._streaming import SSEDecoder
 
 from engines.base import EngineError

@@ -7,8 +7,8 @@ certificate made for the test, which Node is told to trust (``NODE_EXTRA_CA_CERT
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import ssl
 import subprocess
 import threading

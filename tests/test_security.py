@@ -433,8 +433,8 @@ class CloningPiper(PiperEngine):
 
 @pytest.fixture(scope="module")
 def cloning_gateway(tmp_path_factory):
-    from engines.catalog import CATALOG, EngineKind
     from engines.base import Capability
+    from engines.catalog import CATALOG, EngineKind
     from engines.registry import ModelRegistry, ModelSpec
 
     settings = load_settings()

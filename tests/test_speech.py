@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.audio_utils import decode, duration, pcm_duration, rms, stream_info
 from gateway.settings import load_settings
+from tests.audio_utils import decode, duration, pcm_duration, rms, stream_info
 from tests.conftest import PARAGRAPH, ROOT, start_server
 
 SENTENCE = "Hello! This is the speech gateway, speaking from a plain CPU."

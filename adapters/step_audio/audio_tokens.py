@@ -1,7 +1,7 @@
 """The Step-Audio tokenizer's two code streams as ``<audio_N>`` prompt text, and back.
 
 Step-Audio-Chat hears audio as text: the tokenizer's codes are written into the prompt as
-``<audio_N>`` strings (reference §3.1, ``tokenizer.py`` ``merge_vq0206_to_token_str``):
+``<audio_N>`` strings (upstream ``tokenizer.py``, ``merge_vq0206_to_token_str``):
 
 * two codebooks: *linguistic* "vq02" codes (1024 entries, 16.7 Hz) and *semantic* "vq06"
   codes (4096 entries, 25 Hz). The README swaps the names (it calls vq02 "semantic"); the
@@ -221,7 +221,7 @@ def token_count_for_seconds(seconds: float) -> int:
     """Prompt tokens for ``seconds`` of audio: whole 120 ms groups of 5 tokens.
 
     An estimate for context budgeting before tokenizing (the semantic stream may differ by
-    up to 2 codes from ``duration * 25``, reference §7); about 41.67 tokens a second.
+    up to 2 codes from ``duration * 25``, as upstream counts them); about 41.67 tokens a second.
     """
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {seconds}")

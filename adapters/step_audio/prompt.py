@@ -1,6 +1,6 @@
 """The Step-Audio-Chat prompt, built from the gateway's chat messages.
 
-This reproduces ``StepAudio.apply_chat_template`` (reference §2.2), the prompt the 130B
+This reproduces ``StepAudio.apply_chat_template`` (upstream ``stepaudio.py``), the prompt the 130B
 model was run with upstream:
 
 * each message is a turn ``<|BOT|>{role}\\n{content}<|EOT|>``; turns are written back to
@@ -65,12 +65,9 @@ GENERATION_PROMPT = open_turn("assistant")
 #: The role names the model was trained with, by OpenAI role.
 ROLE_NAMES = {"user": "human", "system": "system", "assistant": "assistant"}
 
-#: Default system prompts seen upstream (reference §2.4).
+#: Default system prompts seen upstream (its HF template, app and vLLM client).
 HF_TEMPLATE_SYSTEM_PROMPT = "You are a helpful assistant."
 APP_SYSTEM_PROMPT = "适配用户的语言，用简短口语化的文字回答"
-VLLM_CLIENT_SYSTEM_PROMPT = (
-    "You are an AI designed for conversation, currently unable to connect to the internet."
-)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The control strings of the Step-1 tokenizer that Step-Audio-Chat and TTS-3B share.
 
 Every Step-Audio prompt is a run of turns ``<|BOT|>{role}\\n{content}<|EOT|>`` written
-back to back with no separator (reference §2.1, §2.2). The strings and ids live here, in
+back to back with no separator (as upstream's chat template writes them). The strings and ids live here, in
 one small module, because the prompt builder and the tool-turn renderer both frame turns
 and neither should import the other.
 

@@ -1,7 +1,7 @@
 """OpenAI speech options (``voice``, ``instructions``, ``speed``) as Step-Audio-TTS-3B input.
 
 TTS-3B is steered by parenthesised tags in front of the text, e.g. ``(高兴1)(粤语)(慢速1)你好``
-(reference §6.3, the order ``tts_app.py`` writes). Its system prompt names these tags,
+(the order upstream's ``tts_app.py`` writes). Its system prompt names these tags,
 "including but not limited to":
 
 * emotion: 高兴1, 高兴2 (happy, very happy), 生气1, 生气2 (angry), 悲伤1 (sad), 撒娇1 (cute);
@@ -30,7 +30,7 @@ and 1/0.6). ``speed_mode="tempo"`` writes no tag and returns the exact ratio for
 tempo post-processing instead (upstream's sox ``tempo``). A speed of 1.0 leaves speed to
 the instructions ("slowly").
 
-Tags already leading the input text (the chat model may write ``(四川话)`` itself, §2.5) are
+Tags already leading the input text (the chat model may write ``(四川话)`` itself) are
 kept and win over the instructions for their category; the text's custom tags follow the
 known ones. Tags are written with half-width brackets; full-width ones are read too.
 """
@@ -59,7 +59,7 @@ _CATEGORY_OF = {
     **{tag: "speed" for tag in SPEED_TAGS},
 }
 
-#: The speakers shipped upstream: one voice and its two music prompts (reference §6.7).
+#: The speakers shipped upstream: one voice and its two music prompts (upstream's ``speakers/``).
 DEFAULT_SPEAKERS = ("Tingting", "TingtingRAP", "Tingting哼唱")
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0

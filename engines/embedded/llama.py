@@ -303,10 +303,6 @@ class LlamaChatEngine(ChatEngine):
         if llama is not None:
             llama.close()
 
-    @property
-    def context_length(self) -> int:
-        return self.n_ctx
-
     def count_tokens(self, text: str) -> int:
         return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 

@@ -1,6 +1,6 @@
 """Step-Audio-Tokenizer: audio in, the ``<audio_N>`` prompt text Step-Audio-Chat reads.
 
-Loads the folder as it is downloaded (``Step-Audio-Tokenizer/``, reference §7)::
+Loads the folder as it is downloaded (``Step-Audio-Tokenizer/``)::
 
     dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online/
         config.yaml, model.pt, am.mvn, tokens.json, ...   FunASR streaming Paraformer-large
@@ -32,7 +32,7 @@ and produces the two code streams upstream's ``StepAudioTokenizer.wav2token`` pr
 The two streams are interleaved by :func:`adapters.step_audio.audio_tokens.audio_token_string`
 (2 linguistic + 3 semantic per 120 ms group, whole groups only).
 
-Preprocessing follows reference §3.2, with the gateway-side fixes of §13: any rate is
+Preprocessing follows upstream's ``tokenizer.py``, with the gateway's own fixes: any rate is
 resampled to 16 kHz here (upstream asserts on rates below 16 kHz; swresample replaces
 upstream's torchaudio resampler), the peak is scaled to 0.999 (floor 0.01, as
 ``energy_norm_fn``). Silence is kept on the chat path (:meth:`tokenize`, upstream's
@@ -68,10 +68,10 @@ CENTROIDS_FILE = "linguistic_tokenizer.npy"
 SPEECH_TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 
 SAMPLE_RATE = 16_000
-MIN_SAMPLES = 480  # 30 ms: upstream's smallest vq06 chunk, and the gateway's floor (§13)
+MIN_SAMPLES = 480  # 30 ms: upstream's smallest vq06 chunk, and the gateway's floor
 PEAK = 0.999
 PEAK_FLOOR = 0.01
-# Silence trimming of TTS prompts (reference §3.2, upstream utils.trim_silence).
+# Silence trimming of TTS prompts (upstream ``utils.trim_silence``).
 TRIM_TOP_DB = 20
 TRIM_FRAME, TRIM_HOP = 512, 128
 TRIM_STEP = 240  # the speech span is rounded up to whole 15 ms steps
@@ -424,7 +424,7 @@ def _checked(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def preprocess(samples: np.ndarray, sample_rate: int, trim: bool = False) -> np.ndarray:
     """16 kHz (up- or down-sampled), peak scaled to 0.999, silence trimmed if asked
-    (reference §3.2, in upstream's order)."""
+    (in upstream's order)."""
     audio = resample(samples, sample_rate, SAMPLE_RATE) if sample_rate != SAMPLE_RATE else samples
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     audio = (audio / max(peak, PEAK_FLOOR) * PEAK).astype(np.float32)

@@ -1,6 +1,6 @@
 """Step-Audio-TTS-3B in-process: the Step-1 3B LM writes audio codes, CosyVoice voices them.
 
-Loads the folder as downloaded (reference §6.1)::
+Loads the folder as downloaded::
 
     Step-Audio-TTS-3B/
       config.json, modeling_*.py, *.safetensors, tokenizer files   the Step-1 3B LM
@@ -12,13 +12,13 @@ and the speakers from a folder given as an option (``speakers_dir``; upstream re
 ``speakers/`` relative to the working directory, bug 7): ``speakers_info.json`` maps ids to
 prompt transcripts, ``{id}_prompt.wav`` holds each prompt.
 
-Per request (§6.2-6.5):
+Per request, as upstream ``tts.py`` does:
 
 * ``voice``/``instructions``/``speed`` become a speaker and leading tags through
   :func:`adapters.step_audio.speech_controls.speech_controls` (music tag first, at most one).
 * The input is split into sentences; each is synthesised on its own with the request's
   tags repeated in front (reference item 11), and yielded as soon as it is voiced.
-* The LM prompt is §6.4 exactly: ``[1]``, a system turn (the speaker-naming prompt for a
+* The LM prompt is upstream's exactly: ``[1]``, a system turn (the speaker-naming prompt for a
   built-in voice, the RAP/humming prompt for music, the speaker-less one for a cloned
   voice), the speaker's transcript and prompt audio codes as a one-shot example, the
   target text, and an open assistant turn; texts are encoded as ``enc("\\n"+text)`` minus
@@ -147,7 +147,7 @@ def system_prompt(text: str, speaker: str) -> str:
 def build_tts_prompt(
     tokenizer: Any, text: str, prompt_text: str, speaker: str, prompt_code: Sequence[int]
 ) -> list[int]:
-    """The TTS-3B prompt ids for ``text`` (reference §6.4).
+    """The TTS-3B prompt ids for ``text`` (as upstream builds them).
 
     ``tokenizer.encode`` is called as upstream calls it (its default special tokens), so
     whatever the Step-1 tokenizer adds is reproduced; ``"\\n"+text`` minus ``"\\n"`` keeps a
@@ -177,7 +177,7 @@ def _repetition_processor():
     from transformers import LogitsProcessor
 
     class RepetitionAwareLogitsProcessor(LogitsProcessor):
-        """Bans the last token when it fills more than 10% of the last 10 (reference §6.5)."""
+        """Bans the last token when it fills more than 10% of the last 10 (upstream's repetition guard)."""
 
         def __call__(self, input_ids, scores):
             if input_ids.shape[1] < REPETITION_WINDOW:
@@ -550,7 +550,7 @@ class StepAudioTTS(SpeechEngine):
         return speakers
 
     def _prompt(self, wav_bytes: bytes, transcript: str) -> SpeakerPrompt:
-        """Preprocess a prompt wav (§6.6): codes from the tokenizer, mel, x-vector."""
+        """Preprocess a prompt wav: codes from the tokenizer, mel, x-vector."""
         from adapters.audio.decode import AudioDecodeError
         from adapters.audio.pcm import resample
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 
-import httpx
-import pytest
-
 import cosyvoice.flow.flow  # noqa: E402,F401 - the tier's environment must have these
 import funasr  # noqa: E402,F401
+import httpx
+import pytest
 import torch  # noqa: E402,F401
-
 from openai import AsyncOpenAI  # noqa: E402
 
 from gateway.settings import load_settings  # noqa: E402

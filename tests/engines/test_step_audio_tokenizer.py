@@ -29,12 +29,11 @@ import re
 import threading
 import time
 
-import numpy as np
-import pytest
-
 import funasr  # noqa: E402,F401 - the tier's environment must have it
+import numpy as np
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402,F401
+import pytest
 import torch  # noqa: E402
 
 from adapters.step_audio.audio_tokens import (  # noqa: E402

@@ -252,7 +252,7 @@ class ChatService:
                     messages.append(ChatMessage("user", message.content, name=message.name))
                     continue
                 # Only the current user turn reaches an audio-reading engine as tokens;
-                # earlier spoken turns are history and go as transcripts (reference §8).
+                # earlier spoken turns are history and go as transcripts (as upstream keeps history).
                 stage = tokenizer if tokenizer is not None and i == last_user else transcriber
                 pieces, tokens = [], []
                 for j, part in enumerate(message.content):

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
-TEXT_FORMATS = ("text", "srt", "vtt")
 
 
 class TranscriptionForm(msgspec.Struct, kw_only=True):
