@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France?"
 WEATHER = "What is the weather like in Paris today?"
 INTERRUPT = "Stop talking. I have another question for you."
+# Asks for an answer long enough to still be playing when the user barges in.
+STORY = "Write a long story about a dragon."
 SILENCE = b"\0" * 48_000  # one second of 24 kHz PCM
 WEATHER_TOOL = {
     "type": "function",
@@ -50,7 +52,7 @@ def recordings(openai_client) -> dict[str, bytes]:
         text: openai_client.audio.speech.create(
             model="tts-1", voice="alloy", input=text, response_format="pcm"
         ).content
-        for text in (QUESTION, WEATHER, INTERRUPT)
+        for text in (QUESTION, WEATHER, INTERRUPT, STORY)
     }
 
 
@@ -228,7 +230,7 @@ async def test_barge_in_cancels_and_truncation_keeps_only_what_was_heard(client,
             }
         )
         await s.until("session.updated")
-        await stream(conn, recordings[QUESTION] + SILENCE)
+        await stream(conn, recordings[STORY] + SILENCE)
         first = await s.until("response.output_audio.delta")
         response_id, item_id = first["response_id"], first["item_id"]
         # The user speaks while the answer plays (one second of it has been heard).

@@ -337,8 +337,8 @@ def spoken_reply_streamed(gateway, key: str) -> tuple[str, float]:
     """A spoken chat reply over SSE (longer than every server timeout); its audio id and
     how long the stream lasted."""
     request = {"model": "gpt-4o-audio-preview", "modalities": ["text", "audio"],
-               "audio": {"voice": "alloy", "format": "pcm16"}, "stream": True, "max_tokens": 40,
-               "temperature": 0, "messages": [{"role": "user", "content": "Tell me one fact about dogs."}]}
+               "audio": {"voice": "alloy", "format": "pcm16"}, "stream": True, "max_tokens": 200,
+               "temperature": 0, "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
     audio_id, done = None, False
     started = time.monotonic()
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=request, headers=auth(key), timeout=180) as response:
