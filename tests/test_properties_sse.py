@@ -19,6 +19,7 @@ from openai._streaming import SSEDecoder
 
 from engines.base import EngineError
 from gateway import sse
+from tests.cuts import cut
 
 # JSON values as the gateway's wire structs produce them: any text (newlines, CR, U+2028,
 # lone "data:" prefixes...), finite numbers, nesting.
@@ -36,15 +37,6 @@ json_values = st.recursive(
     max_leaves=12,
 )
 payloads = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
-
-
-def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, start = [], 0
-    for point in points + [len(data)]:
-        pieces.append(data[start:point])
-        start = point
-    return [p for p in pieces if p]
 
 
 def _openai_events(chunks: list[bytes]) -> list[str]:
@@ -94,7 +86,7 @@ def test_every_event_parses_back_to_the_same_json(events, pings, cuts, done):
     stream = b"".join(frames)
     expected = [json.loads(json.dumps(p)) for p in events]
 
-    chunks = _cut(stream, cuts)
+    chunks = [piece for piece in cut(stream, cuts) if piece]
     for parsed in (_openai_events(chunks), _httpx_sse_events(chunks), _line_reader_events(chunks)):
         data = parsed[:-1] if done else parsed
         assert [json.loads(d) for d in data] == expected
@@ -141,7 +133,7 @@ def test_a_failing_source_ends_in_one_error_event(events, fail_after, message, c
             raise EngineError(message)
 
     stream = b"".join(asyncio.run(_collect(source())))
-    chunks = _cut(stream, cuts)
+    chunks = [piece for piece in cut(stream, cuts) if piece]
     sent = len(events) if fail_after is None else min(fail_after, len(events))
     for parsed in (_openai_events(chunks), _httpx_sse_events(chunks), _line_reader_events(chunks)):
         assert len(parsed) == sent + 1

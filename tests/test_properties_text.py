@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from adapters.text.holdback import partial_marker_length
 from adapters.text.sentences import SentenceBuffer, split_sentences
+from tests.cuts import cut
 
 # Text that exercises the splitter: words, Latin and CJK terminators, abbreviations,
 # decimals, quotes and brackets after a stop, newlines, runs of spaces, long run-ons.
@@ -26,15 +27,6 @@ _pieces = st.sampled_from(
 )
 texts = st.lists(_pieces | st.text(max_size=6), max_size=40).map("".join)
 max_chars = st.integers(min_value=4, max_value=120)
-
-
-def _chunks(text: str, cuts: list[int]) -> list[str]:
-    points = sorted({c % (len(text) + 1) for c in cuts})
-    out, start = [], 0
-    for point in points + [len(text)]:
-        out.append(text[start:point])
-        start = point
-    return out
 
 
 def _assert_tiles(text: str, pieces: list[str]) -> None:
@@ -67,7 +59,7 @@ def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit):
 def test_streamed_text_splits_as_the_whole_text_does(text, limit, cuts):
     buffer = SentenceBuffer(limit)
     streamed: list[str] = []
-    for chunk in _chunks(text, cuts):
+    for chunk in cut(text, cuts):
         streamed += buffer.push(chunk)
     streamed += buffer.flush()
     assert streamed == split_sentences(text, limit)
@@ -95,7 +87,7 @@ def test_a_stream_filtered_with_holdback_finds_every_marker_however_it_is_cut(te
     markers = ("<tool_call>", "</tool_call>")
     pattern = re.compile("|".join(map(re.escape, markers)))
     sent, found, held = [], [], ""
-    for chunk in _chunks(text, cuts):
+    for chunk in cut(text, cuts):
         held += chunk
         while match := pattern.search(held):
             sent.append(held[: match.start()])

@@ -20,6 +20,7 @@ from adapters.step_audio.tools import (
 )
 from adapters.tools.extract import ToolCallExtractor
 from engines.chat import TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
+from tests.cuts import cut
 
 _json_scalar = (
     st.none() | st.booleans() | st.integers(-(10**6), 10**6)
@@ -31,17 +32,9 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=10,
 )
+
 arguments = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
-
-
-def _chunks(text: str, cuts: list[int]) -> list[str]:
-    points = sorted({c % (len(text) + 1) for c in cuts})
-    out, start = [], 0
-    for point in points + [len(text)]:
-        out.append(text[start:point])
-        start = point
-    return out
 
 
 def _dumps(value, style: int) -> str:
@@ -77,7 +70,7 @@ def json_documents(draw):
 def test_json_calls_stream_out_exactly_as_written(document, cuts):
     calls, text = document
     extractor = ToolCallExtractor()
-    events = [event for chunk in _chunks(text, cuts) for event in extractor.feed(chunk)]
+    events = [event for chunk in cut(text, cuts) for event in extractor.feed(chunk)]
     assert extractor.done
 
     started = [e for e in events if isinstance(e, ToolCallStart)]
@@ -102,7 +95,7 @@ def test_json_extraction_does_not_depend_on_the_split(document, cuts):
     _, text = document
     whole, streamed = ToolCallExtractor(), ToolCallExtractor()
     whole.feed(text)
-    for chunk in _chunks(text, cuts):
+    for chunk in cut(text, cuts):
         streamed.feed(chunk)
     assert streamed.calls == whole.calls
 
@@ -147,7 +140,7 @@ def test_step_audio_calls_and_text_come_out_as_written(segments, cuts):
     # The markup tags occur only where calls were written (and no argument holds a tag).
     assume(output.count(CALL_OPEN) == len(calls) and output.count(CALL_CLOSE) == len(calls))
     parser = ToolCallParser(TOOLS)
-    events = [e for chunk in _chunks(output, cuts) for e in parser.feed(chunk)] + parser.close()
+    events = [e for chunk in cut(output, cuts) for e in parser.feed(chunk)] + parser.close()
 
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "".join(s[1] for s in segments if s[0] == "text")
@@ -180,4 +173,4 @@ def test_any_output_parses_the_same_however_it_is_cut(text, cuts):
             assert CALL_OPEN not in piece and CALL_CLOSE not in piece, piece
         return "".join(texts), parser.calls, parser.dropped
 
-    assert run(_chunks(text, cuts)) == run([text])
+    assert run(cut(text, cuts)) == run([text])
