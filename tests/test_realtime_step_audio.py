@@ -9,27 +9,19 @@ real: the settings, the registry, the prompt builder, the session and the SDK's 
 
 from __future__ import annotations
 
-import json
-
 from openai import AsyncOpenAI
 
 from adapters.step_audio.prompt import build_prompt
 from engines.chat import ChatMessage
-from gateway.settings import load_settings
 from tests.conftest import live_server
-from tests.engines.test_vllm_pool import FakeVLLM
+from tests.engines.test_vllm_pool import FakeVLLM, step_audio_settings
 from tests.test_realtime import Session
 
 
 async def test_realtime_names_reach_step_audio_chat_with_the_conversation_as_prompt(tmp_path, spec):
     replica = await FakeVLLM().start()
     replica.tokens = ["Hello", " from", " Step", "-Audio."]
-    settings = load_settings(
-        "config/step-audio.toml",
-        environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url])},
-    )
-    settings.step_audio.model_dir = str(tmp_path)
-    settings.engines.preload = []
+    settings = step_audio_settings([replica.url], tmp_path)
     live = await live_server(settings).astart("/health")
     try:
         client = AsyncOpenAI(base_url=live.url + "/v1", api_key="k", max_retries=0)

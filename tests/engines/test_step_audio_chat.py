@@ -20,7 +20,7 @@ from engines.chat import ChatMessage, ToolCall, ToolSpec
 from engines.registry import registry_from_settings
 from gateway.settings import load_settings
 from tests.conftest import live_server
-from tests.engines.test_vllm_pool import FakeVLLM
+from tests.engines.test_vllm_pool import FakeVLLM, step_audio_settings
 
 WEATHER = {
     "type": "function",
@@ -40,12 +40,7 @@ WEATHER = {
 async def deployment(tmp_path):
     """Two fake vLLM replicas and a gateway configured by config/step-audio.toml."""
     replicas = [await FakeVLLM().start(), await FakeVLLM().start()]
-    settings = load_settings(
-        "config/step-audio.toml",
-        environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([r.url for r in replicas])},
-    )
-    settings.step_audio.model_dir = str(tmp_path)
-    settings.engines.preload = []
+    settings = step_audio_settings([r.url for r in replicas], tmp_path)
     live = await live_server(settings).astart("/health")
     url = live.url
     yield url, replicas
@@ -143,12 +138,7 @@ async def test_a_vllm_that_reads_audio_tokens_otherwise_makes_the_model_503(tmp_
 
     replica = await FakeVLLM().start()
     replica.tokenizer = tokenizer
-    settings = load_settings(
-        "config/step-audio.toml",
-        environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url])},
-    )
-    settings.step_audio.model_dir = str(tmp_path)
-    settings.engines.preload = []
+    settings = step_audio_settings([replica.url], tmp_path)
     live = await live_server(settings).astart("/health")
     try:
         client = client_for(live.url)
@@ -337,15 +327,9 @@ async def test_control_tokens_typed_by_a_user_reach_vllm_as_plain_text(deploymen
 async def test_the_tokenizer_check_can_be_turned_off_for_another_model_on_purpose(tmp_path):
     replica = await FakeVLLM().start()
     replica.tokenizer = "split"
-    settings = load_settings(
-        "config/step-audio.toml",
-        environ={
-            "GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps([replica.url]),
-            "GATEWAY__STEP_AUDIO__CHECK_VLLM_TOKENIZER": "false",
-        },
+    settings = step_audio_settings(
+        [replica.url], tmp_path, GATEWAY__STEP_AUDIO__CHECK_VLLM_TOKENIZER="false"
     )
-    settings.step_audio.model_dir = str(tmp_path)
-    settings.engines.preload = []
     live = await live_server(settings).astart("/health")
     try:
         response = await client_for(live.url).chat.completions.create(

@@ -59,6 +59,21 @@ def _completion_chunk(request: dict, text: str, finish_reason: str | None) -> di
     }
 
 
+def step_audio_settings(urls: list[str], model_dir, **environ: str):
+    """The Step-Audio deployment's settings aimed at fake vLLM replicas: an empty model
+    folder and nothing preloaded, so only the chat model (the part served over HTTP) is
+    reached. ``environ`` adds GATEWAY__* overrides."""
+    from gateway.settings import load_settings
+
+    settings = load_settings(
+        "config/step-audio.toml",
+        environ={"GATEWAY__STEP_AUDIO__VLLM_URLS": json.dumps(urls), **environ},
+    )
+    settings.step_audio.model_dir = str(model_dir)
+    settings.engines.preload = []
+    return settings
+
+
 class FakeVLLM:
     """A fake vLLM replica. ``mode`` picks its behaviour for ``/v1/completions``:
 
