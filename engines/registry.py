@@ -196,18 +196,12 @@ class ModelRegistry:
 
     @asynccontextmanager
     async def use(self, name: str, capability: Capability) -> AsyncIterator[Engine]:
-        """Hold the engine behind ``name`` loaded for the duration of the block, as the
-        interface of ``capability`` (the typed accessors above say which)."""
+        """Hold the engine behind ``name`` loaded for the duration of the block; it
+        implements ``capability``'s interface (checked when it was loaded)."""
         slot = self._slots[self.check(name, capability)]
         slot.in_use += 1
         try:
-            engine = await self._ensure_loaded(slot)
-            if not isinstance(engine, INTERFACES[capability]):
-                raise EngineUnavailable(
-                    f"The model '{name}' is listed for {capability.value}, but its engine"
-                    f" ({type(engine).__name__}) does not provide it."
-                )
-            yield engine
+            yield await self._ensure_loaded(slot)
         finally:
             slot.in_use -= 1
             slot.last_used = time.monotonic()
@@ -232,6 +226,7 @@ class ModelRegistry:
                 started = time.perf_counter()
                 try:
                     engine = engine_class(slot.spec.id, context, **dict(slot.spec.options))
+                    _check_interfaces(engine, slot.kind)
                     await engine.start()
                 except EngineError:
                     raise
@@ -289,6 +284,17 @@ class ModelRegistry:
             engine, slot.engine = slot.engine, None
             if engine is not None:
                 await engine.stop()
+
+
+def _check_interfaces(engine: Engine, kind: EngineKind) -> None:
+    """Once, before loading: the engine implements the interface of every capability its
+    kind is listed for, so a typed accessor never hands out the wrong thing."""
+    for capability in kind.capabilities:
+        if not isinstance(engine, INTERFACES[capability]):
+            raise EngineUnavailable(
+                f"The model '{engine.name}' is listed for {capability.value}, but its engine"
+                f" ({type(engine).__name__}) does not provide it."
+            )
 
 
 def registry_from_settings(settings) -> ModelRegistry:
