@@ -28,10 +28,12 @@ QUESTIONS = [
     "Name a color of the sky.",
     "What do bees make?",
 ]
-TEXTS = [  # two sentences each, so the engine's turns can interleave the requests
-    "The red fox runs across the frozen river at dawn. It stops to drink.",
-    "Seven small boats are sailing toward the northern harbor. The wind is strong.",
-    "My grandmother bakes bread every Sunday morning. We eat it warm.",
+TEXTS = [  # three sentences each, so the engine's turns interleave the requests with room to
+    # spare: with two short ones, a request could finish its second sentence just before the
+    # last request's first sentence reached its client (seen in CI, 72 µs apart).
+    "The red fox runs across the frozen river at dawn. It stops to drink. Then it trots back into the pine forest.",
+    "Seven small boats are sailing toward the northern harbor. The wind is strong. Their sails fill as the sun comes up.",
+    "My grandmother bakes bread every Sunday morning. We eat it warm. The whole kitchen smells of butter and honey.",
 ]
 
 
