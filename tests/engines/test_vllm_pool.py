@@ -22,10 +22,13 @@ import time
 from contextlib import aclosing, asynccontextmanager
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from engines.base import EngineError, EngineUnavailable, InvalidInput
 from engines.chat import ContextOverflow
 from engines.step_audio.vllm import CompletionPiece, VLLMReplicaPool
+from tests.cuts import cut
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -399,6 +402,103 @@ async def test_an_idle_connection_the_replica_closed_is_not_reused(fakes):
     assert (replica.failures, replica.healthy, fake.connections) == (0, True, 2)
 
 
+class _ClosingWhenReused(FakeVLLM):
+    """Closes a kept-alive connection when its second request arrives, unanswered: what
+    a request sent just as uvicorn closes an idle connection sees."""
+
+    async def _serve(self, reader, writer) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            for answered in range(2):
+                request_line = await reader.readline()
+                headers = {}
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    key, value = line.decode().split(":", 1)
+                    headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if answered or not request_line:
+                    return
+                self.requests.append(json.loads(body))
+                await self._complete(reader, writer, self.requests[-1])
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+async def test_a_kept_alive_connection_closed_before_answering_is_retried_on_a_new_one():
+    """Failing over (or failing) would mark a healthy replica down for a race it lost."""
+    fake = await _ClosingWhenReused().start()
+    try:
+        async with pool_of(fake.url) as pool:
+            for _ in range(3):
+                assert text_of(await collect(pool)) == "".join(TOKENS)
+            [replica] = pool.snapshot().replicas
+    finally:
+        await fake.stop()
+    assert (replica.healthy, replica.failures, fake.completed) == (True, 0, 3)
+    assert fake.connections == 3
+
+
+def _sse_body(crlf: bool) -> bytes:
+    """The body FakeVLLM streams for TOKENS, unchunked."""
+    request = {"model": "m"}
+    events = [_completion_chunk(request, t, None) for t in TOKENS]
+    events.append(_completion_chunk(request, "", "stop"))
+    events.append({**_completion_chunk(request, "", None), "choices": [],
+                   "usage": {"prompt_tokens": 7, "completion_tokens": len(TOKENS)}})
+    end = "\r\n" if crlf else "\n"
+    lines = [f"data: {json.dumps(e)}{end}{end}" for e in events] + [f": ping{end}", f"data: [DONE]{end}{end}"]
+    return "".join(lines).encode()
+
+
+async def _serve_cut(http_cuts: list[int], wire_cuts: list[int], crlf: bool) -> list[CompletionPiece]:
+    """One completion from a server that sends the SSE body in HTTP chunks cut at
+    ``http_cuts`` and the bytes on the wire in writes cut at ``wire_cuts``."""
+    chunks = [c for c in cut(_sse_body(crlf), http_cuts) if c]
+    wire = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    wire += b"".join(_chunk(c) for c in chunks) + b"0\r\n\r\n"
+
+    async def serve(reader, writer):
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        for piece in cut(wire, wire_cuts):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.001)  # separate reads on the client's side
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    try:
+        async with pool_of(url) as pool:
+            return [piece for _, piece in await collect(pool)]
+    finally:
+        server.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    http_cuts=st.lists(st.integers(0, 10_000), max_size=12),
+    wire_cuts=st.lists(st.integers(0, 10_000), max_size=12),
+    crlf=st.booleans(),
+)
+@example(http_cuts=[], wire_cuts=list(range(0, 2000, 1)), crlf=False)  # a byte at a time
+def test_events_split_anywhere_by_the_network_give_the_same_pieces(http_cuts, wire_cuts, crlf):
+    """vLLM sends one event per HTTP chunk, but a proxy in between may not, and TCP cuts
+    the bytes where it likes: the pieces must not depend on either."""
+    pieces = asyncio.run(_serve_cut(http_cuts, wire_cuts, crlf))
+    assert "".join(p.text for p in pieces) == "".join(TOKENS)
+    assert [p.finish_reason for p in pieces[:-1]] == [None] * (len(pieces) - 1)
+    assert (pieces[-1].finish_reason, pieces[-1].prompt_tokens, pieces[-1].completion_tokens) == (
+        "stop", 7, len(TOKENS))
+
+
 # --------------------------------------------------------------------------- routing
 
 
@@ -566,7 +666,10 @@ async def test_closing_the_consumer_closes_the_upstream_stream(fakes):
         assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
         assert fake.disconnects[0] - closed_at < 1.0
         assert pool.snapshot().outstanding == 0
-    assert fake.completed == 0
+        # The abandoned connection is gone, not handed to the next request mid-body.
+        fake.delay, fake.tokens = 0.0, list(TOKENS)
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+    assert (fake.completed, fake.connections) == (1, 2)
 
 
 async def test_cancelling_the_consumer_closes_the_upstream_stream(fakes):
