@@ -39,7 +39,7 @@ from .metrics import MetricsController, app_metrics, prometheus_config
 from .playground import playground_router
 from .ratelimit import ratelimit_middleware_factory
 from .settings import Settings, load_settings
-from .streaming import admission_middleware, disconnect_middleware
+from .streaming import disconnect_middleware
 
 ROUTES = [
     health,
@@ -132,7 +132,6 @@ def create_app(
             api_key_middleware_factory(settings.server.api_keys),
             ratelimit_middleware_factory(settings.limits.per_key, state_backend, settings.state),
             options_allow_middleware,
-            admission_middleware,
             disconnect_middleware,
         ),
         route_handlers=[*ROUTES, MetricsController, playground_router()],

@@ -8,10 +8,10 @@ SDKs surface as ``response._request_id`` and ``error.request_id``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,7 +49,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    # 128 random bits in uuid4().hex's shape, without building a UUID (a few µs a request).
+    return "req_" + os.urandom(16).hex()
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -59,8 +60,11 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _CLIENT_ID.match(incoming) else new_request_id()
+        incoming = ""
+        for name, value in scope["headers"]:  # the last one wins, as a dict of them did
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+        request_id = incoming if incoming and _CLIENT_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 0

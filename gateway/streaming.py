@@ -23,6 +23,9 @@ from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 import anyio
 import structlog
+from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.workers import close_admission, commit_admission, open_admission
@@ -40,22 +43,6 @@ async def prime(source: AsyncIterator[T]) -> AsyncIterator[T]:
         return _empty()
     commit_admission()
     return _chain(first, source)
-
-
-def admission_middleware(app: ASGIApp) -> ASGIApp:
-    """Each request gets its own admission record, shared with the tasks it starts."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        token = open_admission()
-        try:
-            await app(scope, receive, send)
-        finally:
-            close_admission(token)
-
-    return middleware
 
 
 _request_tasks: contextvars.ContextVar[set[asyncio.Task] | None] = contextvars.ContextVar(
@@ -124,7 +111,9 @@ class _Connection:
 
 
 def disconnect_middleware(app: ASGIApp) -> ASGIApp:
-    """A client that leaves cancels its request's work (see the module notes)."""
+    """A client that leaves cancels its request's work (see the module notes), and each
+    request gets its own admission record, shared with the tasks it starts (one layer for
+    both: every response message passes through each layer)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,12 +123,18 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
         cancel = anyio.CancelScope()
         connection = _Connection(receive, send, cancel)
         token = _request_tasks.set(tasks)
+        admission = open_admission()
         try:
             with cancel:
                 await app(scope, connection.receive, connection.send)
         finally:
+            close_admission(admission)
             _request_tasks.reset(token)
-            pending = [*tasks, *([connection.listener] if connection.listener else [])]
+            if connection.listener is not None:
+                # It only waits for the disconnect (or for the end the server reports once
+                # the response is complete), so it holds nothing to wait for.
+                connection.listener.cancel()
+            pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
@@ -147,6 +142,36 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
                     await asyncio.gather(*pending, return_exceptions=True)
 
     return middleware
+
+
+class _WatchedResponse(ASGIStreamingResponse):
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        connection = getattr(receive, "__self__", None)
+        if isinstance(connection, _Connection) and connection.listener is not None:
+            await self._stream(send)  # disconnect_middleware's listener already watches
+        else:
+            await super().send_body(send, receive)
+
+
+class WatchedStream(Stream):
+    """A :class:`~litestar.response.Stream` without Litestar's own disconnect listener.
+
+    Litestar runs every streamed response in a task group with a task that waits for
+    ``http.disconnect``; :func:`disconnect_middleware` already waits for it once the
+    body is read and cancels the whole request, stream included, so that second task
+    (and its task group, a measurable share of a short stream's cost) is skipped when
+    the middleware's listener is running. Otherwise Litestar's behaviour is kept.
+    """
+
+    __slots__ = ()
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        if type(response) is ASGIStreamingResponse:  # same slots: only send_body differs
+            response.__class__ = _WatchedResponse
+        return response
 
 
 async def _empty() -> AsyncIterator[T]:

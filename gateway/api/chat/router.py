@@ -39,13 +39,17 @@ async def create_chat_completion(
     request: Request,
     data: JSONBody[CreateChatCompletionRequest],
     chat_service: NamedDependency[ChatService],
-    settings: NamedDependency[Settings],
 ) -> Response[ChatCompletion] | Stream:
     """Text or ``input_audio`` in; text, tool calls and (with ``modalities``) audio out.
 
     ``stream=true`` answers with ``chat.completion.chunk`` events; nothing is ever
     answered as a JSON body to a streaming request, or the SDK would parse nothing.
+
+    One injected dependency, not two: Litestar resolves two dependencies of a handler in
+    an anyio task group of their own (two tasks per request), which cost this hot route
+    more than the rest of its handler. The settings are the app's, read from its state.
     """
+    settings: Settings = request.app.state["settings"]
     apply_audio_budget(settings.limits)
     prepared = await chat_service.prepare(data, owner_of(request.scope))
     if data.stream:
