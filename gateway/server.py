@@ -1,8 +1,17 @@
-"""The HTTP server: uvicorn, plus the header and body deadlines it does not have.
+"""The HTTP server: uvicorn on uvloop with httptools, plus the header and body deadlines
+uvicorn does not have.
+
+The stack was chosen by measurement (bench/overhead.py, issue 11): uvicorn's pure-Python
+h11 parser and the stock asyncio loop were about a third of the gateway's CPU per request;
+httptools (llhttp, C) and uvloop (libuv, C) do the same work for a fraction of it. Granian
+was not adopted: its Rust server owns the sockets, so none of the deadlines below, the 408
+envelope or the flow-control exemptions could be kept. h11 and asyncio stay the fallback
+where httptools or uvloop is not installed (uvloop has no Windows build).
 
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but waits forever
 for a request's headers or body, so a few hundred clients that trickle or stall them
-hold their sockets open indefinitely. :class:`DeadlineH11Protocol` adds, per connection:
+hold their sockets open indefinitely. :class:`DeadlineHttpToolsProtocol` (and
+:class:`DeadlineH11Protocol`, the same logic on h11) adds, per connection:
 
 * a header deadline: the whole request head must arrive within ``header_timeout`` of
   its first byte (of the connection's opening, for a fresh connection);
@@ -17,13 +26,15 @@ flow control pauses the socket) or a client waits for its ``100 Continue``: the 
 not the one stalling then. An expired request that has sent something and got no
 response yet is answered ``408`` with the error envelope, then the connection is closed.
 
-The deadline protocol is an h11 subclass, so ``serve`` always uses h11 (httptools, if
-installed, is not picked up).
+The deadlines travel on the uvicorn ``Config`` (``gateway_deadlines``), not in a class
+made per configuration, so the protocol classes stay importable by name and a config
+pickled into worker processes keeps them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +46,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+
+HAS_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+_HEADERS = 1  # phases of the connection's current request; None: nothing to time
+_BODY = 2
 
 
 @dataclass(frozen=True)
@@ -64,12 +81,24 @@ def _timeout_response(message: str) -> bytes:
     return head + body
 
 
-class DeadlineH11Protocol(H11Protocol):
-    deadlines = Deadlines()
+class DeadlineMixin:
+    """The deadline logic, over either uvicorn HTTP protocol: both keep ``cycle`` (with
+    ``more_body``, ``response_started``/``_complete``, ``disconnected``,
+    ``waiting_for_100_continue``, ``message_event``), ``flow``, ``transport`` and ``loop``,
+    and call ``on_response_complete`` when a response ends."""
+
+    # Supplied by the uvicorn protocol this is mixed into.
+    config: uvicorn.Config
+    cycle: Any
+    flow: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._phase: str | None = None  # "headers", "body" or None (nothing to time)
+        self.deadlines: Deadlines = getattr(self.config, "gateway_deadlines", None) or Deadlines()
+        self._phase: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timed_cycle: Any = None
         self._started = 0.0  # when the current phase began
@@ -80,66 +109,72 @@ class DeadlineH11Protocol(H11Protocol):
     # ------------------------------------------------------------------ protocol events
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._start_headers()
+        super().connection_made(transport)  # type: ignore[misc]
+        self._phase = _HEADERS
+        self._received_any = False
+        self._started = self.loop.time()
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
         self._phase = None
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        if self._phase is None and (self.cycle is None or self.cycle.response_complete):
-            self._start_headers()  # the first byte of the next request on this connection
-        if self._phase == "headers":
+        phase = self._phase
+        if phase is None:
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                # The first bytes of the next request on this connection. Its timer is
+                # armed below only if they do not already hold the whole head (the
+                # usual case: one packet), which saves a timer per request.
+                self._phase = _HEADERS
+                self._started = self.loop.time()
+                self._received_any = True
+        elif phase == _HEADERS:
             self._received_any = True
-        elif self._phase == "body":
+        else:
             self._bytes += len(data)
             self._last = self.loop.time()
-        super().data_received(data)
-        if self._phase == "body":
+        super().data_received(data)  # type: ignore[misc]
+        self._follow_cycle()
+        if self._phase == _BODY or (self._phase == _HEADERS and self._timer is None):
             self._arm()
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        self._follow_cycle()
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._follow_cycle()  # h11 may have started a pipelined request just now
 
-    def handle_websocket_upgrade(self, event: Any) -> None:
+    def handle_websocket_upgrade(self, *args: Any) -> None:
         self._cancel()
         self._phase = None
-        super().handle_websocket_upgrade(event)
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ phases
-
-    def _start_headers(self) -> None:
-        self._phase = "headers"
-        self._received_any = False
-        self._started = self.loop.time()
-        self._arm()
 
     def _follow_cycle(self) -> None:
         cycle = self.cycle
         if cycle is not None and cycle is not self._timed_cycle:
             self._timed_cycle = cycle  # a new request's head is complete
             if cycle.more_body and not cycle.response_complete:
-                self._phase = "body"
+                self._phase = _BODY
                 self._started = self._last = self.loop.time()
                 self._bytes = 0
             else:
                 self._phase = None
-            self._arm()
-        elif self._phase == "body" and (
+                self._cancel()
+        elif self._phase == _BODY and (
             not cycle.more_body or cycle.response_complete or cycle.disconnected
         ):
             self._phase = None
-            self._arm()
+            self._cancel()
 
     def _arm(self) -> None:
         self._cancel()
         limits = self.deadlines
-        if self._phase == "headers":
+        if self._phase == _HEADERS:
             deadline = self._started + limits.header_timeout
-        elif self._phase == "body":
+        elif self._phase == _BODY:
             deadline = self._last + limits.body_idle_timeout
             if limits.body_min_rate > 0:
                 deadline = min(
@@ -160,7 +195,7 @@ class DeadlineH11Protocol(H11Protocol):
         phase = self._phase
         if phase is None or self.transport.is_closing():
             return
-        cycle = self._timed_cycle if phase == "body" else None
+        cycle = self._timed_cycle if phase == _BODY else None
         if cycle is not None and (self.flow.read_paused or cycle.waiting_for_100_continue):
             # The app is not reading (or has not yet asked for the body a client holds
             # back for its 100 Continue): the client is not to blame. Count afresh.
@@ -168,17 +203,17 @@ class DeadlineH11Protocol(H11Protocol):
             self._bytes = 0
             self._arm()
             return
+        what = "request headers" if phase == _HEADERS else "request body"
         log.warning(
             "request_timeout",
-            phase=phase,
+            phase="headers" if phase == _HEADERS else "body",
             client="%s:%d" % self.client if self.client else None,
-            body_bytes=self._bytes if phase == "body" else None,
+            body_bytes=self._bytes if phase == _BODY else None,
         )
-        answer = (phase == "headers" and self._received_any) or (
+        answer = (phase == _HEADERS and self._received_any) or (
             cycle is not None and not cycle.response_started
         )
         if answer:
-            what = "request headers" if phase == "headers" else "request body"
             self.transport.write(_timeout_response(f"Timed out waiting for the {what}."))
         if cycle is not None:
             cycle.keep_alive = False
@@ -188,8 +223,23 @@ class DeadlineH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def deadline_protocol(deadlines: Deadlines) -> type[DeadlineH11Protocol]:
-    return type("GatewayH11Protocol", (DeadlineH11Protocol,), {"deadlines": deadlines})
+class DeadlineH11Protocol(DeadlineMixin, H11Protocol):
+    """The fallback where httptools is not installed."""
+
+
+if HAS_HTTPTOOLS:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class DeadlineHttpToolsProtocol(DeadlineMixin, HttpToolsProtocol):
+        """What ``serve`` runs: the deadlines over uvicorn's httptools (llhttp) parser."""
+
+
+def protocol_class(parser: str = "auto") -> type[asyncio.Protocol]:
+    """The deadline protocol over ``parser`` ("httptools", "h11" or "auto": httptools
+    when installed)."""
+    if parser == "h11" or (parser == "auto" and not HAS_HTTPTOOLS):
+        return DeadlineH11Protocol
+    return DeadlineHttpToolsProtocol
 
 
 def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -198,13 +248,8 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     options: dict[str, Any] = dict(
         host=server.host,
         port=server.port,
-        http=deadline_protocol(
-            Deadlines(
-                header_timeout=server.header_timeout_seconds,
-                body_idle_timeout=server.body_idle_timeout_seconds,
-                body_min_rate=server.body_min_bytes_per_second,
-            )
-        ),
+        http=protocol_class(),
+        loop="uvloop" if HAS_UVLOOP else "asyncio",
         timeout_keep_alive=server.keep_alive_timeout_seconds,
         limit_concurrency=server.max_connections or None,
         log_level="warning",
@@ -212,4 +257,10 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         timeout_graceful_shutdown=5,
     )
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)
+    config.gateway_deadlines = Deadlines(  # type: ignore[attr-defined]
+        header_timeout=server.header_timeout_seconds,
+        body_idle_timeout=server.body_idle_timeout_seconds,
+        body_min_rate=server.body_min_bytes_per_second,
+    )
+    return config

@@ -22,7 +22,7 @@ import uvicorn
 
 from adapters.voice_owners import VoiceOwners
 from gateway.app import create_app
-from gateway.server import server_config
+from gateway.server import DeadlineHttpToolsProtocol, protocol_class, server_config
 from gateway.settings import load_settings
 from tests.conftest import LiveServer, free_port
 
@@ -34,29 +34,47 @@ SLACK = 1.5  # scheduling on a busy two-core machine
 
 
 class ServedAsServe(LiveServer):
-    """LiveServer, but with the uvicorn configuration ``serve`` uses."""
+    """LiveServer, but with the uvicorn configuration ``serve`` uses (``overrides`` on top)."""
 
-    def __init__(self, settings, registry=None) -> None:
+    def __init__(self, settings, registry=None, **overrides) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings.server.port = self.port
         app = create_app(settings, registry, configure_logs=False)
-        self.server = uvicorn.Server(server_config(app, settings, lifespan="on"))
+        self.server = uvicorn.Server(server_config(app, settings, lifespan="on", **overrides))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
 
-@pytest.fixture(scope="module")
-def gateway():
+def timed_settings(preload: list[str]):
     settings = load_settings()
     settings.server.api_keys = [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()]
     settings.server.header_timeout_seconds = TIMEOUT
     settings.server.body_idle_timeout_seconds = TIMEOUT
     settings.server.body_min_bytes_per_second = MIN_RATE
     settings.server.keep_alive_timeout_seconds = TIMEOUT
-    settings.engines.preload = ["tts-1", "gpt-4o-mini"]
-    live = ServedAsServe(settings).start()
+    settings.engines.preload = preload
+    return settings
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    live = ServedAsServe(timed_settings(["tts-1", "gpt-4o-mini"])).start()
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="module")
+def h11_gateway():
+    """The same server on the h11 fallback (where httptools is not installed)."""
+    live = ServedAsServe(timed_settings(["tts-1"]), http=protocol_class("h11")).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def timed(request):
+    """The server timeouts hold on both HTTP parsers the deadlines run over."""
+    return request.getfixturevalue("gateway" if request.param == "httptools" else "h11_gateway")
 
 
 def auth(key: str) -> dict[str, str]:
@@ -180,14 +198,14 @@ HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer 
 SPEECH_HEAD = HEAD.replace(b"/v1/chat/completions", b"/v1/audio/speech")
 
 
-def test_a_silent_connection_is_closed_within_the_header_timeout(gateway):
-    with connect(gateway) as sock:
+def test_a_silent_connection_is_closed_within_the_header_timeout(timed):
+    with connect(timed) as sock:
         seconds, data = closed_after(sock, time.monotonic())
     assert data == b"" and TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
 
 
-def test_a_stalled_header_is_answered_408_and_closed(gateway):
-    with connect(gateway) as sock:
+def test_a_stalled_header_is_answered_408_and_closed(timed):
+    with connect(timed) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
         seconds, data = closed_after(sock, time.monotonic())
     print(f"stalled header closed after {seconds:.2f} s (header timeout {TIMEOUT} s)")
@@ -195,8 +213,8 @@ def test_a_stalled_header_is_answered_408_and_closed(gateway):
     assert TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
 
 
-def test_a_trickled_header_is_cut_at_the_deadline_despite_activity(gateway):
-    with connect(gateway) as sock:
+def test_a_trickled_header_is_cut_at_the_deadline_despite_activity(timed):
+    with connect(timed) as sock:
         started = time.monotonic()
         sock.sendall(b"GET /health HTTP/1.1\r\nx-slow: ")
         try:
@@ -210,18 +228,18 @@ def test_a_trickled_header_is_cut_at_the_deadline_despite_activity(gateway):
     assert seconds <= TIMEOUT + SLACK, seconds
 
 
-def test_a_stalled_body_is_answered_408_and_closed(gateway):
-    with connect(gateway) as sock:
+def test_a_stalled_body_is_answered_408_and_closed(timed):
+    with connect(timed) as sock:
         sock.sendall(HEAD + b"content-length: 5000\r\n\r\n" + b'{"model": ')
         seconds, data = closed_after(sock, time.monotonic())
     assert data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data
     assert TIMEOUT * 0.9 <= seconds <= TIMEOUT + SLACK, seconds
 
 
-def test_a_body_trickled_below_the_minimum_rate_is_cut(gateway):
+def test_a_body_trickled_below_the_minimum_rate_is_cut(timed):
     """One byte every 50 ms never leaves a gap as long as the idle timeout, but is far
     below the minimum rate."""
-    with connect(gateway) as sock:
+    with connect(timed) as sock:
         sock.sendall(HEAD + b"content-length: 5000\r\n\r\n")
         started = time.monotonic()
         try:
@@ -235,11 +253,11 @@ def test_a_body_trickled_below_the_minimum_rate_is_cut(gateway):
     assert data.startswith(b"HTTP/1.1 408 ") or data == b""
 
 
-def test_a_slow_body_above_the_minimum_rate_is_served(gateway):
+def test_a_slow_body_above_the_minimum_rate_is_served(timed):
     """Longer than every timeout in total, but never idle and above the minimum rate."""
     body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": "alloy", "response_format": "wav"}).encode()
     body += b" " * (int(MIN_RATE * 4 * TIMEOUT) - len(body))
-    with connect(gateway) as sock:
+    with connect(timed) as sock:
         sock.sendall(SPEECH_HEAD + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode())
         started = time.monotonic()
         step = int(MIN_RATE * 2 * 0.1)  # twice the minimum rate, 0.1 s apart
@@ -252,8 +270,8 @@ def test_a_slow_body_above_the_minimum_rate_is_served(gateway):
     assert b"\r\nRIFF" in answer.partition(b"\r\n\r\n")[2][:16]  # a WAV file, chunked
 
 
-def test_an_idle_keep_alive_connection_is_closed(gateway):
-    with connect(gateway) as sock:
+def test_an_idle_keep_alive_connection_is_closed(timed):
+    with connect(timed) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         first = read_response(sock)
         seconds, rest = closed_after(sock, time.monotonic())
@@ -262,8 +280,8 @@ def test_an_idle_keep_alive_connection_is_closed(gateway):
     assert seconds <= TIMEOUT + SLACK, seconds
 
 
-def test_two_requests_on_one_connection_each_get_their_own_header_deadline(gateway):
-    with connect(gateway) as sock:
+def test_two_requests_on_one_connection_each_get_their_own_header_deadline(timed):
+    with connect(timed) as sock:
         for _ in range(2):
             sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
             time.sleep(TIMEOUT * 0.6)
@@ -272,12 +290,12 @@ def test_two_requests_on_one_connection_each_get_their_own_header_deadline(gatew
             time.sleep(TIMEOUT * 0.6)  # shorter than the keep-alive timeout
 
 
-async def test_a_websocket_session_outlives_every_timeout(gateway):
+async def test_a_websocket_session_outlives_every_timeout(timed):
     """The header deadline stops at the upgrade: a realtime session idle for longer than
     the header, body and keep-alive timeouts is still open."""
     import websockets
 
-    url = gateway.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+    url = timed.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
     async with websockets.connect(url, additional_headers={"authorization": f"Bearer {KEY_A}"}) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
         await asyncio.sleep(2.5 * TIMEOUT)
@@ -287,11 +305,33 @@ async def test_a_websocket_session_outlives_every_timeout(gateway):
             pass
 
 
-def test_past_max_connections_new_requests_get_503():
+def test_pipelined_requests_are_each_answered_in_order(timed):
+    """Two requests in one packet: the second waits for the first's response, and neither
+    is cut by a deadline while it waits."""
+    with connect(timed) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+                     b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                     b"authorization: Bearer " + KEY_A.encode() + b"\r\n\r\n")
+        answers = read_all(sock)
+    assert answers.startswith(b"HTTP/1.1 200 ") and answers.count(b"HTTP/1.1 200 ") == 2, answers[:500]
+    first, second = answers.split(b"HTTP/1.1 200 ")[1:]
+    assert b'"object"' not in first and b'"object":"list"' in second.replace(b" ", b"")
+
+
+def test_serve_runs_httptools_on_uvloop():
+    """The stack chosen by measurement (issue 11): both are main dependencies, so a plain
+    install serves with them, and the deadlines ride on the httptools protocol."""
+    config = server_config(object(), load_settings())
+    assert config.http is DeadlineHttpToolsProtocol and config.loop == "uvloop"
+    assert config.gateway_deadlines.header_timeout == load_settings().server.header_timeout_seconds
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_past_max_connections_new_requests_get_503(parser):
     settings = load_settings()
     settings.engines.preload = []
     settings.server.max_connections = 3
-    live = ServedAsServe(settings).start(ready_path="/health")
+    live = ServedAsServe(settings, http=protocol_class(parser)).start(ready_path="/health")
     held = []
     try:
         for _ in range(3):  # holders: connected, their request head still coming
