@@ -359,9 +359,9 @@ class Http1Pool:
             ssl.create_default_context() if parts.scheme == "https" else None
         )
         default_port = self.port == (443 if parts.scheme == "https" else 80)
-        authority = self.host if default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not default_port:
-            authority = f"[{self.host}]:{self.port}"
+        authority = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
+        if not default_port:
+            authority += f":{self.port}"
         lines = [f"Host: {authority}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         self._common = ("\r\n".join(lines) + "\r\n").encode("latin-1")
@@ -403,13 +403,17 @@ class Http1Pool:
         )
         timeout = self.read_timeout if read_timeout is None else read_timeout
         for attempt in range(2):
-            conn = await self._acquire()
+            # A retry takes a new connection: the others kept alive may be as stale.
+            conn = await (self._connect() if attempt else self._acquire())
             reused = conn.used
             conn.used = True
             response = Response(conn, timeout)
             conn.response = response
-            assert conn.transport is not None
-            conn.transport.write(head + body)
+            if conn.closed:  # closed while it was being opened: no connection_lost to come
+                response._fail(_ClosedBeforeResponse("the upstream closed the connection at once"))
+            else:
+                assert conn.transport is not None
+                conn.transport.write(head + body)
             try:
                 await response._wait_headers()
             except _ClosedBeforeResponse:
