@@ -4,6 +4,7 @@ One command, loopback only, bounded in time:
 
     .venv/bin/python bench/overhead.py                 # ~5 s per cell, 18 cells
     .venv/bin/python bench/overhead.py --seconds 2 --no-litellm   # a quick look
+    .venv/bin/python bench/overhead.py --seconds 2 --no-litellm --workers 2   # 2 processes
 
 An upstream that costs almost nothing (raw asyncio protocol in its own process, no sleeps,
 20 one-token SSE chunks, vLLM's OpenAI format for both ``/v1/completions``, what the
@@ -225,10 +226,19 @@ options = {{ vllm_urls = ["{upstream}"], check_tokenizer = false, health_interva
 """
 
 
-def start_gateway(upstream: str):
-    from tests.redis_server import GatewayProcess
+def start_gateway(upstream: str, workers: int | None = None, cleanup: list | None = None):
+    """The gateway under test; ``workers`` (server.workers) above 1 needs the state shared,
+    so a redis-server of its own is started for it (and stopped through ``cleanup``)."""
+    from tests.redis_server import GatewayProcess, RedisServer
 
-    gateway = GatewayProcess(GATEWAY_CONFIG.format(model=MODEL, upstream=upstream))
+    config = GATEWAY_CONFIG.format(model=MODEL, upstream=upstream)
+    if workers is not None and workers > 1:
+        redis = RedisServer()
+        if cleanup is not None:
+            cleanup.append(redis.stop)
+        config += f'[state]\nbackend = "redis"\nredis_url = "{redis.url}"\n'
+    env = {"GATEWAY__SERVER__WORKERS": str(workers)} if workers is not None else None
+    gateway = GatewayProcess(config, env=env)
     gateway.wait_ready(120)
     return gateway
 
@@ -430,6 +440,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per cell (bound)")
     parser.add_argument("--max-requests", type=int, default=5000, help="per cell (bound)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the gateway's server.workers (default: its own default, \"auto\"; "
+                        "above 1 a redis-server is started for its shared state)")
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "overhead.json")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -444,7 +457,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     notes: list[str] = []
     try:
-        gateway = start_gateway(upstream_url)
+        gateway = start_gateway(upstream_url, args.workers, cleanup)
         cleanup.append(gateway.stop)
         targets["gateway"] = (gateway.url, gateway.process.pid)
         if not args.no_litellm:
@@ -478,6 +491,7 @@ def main() -> None:
     growth = {name: cells.pop("upstream_time_wait_growth") for name, cells in results.items()}
     load = os.getloadavg()
     report = {"tokens_per_request": TOKENS, "seconds_per_cell": args.seconds,
+              "gateway_workers": args.workers or "default",
               "cores": os.cpu_count(), "loadavg": load, "litellm_version": LITELLM_VERSION,
               "time_wait_growth": growth, "notes": notes, "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -40,31 +40,46 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(render(Path(args.config) if args.config else DEFAULT_CONFIG))
         return 0
-    from .app import create_app
-
     if args.command == "openapi":
         from .openapi_export import openapi_document
 
         print(json.dumps(openapi_document(settings), indent=2, sort_keys=True))
         return 0
+    return _serve(settings, args.host, args.port)
 
-    import uvicorn
 
-    if args.host:
-        settings.server.host = args.host
-    if args.port:
-        settings.server.port = args.port
-    app = create_app(settings)
+def _serve(settings, host: str | None, port: int | None) -> int:
+    """One process (workers = 1, as tests run it in-process through server_config), or a
+    supervisor and its worker processes (gateway/workers.py)."""
     import structlog
 
-    structlog.get_logger("gateway").info(
+    from .logging import configure_logging
+    from .workers import resolve_workers, serve_workers
+
+    if host:
+        settings.server.host = host
+    if port:
+        settings.server.port = port
+    workers, why_one = resolve_workers(settings)
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    log = structlog.get_logger("gateway")
+    if why_one:
+        log.info("one_worker_process", reason=why_one)
+    log.info(
         "serving",
         url=f"http://{settings.server.host}:{settings.server.port}/v1",
         docs=f"http://{settings.server.host}:{settings.server.port}/docs",
+        workers=workers,
     )
+    if workers > 1:
+        return serve_workers(settings, workers)
+
+    import uvicorn
+
+    from .app import create_app
     from .server import server_config
 
-    server = uvicorn.Server(server_config(app, settings))
+    server = uvicorn.Server(server_config(create_app(settings), settings))
     server.run()
     return 0 if server.started else 3  # 3: could not start (as uvicorn.run exits)
 

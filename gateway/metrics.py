@@ -14,10 +14,25 @@ hears something. This module adds, on the same ``/metrics`` page:
 
 The request's arrival is carried in a context variable, which the streaming tasks that
 serve the body inherit.
+
+With several worker processes (``server.workers``, :mod:`gateway.workers`) the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory of the run before the
+workers import this module, so every counter and histogram lives in files there and
+``/metrics``, whichever worker answers it, adds them up across workers. Gauges say how
+they combine: open realtime sessions and requests in progress add up (live workers
+only), the state backend is up only while every worker reaches it. The model gauges,
+read from a worker's own registry, are published by each worker about once a second
+(and by the worker answering the scrape, right then): loaded and load time are the most
+of any worker, requests holding a model and inference calls running and queued add up
+over workers. Two per-worker series carry a ``pid`` label: ``worker_ready`` and
+``worker_responses`` (responses the worker has sent), which show how evenly the kernel
+spreads connections. The process and Python collectors (``process_*``, ``python_*``) are
+per process and are left out then.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator
@@ -34,6 +49,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -41,6 +57,9 @@ from prometheus_client.registry import Collector
 from engines.registry import ModelRegistry
 
 PREFIX = "step_audio_gateway"
+
+#: prometheus_client chose its value store on import by the same variable.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 #: Seconds, from "instant" to "a listener gives up".
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
@@ -77,7 +96,9 @@ REALTIME_VOICE_TO_VOICE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REALTIME_SESSIONS = Gauge(
-    f"{PREFIX}_realtime_sessions_open", "Realtime WebSocket sessions currently open"
+    f"{PREFIX}_realtime_sessions_open",
+    "Realtime WebSocket sessions currently open",
+    multiprocess_mode="livesum",
 )
 REALTIME_BARGE_INS = Counter(
     f"{PREFIX}_realtime_barge_ins", "Responses cancelled because the user spoke over them"
@@ -148,6 +169,39 @@ class StreamingPrometheusMiddleware(PrometheusMiddleware):
             _arrival.reset(token)
 
 
+#: The model gauges: name, help, and how workers' figures combine (multiprocess mode).
+MODEL_GAUGES = {
+    "loaded": ("model_loaded", "1 when the model is loaded", "livemax"),
+    "in_use": (
+        "model_requests_in_use",
+        "Holders of the model: requests, or a routing model that keeps it loaded",
+        "livesum",
+    ),
+    "running": (
+        "model_inference_running",
+        "Inference calls computing on the model's worker",
+        "livesum",
+    ),
+    "waiting": (
+        "model_inference_waiting",
+        "Inference calls queued on the model's worker (a full queue answers 429)",
+        "livesum",
+    ),
+    "load_seconds": ("model_load_seconds", "How long the model's last load took", "livemax"),
+}
+
+
+def _model_figures(registry: ModelRegistry):
+    """(gauge key, model id, value) for every model, read from the registry now."""
+    for state in registry.states():
+        yield "loaded", state.id, float(state.loaded)
+        yield "in_use", state.id, state.in_use
+        yield "running", state.id, state.running
+        yield "waiting", state.id, state.waiting
+        if state.load_seconds is not None:
+            yield "load_seconds", state.id, state.load_seconds
+
+
 class ModelStateCollector(Collector):
     """Reads the model registry when scraped, so the figures are never stale."""
 
@@ -156,45 +210,98 @@ class ModelStateCollector(Collector):
 
     def collect(self):
         families = {
-            "loaded": GaugeMetricFamily(
-                f"{PREFIX}_model_loaded", "1 when the model is loaded", labels=["model"]
-            ),
-            "in_use": GaugeMetricFamily(
-                f"{PREFIX}_model_requests_in_use",
-                "Holders of the model: requests, or a routing model that keeps it loaded",
-                labels=["model"],
-            ),
-            "running": GaugeMetricFamily(
-                f"{PREFIX}_model_inference_running",
-                "Inference calls computing on the model's worker",
-                labels=["model"],
-            ),
-            "waiting": GaugeMetricFamily(
-                f"{PREFIX}_model_inference_waiting",
-                "Inference calls queued on the model's worker (a full queue answers 429)",
-                labels=["model"],
-            ),
-            "load_seconds": GaugeMetricFamily(
-                f"{PREFIX}_model_load_seconds",
-                "How long the model's last load took",
-                labels=["model"],
-            ),
+            key: GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=["model"])
+            for key, (name, help_text, _) in MODEL_GAUGES.items()
         }
-        for state in self.registry.states():
-            families["loaded"].add_metric([state.id], float(state.loaded))
-            families["in_use"].add_metric([state.id], state.in_use)
-            families["running"].add_metric([state.id], state.running)
-            families["waiting"].add_metric([state.id], state.waiting)
-            if state.load_seconds is not None:
-                families["load_seconds"].add_metric([state.id], state.load_seconds)
+        for key, model, value in _model_figures(self.registry):
+            families[key].add_metric([model], value)
         yield from families.values()
+
+
+class _WorkerGauges:
+    """Multiprocess mode: the gauges one worker writes its live figures to. Made only then
+    (a single process reads its registry at scrape time instead), and not registered: the
+    scrape reads every worker's files."""
+
+    def __init__(self) -> None:
+        self.models = {
+            key: Gauge(
+                f"{PREFIX}_{name}", help_text, ["model"], multiprocess_mode=mode, registry=None
+            )
+            for key, (name, help_text, mode) in MODEL_GAUGES.items()
+        }
+        self.ready = Gauge(
+            f"{PREFIX}_worker_ready",
+            "1 once this worker process has loaded its preloaded models (label pid)",
+            multiprocess_mode="liveall",
+            registry=None,
+        )
+        self.responses = Gauge(
+            f"{PREFIX}_worker_responses",
+            "Responses this worker process has sent since it started (label pid)",
+            multiprocess_mode="liveall",
+            registry=None,
+        )
+
+
+_worker_gauges: _WorkerGauges | None = None
+
+
+class ModelStatePublisher(Collector):
+    """Multiprocess mode: each collection writes this worker's live figures to the shared
+    gauges and yields nothing itself (the scrape reads the gauges from every worker)."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        global _worker_gauges
+        self.registry = registry
+        if _worker_gauges is None:
+            _worker_gauges = _WorkerGauges()
+        self.gauges = _worker_gauges
+
+    def collect(self):
+        for key, model, value in _model_figures(self.registry):
+            self.gauges.models[key].labels(model=model).set(value)
+        self.gauges.ready.set(float(self.registry.ready))
+        self.gauges.responses.set(_responses_sent())
+        return iter(())
+
+
+def _responses_sent() -> float:
+    """This process's count of responses: the first-byte histogram sees every one."""
+    return sum(
+        sample.value
+        for metric in FIRST_BYTE.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+    )
 
 
 def app_metrics(registry: ModelRegistry) -> CollectorRegistry:
     """The metrics that belong to one app (its models), apart from the process-wide ones."""
     collectors = CollectorRegistry(auto_describe=False)
-    collectors.register(ModelStateCollector(registry))
+    if MULTIPROCESS:
+        collectors.register(ModelStatePublisher(registry))
+    else:
+        collectors.register(ModelStateCollector(registry))
     return collectors
+
+
+def publish(collectors: CollectorRegistry) -> None:
+    """Multiprocess mode: write this worker's live figures where every worker's scrape
+    reads them (a worker calls it about once a second)."""
+    for _ in collectors.collect():
+        pass
+
+
+def _exposed() -> CollectorRegistry:
+    if not MULTIPROCESS:
+        return REGISTRY
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    return merged
+
+
+EXPOSED = _exposed()
 
 
 class MetricsController(Controller):
@@ -205,7 +312,8 @@ class MetricsController(Controller):
 
     @get()
     async def metrics(self, request: Request) -> Response:
-        body = generate_latest(REGISTRY) + generate_latest(request.app.state["metrics"])
+        own = generate_latest(request.app.state["metrics"])  # first: publishes, in multiprocess
+        body = generate_latest(EXPOSED) + own
         return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 

@@ -48,6 +48,7 @@ STATE_UP = Gauge(
     f"{PREFIX}_state_backend_up",
     "1 while the shared state backend (limits, audio ids) answers, 0 during an outage",
     ["backend"],
+    multiprocess_mode="livemin",  # with several workers: 0 while any of them cannot reach it
 )
 STATE_ERRORS = Counter(
     f"{PREFIX}_state_backend_errors",

@@ -24,6 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "default.toml"
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
+#: Engine kinds that must exist once per gateway, not once per worker process: their weights
+#: sit in GPU memory (Step-Audio's tokenizer and TTS-3B), and a cloned voice lives in the TTS
+#: that registered it.
+ONE_COPY_ENGINES = ("step-audio-tokenizer", "step-audio-tts")
+
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
@@ -46,8 +51,19 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_alive_timeout_seconds: float = 5.0
     # Connections served at once; above it new requests get 503 (0: no cap).
     max_connections: int = 1000
+    # Worker processes sharing the listening socket: a number, or "auto" (see
+    # gateway/workers.py and config/default.toml).
+    workers: int | str = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.workers, str) and self.workers.strip().isdigit():
+            self.workers = int(self.workers)
+        if self.workers != "auto" and (
+            isinstance(self.workers, str) or isinstance(self.workers, bool) or self.workers < 1
+        ):
+            raise ValueError(
+                f'server.workers must be a whole number >= 1 or "auto", not {self.workers!r}'
+            )
         for key in self.api_keys:
             if key.lower().startswith("sha256:") and not _SHA256_HEX.fullmatch(key[7:].strip()):
                 raise ValueError("a 'sha256:' API key must be followed by 64 hex digits")
@@ -233,6 +249,35 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
+
+    def __post_init__(self) -> None:
+        workers = self.server.workers
+        if workers == "auto" or workers == 1:
+            return
+        if self.state.backend == "memory":
+            raise ValueError(
+                f"server.workers = {workers} needs a shared state backend: with state.backend ="
+                ' "memory" each worker process would keep its own audio ids of spoken replies,'
+                " per-key rate limits, transcripts and cloned voices' owners, so a request that"
+                ' lands on another worker would lose them. Set [state] backend = "redis" (and'
+                ' redis_url), or server.workers = 1 (or "auto")'
+            )
+        heavy = one_copy_models(self)
+        if heavy:
+            raise ValueError(
+                f"server.workers = {workers} would load {', '.join(heavy)} once per worker process"
+                " (a copy of the weights each, on the GPU), and a cloned voice would exist in one"
+                ' worker only. Keep server.workers = 1 (or "auto") and scale by running more'
+                " gateways behind the load balancer, one per GPU, on one Redis (README, Scaling)"
+            )
+
+
+def one_copy_models(settings: Settings) -> list[str]:
+    """The configured models whose engines must not be loaded once per worker process."""
+    found = [name for name, model in settings.models.items() if model.engine in ONE_COPY_ENGINES]
+    if settings.step_audio.enabled:
+        found += ["step-audio-tokenizer", "step-audio-tts-3b"]
+    return found
 
 
 class SettingsError(ValueError):

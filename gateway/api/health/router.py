@@ -11,6 +11,7 @@ from engines.registry import ModelRegistry
 
 from ... import ratelimit
 from ...errors import APIError
+from ...workers import workers_not_ready
 
 
 class Health(msgspec.Struct):
@@ -40,6 +41,9 @@ async def ready(registry: NamedDependency[ModelRegistry], request: Request) -> R
         )
     if not registry.ready:
         raise APIError("Models are still loading.", status_code=503, code="not_ready")
+    waiting = workers_not_ready()  # with several worker processes: every one of them
+    if waiting:
+        raise APIError(waiting, status_code=503, code="not_ready")
     state = await _state(request)
     return Readiness(
         status="ready",

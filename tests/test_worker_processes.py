@@ -1,0 +1,291 @@
+"""``server.workers``: one gateway served by several worker processes, through real
+``step-audio-gateway serve`` processes and a real redis-server.
+
+What a client and an operator see: requests are answered by every worker, ``/metrics``
+counts each request once whichever worker answered it and whichever answers the scrape,
+a spoken reply's audio id made through one worker resolves through the other, a worker
+that dies is replaced without its counts being lost or its gauges lingering, and the
+settings that would lose state (memory backend, Step-Audio engines) are refused at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.redis_server import GATEWAY_BIN, ROOT, GatewayProcess, RedisServer
+
+WORKERS = """
+[server]
+workers = {workers}
+log_level = "info"
+[engines]
+preload = {preload}
+[state]
+backend = "redis"
+redis_url = "{url}"
+redis_prefix = "{prefix}"
+"""
+
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def start(redis_server, *, workers="2", preload="[]", prefix="workers") -> GatewayProcess:
+    config = WORKERS.format(workers=workers, preload=preload, url=redis_server.url, prefix=prefix)
+    gateway = GatewayProcess(config, env={"GATEWAY__SERVER__LOG_LEVEL": "info"})
+    try:
+        return gateway.wait_ready()
+    except Exception:
+        gateway.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def pair(redis_server):
+    gateway = start(redis_server)
+    yield gateway
+    gateway.stop()
+
+
+def samples(url: str, name: str) -> dict[str, float]:
+    """``name``'s samples on /metrics, by their label text."""
+    found = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        match = SAMPLE.match(line)
+        if match and match.group(1) == name:
+            found[match.group(2) or ""] = float(match.group(3))
+    return found
+
+
+def per_worker(url: str, name: str = "step_audio_gateway_worker_responses") -> dict[int, float]:
+    return {
+        int(re.search(r'pid="(\d+)"', labels).group(1)): value
+        for labels, value in samples(url, name).items()
+    }
+
+
+def settled_responses(url: str, total: float, timeout: float = 10.0) -> dict[int, float]:
+    """Each worker's response count once they add up to ``total`` (workers publish theirs
+    about once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = per_worker(url)
+        if sum(counts.values()) == total or time.monotonic() > deadline:
+            assert sum(counts.values()) == total, counts
+            return counts
+        time.sleep(0.2)
+
+
+def requests_total(url: str) -> float:
+    return sum(samples(url, "step_audio_gateway_requests_total").values())
+
+
+def test_both_workers_answer_and_metrics_count_every_request_once(pair):
+    before = requests_total(pair.url)
+    counts = settled_responses(pair.url, before)
+    sent = 0
+    while sent < 400:
+        for _ in range(40):  # a new connection each: the kernel hands it to either worker
+            assert httpx.get(pair.url + "/v1/models", timeout=10).status_code == 200
+        sent += 40
+        counts = settled_responses(pair.url, before + sent)
+        if len(counts) == 2 and min(counts.values()) > 0:
+            break
+    assert len(counts) == 2 and min(counts.values()) > 0, counts  # both workers answered
+    assert requests_total(pair.url) == before + sent  # each counted once, in one scrape
+    ready = per_worker(pair.url, "step_audio_gateway_worker_ready")
+    assert ready == dict.fromkeys(counts, 1.0)
+    assert samples(pair.url, "step_audio_gateway_state_backend_up") == {'backend="redis"': 1.0}
+
+
+def served_by(url: str, send) -> tuple[int, httpx.Response]:
+    """Send one request and tell which worker answered it (its response count moved)."""
+    before = settled_responses(url, requests_total(url))
+    response = send()
+    after = settled_responses(url, sum(before.values()) + 1)
+    (pid,) = [pid for pid in after if after[pid] != before.get(pid, 0)]
+    return pid, response
+
+
+def chat(url: str, messages: list[dict], spoken: bool) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 4, "temperature": 0}
+    if spoken:
+        body |= {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=300)
+
+
+def test_a_spoken_replys_audio_id_made_by_one_worker_resolves_on_the_other(redis_server):
+    gateway = start(redis_server, preload='["gpt-4o-mini", "tts-1"]', prefix="audio-ids")
+    try:
+        maker, first = served_by(
+            gateway.url, lambda: chat(gateway.url, [{"role": "user", "content": "Say hi."}], True)
+        )
+        assert first.status_code == 200, first.text
+        follow = [
+            {"role": "user", "content": "Say hi."},
+            {
+                "role": "assistant",
+                "audio": {"id": first.json()["choices"][0]["message"]["audio"]["id"]},
+            },
+            {"role": "user", "content": "Again."},
+        ]
+        answers = {}
+        for _ in range(40):
+            pid, answer = served_by(gateway.url, lambda: chat(gateway.url, follow, False))
+            answers[pid] = answer
+            if len(answers) == 2:
+                break
+        unknown = chat(
+            gateway.url,
+            [follow[0], {"role": "assistant", "audio": {"id": "audio_" + "0" * 24}}, follow[2]],
+            False,
+        )
+    finally:
+        gateway.stop()
+    assert len(answers) == 2 and maker in answers, answers.keys()  # the maker and the other
+    for answer in answers.values():
+        assert answer.status_code == 200, answer.text
+    assert unknown.status_code == 400 and "audio" in unknown.json()["error"]["param"]
+
+
+def test_a_worker_that_dies_is_replaced_and_nothing_it_counted_is_lost(redis_server):
+    gateway = start(redis_server, prefix="restart")
+    try:
+        for _ in range(30):
+            httpx.get(gateway.url + "/v1/models", timeout=10)
+        total = requests_total(gateway.url)
+        old = settled_responses(gateway.url, total)
+        victim = max(old, key=old.get)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready = per_worker(gateway.url, "step_audio_gateway_worker_ready")
+            if len(ready) == 2 and victim not in ready and set(ready.values()) == {1.0}:
+                break
+            time.sleep(0.3)
+        assert victim not in ready and len(ready) == 2, ready  # replaced; its gauges gone
+        assert httpx.get(gateway.url + "/ready", timeout=10).status_code == 200
+        assert requests_total(gateway.url) == total + 1  # the dead worker's counts remain
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_stops_every_worker_and_exits_0(redis_server):
+    gateway = start(redis_server, prefix="stop")
+    try:
+        workers = per_worker(gateway.url, "step_audio_gateway_worker_ready")
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=30) == 0
+    finally:
+        gateway.stop()
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(gateway.url + "/health", timeout=5)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_auto_is_one_worker_per_usable_core_on_redis(redis_server):
+    gateway = start(redis_server, workers='"auto"', prefix="auto")
+    try:
+        ready = per_worker(gateway.url, "step_audio_gateway_worker_ready")
+        log = gateway.output()
+    finally:
+        gateway.stop()
+    cores = len(os.sched_getaffinity(0))
+    assert f'"workers": {cores}' in log, log
+    if cores > 1:
+        assert len(ready) == cores
+    else:  # one process: no per-worker series
+        assert ready == {}
+
+
+def serve(env: dict[str, str], seconds: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(GATEWAY_BIN), "serve", "--port", "1"],
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY__ENGINES__PRELOAD": "[]", **env},
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+    )
+
+
+def test_more_than_one_worker_on_memory_state_is_refused():
+    result = serve({"GATEWAY__SERVER__WORKERS": "2"})
+    assert result.returncode == 2
+    assert "server.workers = 2 needs a shared state backend" in result.stderr
+    assert 'backend = "redis"' in result.stderr
+
+
+def test_more_than_one_worker_with_the_step_audio_engines_is_refused(tmp_path):
+    result = serve(
+        {
+            "GATEWAY__SERVER__WORKERS": "2",
+            "GATEWAY__STATE__BACKEND": "redis",
+            "GATEWAY__STEP_AUDIO__MODEL_DIR": str(tmp_path),
+        }
+    )
+    assert result.returncode == 2
+    assert "step-audio-tts-3b once per worker process" in result.stderr
+    assert "one per GPU" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env, reason",
+    [
+        ({}, 'state.backend is "memory"'),
+        (
+            {"GATEWAY__STATE__BACKEND": "redis", "GATEWAY__STEP_AUDIO__MODEL_DIR": "/nowhere"},
+            "keep one copy per gateway",
+        ),
+    ],
+)
+def test_auto_is_one_worker_and_says_why_on_memory_state_or_with_step_audio(env, reason):
+    process = subprocess.Popen(
+        [str(GATEWAY_BIN), "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "GATEWAY__ENGINES__PRELOAD": "[]",
+            "GATEWAY__SERVER__LOG_LEVEL": "info",
+            "GATEWAY__SERVER__LOG_FORMAT": "json",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any('"serving"' in line for line in lines):
+            lines.append(process.stdout.readline())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    events = {e["event"]: e for e in map(json.loads, (x for x in lines if x.startswith("{")))}
+    assert events["serving"]["workers"] == 1, lines
+    assert reason in events["one_worker_process"]["reason"], lines
