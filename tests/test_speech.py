@@ -132,6 +132,28 @@ def test_sse_stream_carries_base64_deltas_then_one_done_with_usage(http):
     assert 2.0 < pcm_duration(audio) < 8.0
 
 
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "pcm"])
+def test_a_sentence_first_sends_a_short_lead_of_audio_then_the_rest(http, fmt):
+    """Encoding a whole sentence to MP3 or Opus took 10-60 ms, all of it between the
+    sentence being synthesised and its first byte leaving (issue 11: first audio byte
+    within 20 ms of first-sentence synthesis). Its first 0.3 s now go out on their own:
+    the first delta is a fraction of a second of playable audio, and the deltas together
+    still make the whole answer."""
+    text = "The gateway turns text into speech on an ordinary computer. It streams each sentence."
+    with http.stream(
+        "POST", "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt, "stream_format": "sse"},
+    ) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    pieces = [base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"]
+    seconds = pcm_duration if fmt == "pcm" else duration
+    lead, whole = seconds(pieces[0]), seconds(b"".join(pieces))
+    assert 0.1 < lead < 0.35, lead
+    assert 4.0 < whole < 9.0, whole
+    assert len(pieces) >= 4  # a lead and a rest for each sentence (plus the codec's tail)
+
+
 def test_sse_via_sdk_stream_format(openai_client):
     response = openai_client.audio.speech.create(
         model="gpt-4o-mini-tts", voice="coral", input=SENTENCE, stream_format="sse", response_format="mp3"

@@ -1,8 +1,9 @@
 """Speech: request struct → voice, language and speed → engine → encoded bytes or events.
 
 Audio leaves sentence by sentence: each sentence is resampled, tempo-shifted and encoded
-as soon as the engine yields it, and the response streams those bytes (or base64 SSE
-deltas) without waiting for the rest of the input.
+as soon as the engine yields it (its first 0.3 s on their own, so encoding the whole
+sentence does not hold back its first byte), and the response streams those bytes (or
+base64 SSE deltas) without waiting for the rest of the input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import AsyncIterator
 import anyio.to_thread
 
 from adapters.audio.encode import CONTENT_TYPES
-from adapters.audio.pipeline import SpeechAudioPipeline, split_speed
+from adapters.audio.pipeline import SpeechAudioPipeline, lead_and_rest, split_speed
 from adapters.text.language import detect_language
 from adapters.text.tokens import count_audio_tokens, count_text_tokens
 from engines.base import Capability, SpeechRequest
@@ -61,14 +62,15 @@ class SpeechStream:
                 instructions=request.instructions,
             )
             async for chunk in engine.synthesize(engine_request):
-                data = await anyio.to_thread.run_sync(
-                    pipeline.process, chunk.samples, chunk.sample_rate
-                )
-                # Charged as spoken: the piece that runs the key out ends the stream.
-                await ratelimit.charge_audio_out(pipeline.seconds - self.seconds)
-                self.seconds = pipeline.seconds
-                if data:
-                    yield data
+                for piece in lead_and_rest(chunk.samples, chunk.sample_rate):
+                    data = await anyio.to_thread.run_sync(
+                        pipeline.process, piece, chunk.sample_rate
+                    )
+                    # Charged as spoken: the piece that runs the key out ends the stream.
+                    await ratelimit.charge_audio_out(pipeline.seconds - self.seconds)
+                    self.seconds = pipeline.seconds
+                    if data:
+                        yield data
             tail = await anyio.to_thread.run_sync(pipeline.finish)
             self.seconds = pipeline.seconds
             if tail:
