@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -185,14 +186,29 @@ def test_a_worker_that_dies_is_replaced_and_nothing_it_counted_is_lost(redis_ser
         gateway.stop()
 
 
-def test_sigterm_stops_every_worker_and_exits_0(redis_server):
+def test_sigterm_lets_a_request_in_flight_finish_then_stops_every_worker(redis_server):
     gateway = start(redis_server, prefix="stop")
+    body = b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'
     try:
         workers = per_worker(gateway.url, "step_audio_gateway_worker_ready")
-        gateway.process.send_signal(signal.SIGTERM)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+                + body[:20]
+            )
+            time.sleep(0.5)  # the request is in flight, its body half sent
+            gateway.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[20:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
         assert gateway.process.wait(timeout=30) == 0
     finally:
         gateway.stop()
+    assert answer.startswith(b"HTTP/1.1 404"), answer  # answered in full, not cut
+    assert b'"code":"model_not_found"' in answer.replace(b" ", b"")
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
     with pytest.raises(httpx.ConnectError):
