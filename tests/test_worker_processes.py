@@ -194,7 +194,8 @@ def test_sigterm_lets_a_request_in_flight_finish_then_stops_every_worker(redis_s
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
             sock.sendall(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                % len(body)
                 + body[:20]
             )
             time.sleep(0.5)  # the request is in flight, its body half sent
