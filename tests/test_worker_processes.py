@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -306,3 +307,33 @@ def test_auto_is_one_worker_and_says_why_on_memory_state_or_with_step_audio(env,
     events = {e["event"]: e for e in map(json.loads, (x for x in lines if x.startswith("{")))}
     assert events["serving"]["workers"] == 1, lines
     assert reason in events["one_worker_process"]["reason"], lines
+
+
+ASSEMBLE = """
+import hashlib, sys
+from pathlib import Path
+from engines.embedded.assets import whisper_base_dir
+folder = whisper_base_dir(Path(sys.argv[1]))
+print(hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest())
+"""
+
+
+def test_workers_starting_together_assemble_whisper_base_once_and_whole(tmp_path):
+    """Every worker loads its engines at start, at the same moment: Whisper base, joined
+    from its part packages on first use, must come out whole for each of them."""
+    from engines.embedded.assets import WHISPER_BASE_SHA256
+
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", ASSEMBLE, str(tmp_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], results
+    assert [out.strip() for out, _ in results] == [WHISPER_BASE_SHA256] * 3
+    assert sum("assembling whisper-base" in err for _, err in results) == 1  # once

@@ -7,6 +7,7 @@ bar, so every later start is instant and a corrupt install is caught instead of 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.resources
 import importlib.util
@@ -41,13 +42,29 @@ def whisper_tiny_en_dir() -> Path:
 def whisper_base_dir(cache_dir: Path) -> Path:
     """Return a folder holding Whisper base, joining its part packages on first use."""
     target = cache_dir / "whisper-base"
+    stamp = target / "model.bin.sha256"
+
+    def assembled() -> bool:
+        return (target / "model.bin").exists() and stamp.exists() and (
+            stamp.read_text().strip() == WHISPER_BASE_SHA256
+        )
+
+    if assembled():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    # Worker processes (server.workers) load their engines at the same time: one
+    # assembles, the others wait for it and find the folder complete.
+    with (target / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not assembled():
+            _assemble_whisper_base(target)
+    return target
+
+
+def _assemble_whisper_base(target: Path) -> None:
     model = target / "model.bin"
     stamp = target / "model.bin.sha256"
-    if model.exists() and stamp.exists() and stamp.read_text().strip() == WHISPER_BASE_SHA256:
-        return target
-
     parts = [package_data(pkg, "data", name) for pkg, name in _WHISPER_BASE_PARTS]
-    target.mkdir(parents=True, exist_ok=True)
     total = sum(part.stat().st_size for part in parts)
     partial = target / "model.bin.partial"
     digest = hashlib.sha256()
@@ -76,7 +93,6 @@ def whisper_base_dir(cache_dir: Path) -> Path:
     for name in _WHISPER_SIDE_FILES:
         shutil.copyfile(source / name, target / name)
     stamp.write_text(WHISPER_BASE_SHA256 + "\n")
-    return target
 
 
 def resolve_whisper_weights(weights: str, cache_dir: Path) -> Path:
