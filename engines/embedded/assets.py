@@ -45,8 +45,10 @@ def whisper_base_dir(cache_dir: Path) -> Path:
     stamp = target / "model.bin.sha256"
 
     def assembled() -> bool:
-        return (target / "model.bin").exists() and stamp.exists() and (
-            stamp.read_text().strip() == WHISPER_BASE_SHA256
+        return (
+            (target / "model.bin").exists()
+            and stamp.exists()
+            and stamp.read_text().strip() == WHISPER_BASE_SHA256
         )
 
     if assembled():
