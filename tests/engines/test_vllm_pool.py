@@ -499,6 +499,44 @@ def test_events_split_anywhere_by_the_network_give_the_same_pieces(http_cuts, wi
         "stop", 7, len(TOKENS))
 
 
+async def test_the_read_timeout_bounds_silence_not_the_whole_answer(fakes):
+    """A long answer streams for minutes; only a replica gone quiet is a failure."""
+    fake = await fakes(delay=0.25, tokens=["t"] * 8)  # 1.75 s in all, 0.25 s gaps
+    async with pool_of(fake.url, read_timeout=0.6) as pool:
+        pieces = await collect(pool)
+        [replica] = pool.snapshot().replicas
+    assert text_of(pieces) == "t" * 8 and pieces[-1][0] > 1.5
+    assert (replica.healthy, replica.failures) == (True, 0)
+
+
+async def test_a_replica_gone_quiet_fails_after_the_read_timeout(fakes):
+    fake = await fakes(delay=5.0, tokens=["a", "b"])
+    async with pool_of(fake.url, read_timeout=0.5) as pool:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"sent nothing for 0\.5 s"):
+            await collect(pool)
+        elapsed = time.monotonic() - started
+        [replica] = pool.snapshot().replicas
+    assert 0.5 <= elapsed < 1.5, elapsed
+    assert (replica.healthy, replica.failures) == (False, 1)
+    assert await wait_until(lambda: fake.disconnects, timeout=1.0)  # and vLLM is told
+
+
+async def test_proxy_settings_in_the_environment_are_ignored(fakes, monkeypatch):
+    """A proxy set for downloads must not sit between the gateway and its GPUs: here it
+    points at a closed port, so using it would fail every request and health check."""
+    proxy = closed_port_url()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    fake = await fakes()
+    async with pool_of(fake.url, tokenizer_check=PROBE) as pool:
+        assert (await pool.check_health_once()).ready
+        assert text_of(await collect(pool)) == "".join(TOKENS)
+    assert len(fake.requests) == len(fake.tokenize_requests) == 1
+
+
 # --------------------------------------------------------------------------- routing
 
 
