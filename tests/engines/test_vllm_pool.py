@@ -522,6 +522,21 @@ async def test_a_replica_gone_quiet_fails_after_the_read_timeout(fakes):
     assert await wait_until(lambda: fake.disconnects, timeout=1.0)  # and vLLM is told
 
 
+async def test_a_consumer_that_stops_reading_holds_the_replica_back_not_memory(fakes):
+    """Unread text is not piled up in the gateway: once a little is buffered the socket
+    is no longer read, so the replica's writes wait (TCP flow control), and everything
+    still arrives when the consumer reads again."""
+    fake = await fakes(tokens=["x" * 300] * 30_000)  # ~10 MB of events
+    async with pool_of(fake.url) as pool:
+        async with aclosing(pool.stream_completion("p", **{**SAMPLING, "max_tokens": None})) as stream:
+            received = len((await anext(stream)).text)
+            await asyncio.sleep(1.0)
+            assert fake.completed == 0  # still blocked in its writes
+            async for piece in stream:
+                received += len(piece.text)
+    assert received == 300 * 30_000 and fake.completed == 1
+
+
 async def test_proxy_settings_in_the_environment_are_ignored(fakes, monkeypatch):
     """A proxy set for downloads must not sit between the gateway and its GPUs: here it
     points at a closed port, so using it would fail every request and health check."""
