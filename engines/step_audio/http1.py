@@ -297,6 +297,10 @@ class _Connection(asyncio.Protocol):
 
     # --------------------------------------------------------------- llhttp side
 
+    def on_message_begin(self) -> None:
+        if self.response is None:  # bytes after the response it was asked for
+            self.abort()
+
     def on_status(self, reason: bytes) -> None:
         if self.response is not None:
             self.response.reason += reason.decode("latin-1")
