@@ -21,6 +21,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 from tests.redis_server import GATEWAY_BIN, ROOT, GatewayProcess, RedisServer
@@ -113,6 +114,10 @@ def test_both_workers_answer_and_metrics_count_every_request_once(pair):
     ready = per_worker(pair.url, "step_audio_gateway_worker_ready")
     assert ready == dict.fromkeys(counts, 1.0)
     assert samples(pair.url, "step_audio_gateway_state_backend_up") == {'backend="redis"': 1.0}
+    page = httpx.get(pair.url + "/metrics").text
+    families = [family.name for family in text_string_to_metric_families(page)]
+    assert len(families) == len(set(families))  # each metric once, whichever worker answers
+    assert not any(name.startswith(("process_", "python_")) for name in families)
 
 
 def served_by(url: str, send) -> tuple[int, httpx.Response]:
@@ -157,8 +162,21 @@ def test_a_spoken_replys_audio_id_made_by_one_worker_resolves_on_the_other(redis
             [follow[0], {"role": "assistant", "audio": {"id": "audio_" + "0" * 24}}, follow[2]],
             False,
         )
+        loaded = samples(gateway.url, "step_audio_gateway_model_loaded")
+        load_seconds = samples(gateway.url, "step_audio_gateway_model_load_seconds")
+        deadline = time.monotonic() + 10  # until each worker has published since its last request
+        while True:
+            in_use = samples(gateway.url, "step_audio_gateway_model_requests_in_use")
+            if in_use['model="smollm2-135m"'] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         gateway.stop()
+    # The model gauges combine the workers' registries: loaded in any, holders summed.
+    assert loaded['model="smollm2-135m"'] == 1.0 and loaded['model="whisper-base"'] == 0.0
+    assert load_seconds['model="smollm2-135m"'] > 0
+    assert in_use['model="smollm2-135m"'] == 0.0  # nothing in flight: no worker holds it
+    assert in_use['model="piper-joe"'] == 2.0  # the speech router holds it, in each worker
     assert len(answers) == 2 and maker in answers, answers.keys()  # the maker and the other
     for answer in answers.values():
         assert answer.status_code == 200, answer.text
