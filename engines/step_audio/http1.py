@@ -275,7 +275,9 @@ class _Connection(asyncio.Protocol):
         if response._headers_done and response._close_delimited and self.eof:
             response._finished()  # a body delimited by the end of the connection
         elif not response._started:
-            response._fail(_ClosedBeforeResponse("the upstream closed the connection before responding"))
+            response._fail(
+                _ClosedBeforeResponse("the upstream closed the connection before responding")
+            )
         else:
             response._fail(RemoteProtocolError("the upstream closed the connection mid-response"))
 
@@ -480,4 +482,3 @@ class Http1Pool:
 
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
-
