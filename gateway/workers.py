@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
@@ -97,6 +98,14 @@ class RunDir:
         multiprocess.mark_process_dead(pid, str(self.metrics))
         (self.ready / str(pid)).unlink(missing_ok=True)
 
+    @property
+    def target(self) -> int:
+        """Workers the supervisor keeps running now (SIGTTIN and SIGTTOU change it)."""
+        try:
+            return int((self.root / "target").read_text())
+        except (OSError, ValueError):
+            return self.workers
+
     def not_ready(self) -> str | None:
         """Why the gateway is not ready yet while some worker is still loading."""
         ready = 0
@@ -108,9 +117,10 @@ class RunDir:
             except PermissionError:
                 pass
             ready += 1
-        if ready >= self.workers:
+        target = self.target
+        if ready >= target:
             return None
-        return f"Models are still loading: {ready} of {self.workers} worker processes are ready."
+        return f"Models are still loading: {ready} of {target} worker processes are ready."
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -154,7 +164,10 @@ class WorkerApp:
 
         registry, marked = app.state["registry"], False
         while True:
-            publish(app.state["metrics"])
+            try:
+                publish(app.state["metrics"])
+            except Exception:  # a figure missed: the next beat publishes it; readiness goes on
+                structlog.get_logger(__name__).exception("worker_metrics_publish_failed")
             if not marked and registry.ready:
                 (self.run.ready / str(os.getpid())).touch()
                 marked = True
@@ -202,6 +215,8 @@ class _Supervisor(Multiprocess):
         for pid in self.known - live:
             self.run_dir.forget(pid)
         self.known = live
+        if self.processes_num != self.run_dir.target:
+            (self.run_dir.root / "target").write_text(str(self.processes_num))
 
     def keep_subprocess_alive(self) -> None:
         super().keep_subprocess_alive()

@@ -205,6 +205,27 @@ def test_a_worker_that_dies_is_replaced_and_nothing_it_counted_is_lost(redis_ser
         gateway.stop()
 
 
+def test_a_worker_retired_by_sigttou_leaves_the_gateway_ready(redis_server):
+    """uvicorn's supervisor takes SIGTTOU as "one worker fewer": the one left is all
+    readiness waits for, and the retired one's live gauges go."""
+    gateway = start(redis_server, prefix="ttou")
+    try:
+        before = per_worker(gateway.url, "step_audio_gateway_worker_ready")
+        gateway.process.send_signal(signal.SIGTTOU)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = per_worker(gateway.url, "step_audio_gateway_worker_ready")
+            if len(after) == 1:
+                break
+            time.sleep(0.2)
+        time.sleep(1)  # the supervisor's next beat records the new target
+        statuses = [httpx.get(gateway.url + "/ready", timeout=10).status_code for _ in range(5)]
+    finally:
+        gateway.stop()
+    assert len(before) == 2 and len(after) == 1 and set(after) < set(before), (before, after)
+    assert statuses == [200] * 5
+
+
 def test_sigterm_lets_a_request_in_flight_finish_then_stops_every_worker(redis_server):
     gateway = start(redis_server, prefix="stop")
     body = b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'
