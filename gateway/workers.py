@@ -174,30 +174,6 @@ class WorkerApp:
             time.sleep(_PUBLISH_SECONDS if marked else 0.1)
 
 
-class _PortableConfig(uvicorn.Config):
-    """uvicorn's config as the supervisor pickles it to each worker. gateway/server.py makes
-    the HTTP protocol class at run time (it carries the connection deadlines), and pickle
-    can only send classes it can import by name: it travels as the settings it was made
-    from, and is made again in the worker the same way."""
-
-    @classmethod
-    def of(cls, config: uvicorn.Config) -> "_PortableConfig":
-        portable = cls.__new__(cls)
-        portable.__dict__.update(config.__dict__)
-        return portable
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        if not isinstance(state.get("http"), str):
-            state["http"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if self.http is None:
-            self.http = server_config(None, self.app.settings).http
-
-
 # --------------------------------------------------------------------------- the parent
 
 
@@ -232,9 +208,9 @@ def serve_workers(settings: Settings, workers: int) -> int:
     run = RunDir.create(workers)
     os.environ[METRICS_ENV] = str(run.metrics)  # inherited by the workers, read at import
     try:
-        config = _PortableConfig.of(
-            server_config(WorkerApp(settings, run), settings, workers=workers, factory=True)
-        )
+        # Pickled to each worker: the protocol classes are importable by name and the
+        # connection deadlines travel on the config (gateway/server.py).
+        config = server_config(WorkerApp(settings, run), settings, workers=workers, factory=True)
         sock = config.bind_socket()  # exits 3 (STARTUP_FAILURE) when the port is taken
         supervisor = _Supervisor(config, [sock], run)
         supervisor.run()

@@ -48,9 +48,9 @@ def redis_server():
     server.stop()
 
 
-def start(redis_server, *, workers="2", preload="[]", prefix="workers") -> GatewayProcess:
+def start(redis_server, *, workers="2", preload="[]", prefix="workers", env=None) -> GatewayProcess:
     config = WORKERS.format(workers=workers, preload=preload, url=redis_server.url, prefix=prefix)
-    gateway = GatewayProcess(config, env={"GATEWAY__SERVER__LOG_LEVEL": "info"})
+    gateway = GatewayProcess(config, env={"GATEWAY__SERVER__LOG_LEVEL": "info", **(env or {})})
     try:
         return gateway.wait_ready()
     except Exception:
@@ -203,6 +203,26 @@ def test_a_worker_that_dies_is_replaced_and_nothing_it_counted_is_lost(redis_ser
         assert requests_total(gateway.url) == total + 1  # the dead worker's counts remain
     finally:
         gateway.stop()
+
+
+def test_every_worker_keeps_the_connection_deadlines(redis_server):
+    """The deadline protocol and its settings reach the spawned workers: a head that
+    stalls is answered 408 after header_timeout_seconds, whichever worker holds it."""
+    gateway = start(
+        redis_server, prefix="deadlines", env={"GATEWAY__SERVER__HEADER_TIMEOUT_SECONDS": "1"}
+    )
+    try:
+        answers, took = [], []
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+                began = time.monotonic()
+                sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")  # never ends
+                answers.append(sock.recv(65536))
+                took.append(time.monotonic() - began)
+    finally:
+        gateway.stop()
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers
+    assert all(0.9 < seconds < 5 for seconds in took), took
 
 
 def test_a_worker_retired_by_sigttou_leaves_the_gateway_ready(redis_server):
