@@ -19,7 +19,8 @@ Then the same for spoken chat replies (POST /v1/chat/completions, stream, pcm16)
 delta.audio against the moment the first sentence's text was complete (the next sentence
 had started, which is when the gateway can cut it) plus that sentence's synthesis.
 
-    .venv/bin/python bench/speech_first_byte.py [--repeats 3] [--all-voices] [--json PATH]
+    .venv/bin/python bench/speech_first_byte.py [--repeats 3] [--all-voices] [--voices joe,...]
+        [--no-speech] [--no-chat] [--chat-tokens 120] [--json PATH]
 
 Writes the figures to .bench/speech_first_byte.json as well.
 """
@@ -92,6 +93,10 @@ class Row:
     audio_s: float = 0.0
     underruns: int = 0
     worst_gap_ms: float = 0.0
+    gateway_synthesis_ms: float = 0.0  # the same sentence's synthesis inside the request
+    before_ms: float = 0.0  # from ready (request sent / sentence complete) to synthesis start
+    after_ms: float = 0.0  # from the end of that synthesis to the first audio received
+    overhead_ms: float = 0.0  # median of before + after: what the gateway adds
     excess_ms: float = 0.0  # median over runs of (first audio - ready - synthesis)
     ratio: float = 0.0  # median over runs of (first audio - ready) / synthesis
     runs: list[dict] = field(default_factory=list)
@@ -131,13 +136,57 @@ def loaded_engine(registry, name: str):
     return slot.engine
 
 
+SYNTH_MARKS: list[tuple[float, float]] = []  # (start, end) of each first-sentence synthesis
+
+
+class _TimedSentences:
+    """An engine's sentence iterator, noting when its first sentence's synthesis started
+    and ended inside the gateway (perf_counter: the client shares this process's clock).
+
+    With those marks a request's first audio splits into the gateway's time before
+    synthesis, the synthesis, and its time after (encoding, the HTTP write, the read):
+    figures that other processes' load on a small host moves far less than it moves the
+    synthesis itself."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.first = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.first:
+            return next(self.inner)
+        self.first = False
+        started = time.perf_counter()
+        item = next(self.inner)
+        SYNTH_MARKS.append((started, time.perf_counter()))
+        return item
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def instrument(router) -> None:
+    for engine in router._members.values():
+        original = engine._chunks
+        engine._chunks = lambda request, original=original: _TimedSentences(original(request))
+
+
+def first_synthesis(started: float) -> tuple[float, float]:
+    """The first synthesis the gateway ran since ``started``, as offsets from it."""
+    begin, end = SYNTH_MARKS[0]
+    return begin - started, end - started
+
+
 def time_first_sentence(router, voice: str, sentence: str) -> float:
     """Seconds of the engine's blocking synthesis of ``sentence`` alone."""
     language = detect_language(sentence)
     engine, engine_voice = router.route(voice, language)
     request = SpeechRequest(text=sentence, voice=engine_voice, language=language)
     started = time.perf_counter()
-    chunks = engine._chunks(request)
+    chunks = type(engine)._chunks(engine, request)  # not the timed wrapper
     next(chunks)
     elapsed = time.perf_counter() - started
     chunks.close()
@@ -195,6 +244,7 @@ def simulate(arrivals: list[tuple[float, float]]) -> tuple[float | None, Playbac
 
 
 def stream_speech(client: httpx.Client, voice: str, text: str, fmt: str) -> dict:
+    SYNTH_MARKS.clear()
     started = time.perf_counter()
     pieces: list[tuple[float, int]] = []
     body = bytearray()
@@ -212,9 +262,12 @@ def stream_speech(client: httpx.Client, voice: str, text: str, fmt: str) -> dict
     data = bytes(body)
     arrivals = [(at, playable_seconds(data[:size], fmt)) for at, size in pieces]
     first_audio, playback = simulate(arrivals)
+    synth_start, synth_end = first_synthesis(started)
     return {
         "first_byte": pieces[0][0],
         "ready": 0.0,
+        "synth_start": synth_start,
+        "synth_end": synth_end,
         "first_audio": first_audio,
         "total": total,
         "audio_s": arrivals[-1][1],
@@ -230,6 +283,10 @@ def paired(run: dict, synthesis: float) -> dict:
     return {
         **run,
         "synthesis": synthesis,
+        "gateway_synthesis": run["synth_end"] - run["synth_start"],
+        "before": run["synth_start"] - ready,
+        "after": run["first_audio"] - run["synth_end"],
+        "overhead": run["synth_start"] - ready + run["first_audio"] - run["synth_end"],
         "excess": run["first_audio"] - ready - synthesis,
         "ratio": (run["first_audio"] - ready) / synthesis,
     }
@@ -252,6 +309,10 @@ def summarise(kind, voice, language, fmt, runs: list[dict]) -> Row:
         audio_s=runs[0]["audio_s"],
         underruns=max(r["underruns"] for r in runs),
         worst_gap_ms=max(r["worst_gap_ms"] for r in runs),
+        gateway_synthesis_ms=median("gateway_synthesis") * 1000,
+        before_ms=median("before") * 1000,
+        after_ms=median("after") * 1000,
+        overhead_ms=median("overhead") * 1000,
         excess_ms=median("excess") * 1000,
         ratio=median("ratio"),
         runs=runs,
@@ -283,6 +344,7 @@ def speech_rows(client, router, cases, repeats: int) -> list[Row]:
 
 
 def stream_chat(client: httpx.Client, voice: str, max_tokens: int) -> dict:
+    SYNTH_MARKS.clear()
     started = time.perf_counter()
     sentences = SentenceBuffer()
     ready = None
@@ -321,7 +383,10 @@ def stream_chat(client: httpx.Client, voice: str, max_tokens: int) -> dict:
     first_audio, playback = simulate(arrivals)
     if ready is None:  # one sentence only: complete when the text ended
         ready = total
+    synth_start, synth_end = first_synthesis(started)
     return {
+        "synth_start": synth_start,
+        "synth_end": synth_end,
         "first_byte": first_text,
         "ready": ready,
         "first_audio": first_audio,
@@ -353,19 +418,33 @@ def chat_rows(client, router, repeats: int, max_tokens: int) -> list[Row]:
 # ------------------------------------------------------------------ report
 
 HEADER = (
-    f"{'kind':6} {'voice':16} {'lang':4} {'fmt':5} {'synth ms':>8} {'ready ms':>8} "
-    f"{'1st byte':>8} {'1st audio':>9} {'excess ms':>9} {'ratio':>6} {'ok':>3} "
-    f"{'audio s':>7} {'total ms':>8} {'underruns':>9} {'worst gap':>9}"
+    f"{'kind':6} {'voice':16} {'lang':4} {'fmt':5} {'synth':>6} {'ready':>6} {'1st aud':>7} "
+    f"{'excess':>7} {'ratio':>5} {'gw syn':>6} {'before':>6} {'after':>6} {'overhd':>6} "
+    f"{'ok':>3} {'audio s':>7} {'total':>6} {'underrun':>8} {'worst gap':>9}"
 )
 
 
+LEGEND = """\
+First audio vs first-sentence synthesis; ms, medians of {repeats} runs (underruns: worst run).
+  synth    the first sentence synthesised by the engine called directly, just after the run
+  ready    0 for speech; chat: when the first sentence's text was complete (next one begun)
+  1st aud  first received bytes that decode to audio (wav/mp3/opus: a whole frame after the
+           header; pcm: the first byte), from the request
+  excess   1st aud - ready - synth (target <= {target:.0f}); ratio = (1st aud - ready) / synth
+  gw syn   the same sentence's synthesis inside the request; before: ready -> its start;
+  after    its end -> 1st aud; overhd = before + after, the gateway's own share (ok: <= {target:.0f}
+           and no underrun). excess swings with the load of other processes; overhd far less.
+  underrun real-time playback from 1st aud ran out of received audio; worst gap: longest stall"""
+
+
 def print_row(row: Row) -> None:
-    ok = "yes" if row.excess_ms <= TARGET_MS and row.underruns == 0 else "NO"
+    ok = "yes" if row.overhead_ms <= TARGET_MS and row.underruns == 0 else "NO"
     print(
-        f"{row.kind:6} {row.voice:16} {row.language:4} {row.fmt:5} {row.synthesis_ms:8.1f} "
-        f"{row.ready_ms:8.1f} {row.first_byte_ms:8.1f} {row.first_audio_ms:9.1f} "
-        f"{row.excess_ms:9.1f} {row.ratio:6.2f} {ok:>3} {row.audio_s:7.2f} {row.total_ms:8.0f} "
-        f"{row.underruns:9d} {row.worst_gap_ms:9.1f}",
+        f"{row.kind:6} {row.voice:16} {row.language:4} {row.fmt:5} {row.synthesis_ms:6.0f} "
+        f"{row.ready_ms:6.0f} {row.first_audio_ms:7.0f} {row.excess_ms:7.1f} {row.ratio:5.2f} "
+        f"{row.gateway_synthesis_ms:6.0f} {row.before_ms:6.1f} {row.after_ms:6.1f} "
+        f"{row.overhead_ms:6.1f} {ok:>3} {row.audio_s:7.2f} {row.total_ms:6.0f} "
+        f"{row.underruns:8d} {row.worst_gap_ms:9.1f}",
         flush=True,
     )
 
@@ -376,25 +455,26 @@ def main() -> None:
     parser.add_argument("--all-voices", action="store_true", help="every format for every voice")
     parser.add_argument("--chat-tokens", type=int, default=120)
     parser.add_argument("--no-chat", action="store_true")
+    parser.add_argument("--no-speech", action="store_true")
+    parser.add_argument("--voices", help="comma-separated engine voices (default: all)")
     parser.add_argument("--json", default=str(ROOT / ".bench" / "speech_first_byte.json"))
     args = parser.parse_args()
 
     preload = ["tts-1"] + ([] if args.no_chat else ["gpt-4o-mini"])
     server, url, registry = start_gateway(preload)
     router = loaded_engine(registry, "tts-1")
+    instrument(router)
     # Kokoro's voices share one model (a voice is a style vector): one of them in every
     # format, the others in pcm unless --all-voices.
     others = FORMATS if args.all_voices else ["pcm"]
     cases = [("joe", "en", FORMATS), ("jf_alpha", "ja", FORMATS)]
     cases += [("jf_alpha", "en", others)] + [(voice, "ja", others) for voice in KOKORO_OTHERS]
+    if args.voices:
+        cases = [case for case in cases if case[0] in args.voices.split(",")]
+    if args.no_speech:
+        cases = []
 
-    print(
-        f"First audio vs first-sentence synthesis, median of {args.repeats}; underruns: worst run."
-        f"\nexcess = 1st audio - ready - synth (target <= {TARGET_MS:.0f} ms); ratio ="
-        " (1st audio - ready) / synth; ready: chat only, when the first sentence's text was"
-        " complete.\n1st audio: wav/mp3/opus, the first received bytes that decode to audio"
-        " (a whole frame after the header); pcm, the first byte."
-    )
+    print(LEGEND.format(repeats=args.repeats, target=TARGET_MS))
     print(HEADER)
     with httpx.Client(base_url=url, timeout=600) as client:
         rows = speech_rows(client, router, cases, args.repeats)
@@ -402,7 +482,7 @@ def main() -> None:
             rows += chat_rows(client, router, args.repeats, args.chat_tokens)
     server.should_exit = True
 
-    missed = [r for r in rows if r.excess_ms > TARGET_MS or r.underruns]
+    missed = [r for r in rows if r.overhead_ms > TARGET_MS or r.underruns]
     print(f"\n{len(rows) - len(missed)}/{len(rows)} rows meet both targets.")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
