@@ -25,6 +25,7 @@ What must not break for a client when the next request lands on another worker:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -62,7 +63,29 @@ def resolve_workers(settings: Settings) -> tuple[int, str | None]:
             'state.backend is "memory": worker processes would not share audio ids, limits'
             ' and transcripts (set [state] backend = "redis" to use every core)'
         )
-    return len(os.sched_getaffinity(0)), None
+    return usable_cores(), None
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on (its CPU affinity), capped by a cgroup CPU quota
+    (``docker run --cpus``, a Kubernetes CPU limit), which affinity does not show: on a
+    64-core host a container limited to 2 CPUs should not start 64 workers."""
+    cores = len(os.sched_getaffinity(0))
+    for quota_file, period_file in (
+        ("cpu.max", None),
+        ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((cgroup / period_file).read_text().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            return max(1, min(cores, math.ceil(int(quota) / int(period))))
+        break
+    return cores
 
 
 # --------------------------------------------------------------------------- the run dir

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.workers import usable_cores
 from tests.conftest import free_port
 from tests.redis_server import GATEWAY_BIN, ROOT, GatewayProcess, RedisServer
 
@@ -291,7 +292,7 @@ def test_auto_is_one_worker_per_usable_core_on_redis(redis_server):
         log = gateway.output()
     finally:
         gateway.stop()
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # the affinity's cores, under this host's cgroup quota if any
     assert f'"workers": {cores}' in log, log
     if cores > 1:
         assert len(ready) == cores
@@ -396,3 +397,23 @@ def test_workers_starting_together_assemble_whisper_base_once_and_whole(tmp_path
     assert [worker.returncode for worker in workers] == [0, 0, 0], results
     assert [out.strip() for out, _ in results] == [WHISPER_BASE_SHA256] * 3
     assert sum("assembling whisper-base" in err for _, err in results) == 1  # once
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"cpu.max": "50000 100000\n"}, 1),  # cgroup v2, docker run --cpus 0.5
+        ({"cpu.max": "max 100000\n"}, None),  # no quota: every core of the affinity
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_auto_counts_the_cores_a_container_may_use(tmp_path, files, expected):
+    """A CPU quota cannot be set on this host, so its cgroup files are written in a folder
+    standing in for /sys/fs/cgroup."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (min(expected, cores) if expected else cores)
