@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, AsyncIterator, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Coroutine, Generic, TypeVar
 
 import anyio
 import structlog
@@ -42,7 +42,36 @@ async def prime(source: AsyncIterator[T]) -> AsyncIterator[T]:
     except StopAsyncIteration:
         return _empty()
     commit_admission()
-    return _chain(first, source)
+    return _Primed(first, source)
+
+
+class _Primed(Generic[T]):
+    """``first``, then the rest of ``source``, adding no frame of its own per item: its
+    ``__anext__`` hands out the source's own awaitable (an async generator re-yielding
+    every item was one more layer each event of a stream passed through)."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: T, rest: AsyncIterator[T]) -> None:
+        self._first = [first]
+        self._rest = rest
+
+    def __aiter__(self) -> "_Primed[T]":
+        return self
+
+    def __anext__(self) -> Awaitable[T]:
+        if self._first:
+            return _ready(self._first.pop())
+        return self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _ready(value: T) -> T:
+    return value
 
 
 _request_tasks: contextvars.ContextVar[set[asyncio.Task] | None] = contextvars.ContextVar(
@@ -66,17 +95,22 @@ class _Connection:
     Once the app has read the whole body, one listener task owns ``receive``: the only
     message left to come is ``http.disconnect``, which it hands to every later
     ``receive`` call (Litestar's stream listener among them) and, while the response is
-    not complete, answers by cancelling the request's work.
+    not complete, answers by cancelling the request's task.
+
+    That cancellation is asyncio's own (``Task.cancel``, taken back with ``uncancel``
+    when the middleware absorbs it, as ``asyncio.timeout`` does) rather than an anyio
+    cancel scope: a scope per request cost more than the rest of this middleware.
     """
 
-    def __init__(self, receive: Receive, send: Send, scope: anyio.CancelScope) -> None:
+    def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        self._scope = scope
+        self._task = asyncio.current_task()
         self._body_read = False
         self._complete = False
-        self._left = anyio.Event()
+        self._left = asyncio.Event()
         self.listener: asyncio.Task | None = None
+        self.cancelled = False  # the request's task was cancelled because the client left
 
     async def receive(self) -> Message:
         if not self._body_read:
@@ -105,9 +139,18 @@ class _Connection:
 
     def _leave(self) -> None:
         self._left.set()
-        if not self._complete:
+        if not self._complete and not self.cancelled and self._task is not None:
             log.info("client_disconnected")
-            self._scope.cancel()
+            self.cancelled = True
+            self._task.cancel()
+
+    def absorb(self) -> bool:
+        """Take back this connection's cancellation; False when the task must stay
+        cancelled (it was not ours, or someone else cancelled it as well)."""
+        if not self.cancelled or self._task is None:
+            return False
+        self.cancelled = False
+        return self._task.uncancel() == 0
 
 
 def disconnect_middleware(app: ASGIApp) -> ASGIApp:
@@ -120,20 +163,23 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         tasks: set[asyncio.Task] = set()
-        cancel = anyio.CancelScope()
-        connection = _Connection(receive, send, cancel)
+        connection = _Connection(receive, send)
         token = _request_tasks.set(tasks)
         admission = open_admission()
         try:
-            with cancel:
-                await app(scope, connection.receive, connection.send)
+            await app(scope, connection.receive, connection.send)
+        except asyncio.CancelledError:
+            if not connection.absorb():
+                raise
         finally:
-            close_admission(admission)
-            _request_tasks.reset(token)
             if connection.listener is not None:
                 # It only waits for the disconnect (or for the end the server reports once
-                # the response is complete), so it holds nothing to wait for.
+                # the response is complete), so it holds nothing to wait for; cancelled
+                # first, so that it cannot cancel this task while it cleans up.
                 connection.listener.cancel()
+            connection.absorb()  # cancelled, but the app returned anyway
+            close_admission(admission)
+            _request_tasks.reset(token)
             pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
@@ -177,12 +223,6 @@ class WatchedStream(Stream):
 async def _empty() -> AsyncIterator[T]:
     return
     yield  # pragma: no cover
-
-
-async def _chain(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 async def abort_on_failure(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -11,11 +11,23 @@ from typing import Sequence
 
 
 def partial_marker_length(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that is a proper prefix of one of ``markers``."""
+    """Length of the longest end of ``text`` that is a proper prefix of one of ``markers``.
+
+    Such an end starts with the marker's first character, so only the places in the last
+    ``len(marker) - 1`` characters holding that character are tried (usually none): this
+    runs on every streamed piece, and slicing every candidate length cost far more.
+    """
     longest = 0
+    end = len(text)
     for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:size]):
-                longest = size
+        window = min(len(marker) - 1, end)
+        if window <= longest:
+            continue
+        head = marker[0]
+        at = text.find(head, end - window)
+        while at != -1 and end - at > longest:
+            if marker.startswith(text[at:]):
+                longest = end - at
                 break
+            at = text.find(head, at + 1)
     return longest

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import AsyncIterator
 
+import msgspec
+
 from adapters.audio.encode import chat_audio_format
 from adapters.chat.audio_store import AudioStore
 from adapters.chat.transcripts import MemoryTranscriptCache, TranscriptCache
@@ -325,33 +327,19 @@ class ChatService:
         Yields ``TextDelta`` and the tool-call events as the engine makes
         them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd`` (spoken
         replies) and the engine's ``Finish`` last. The first token and the first audio
-        are timed for the metrics on the way out.
+        are timed for the metrics on the way out (here, not in a generator around this
+        one: every event of a stream passed through each such layer).
         """
         model = prepared.wire.model
         metrics.count_audio("chat", "in", model, prepared.input_audio_seconds)
         token_seen = audio_seen = False
-        async with aclosing(self._generate(prepared)) as events:
-            async for event in events:
-                if not token_seen and isinstance(event, (TextDelta, ToolCallStart)):
-                    token_seen = True
-                    metrics.first_token(model)
-                elif not audio_seen and isinstance(event, AudioBytes):
-                    audio_seen = True
-                    metrics.first_audio("chat", model)
-                elif isinstance(event, AudioEnd):
-                    metrics.count_audio("chat", "out", model, event.seconds)
-                elif isinstance(event, Finish):
-                    await ratelimit.charge_tokens(event.prompt_tokens + event.completion_tokens)
-                yield event
-
-    async def _generate(self, prepared: Prepared) -> AsyncIterator[object]:
         reply = None
         if prepared.speaks:
             reply = SpokenReply(
                 self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format
             )
         try:
-            async with self.registry.chat(prepared.wire.model) as engine:
+            async with self.registry.chat(model) as engine:
                 finish: Finish | None = None
                 called_tools = False
                 if reply is not None:
@@ -362,17 +350,30 @@ class ChatService:
                         if isinstance(event, Finish):
                             finish = event
                             continue
+                        if not token_seen and isinstance(event, (TextDelta, ToolCallStart)):
+                            token_seen = True
+                            metrics.first_token(model)
+                        if reply is None:
+                            if isinstance(event, ToolCallStart):
+                                called_tools = True
+                            yield event
+                            continue
                         if isinstance(event, ToolCallStart):
                             called_tools = True
-                        if reply is not None and isinstance(event, TextDelta):
+                        elif isinstance(event, TextDelta):
                             reply.feed(event.text)
                         yield event
-                        if reply is not None:
-                            for data in reply.ready():
-                                yield AudioBytes(data)
+                        for data in reply.ready():
+                            if not audio_seen:
+                                audio_seen = True
+                                metrics.first_audio("chat", model)
+                            yield AudioBytes(data)
             if reply is not None:
                 reply.close()
                 async for data in reply.drain():
+                    if not audio_seen:
+                        audio_seen = True
+                        metrics.first_audio("chat", model)
                     yield AudioBytes(data)
                 if not called_tools:
                     stored = await self.store.put(
@@ -381,10 +382,12 @@ class ChatService:
                         self.settings.audio_ttl_seconds,
                         owner=prepared.owner,
                     )
+                    metrics.count_audio("chat", "out", model, reply.seconds)
                     yield AudioEnd(
                         prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds
                     )
             assert finish is not None, "chat engine ended without a Finish event"
+            await ratelimit.charge_tokens(finish.prompt_tokens + finish.completion_tokens)
             yield finish
         finally:
             if reply is not None:
@@ -392,6 +395,12 @@ class ChatService:
 
 
 # ------------------------------------------------------------------ rendering
+
+
+_encoder = msgspec.json.Encoder()
+# A key is written unescaped only as a key: inside a JSON string its quotes are escaped.
+_NO_CHOICES = b'"choices":[]'
+_CHOICES_OPEN = b'"choices":['
 
 
 def _random_hex() -> str:
@@ -491,7 +500,9 @@ async def complete(service: ChatService, prepared: Prepared) -> ChatCompletion:
     )
 
 
-async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[ChatCompletionChunk]:
+async def chunks(
+    service: ChatService, prepared: Prepared
+) -> AsyncIterator[ChatCompletionChunk | msgspec.Raw]:
     """The stream, obeying what the SDK accumulators need: ``role``, tool ``id``/``name``
     and ``audio.id``/``expires_at`` exactly once; a ``finish_reason`` always; a usage
     chunk with empty choices when asked for."""
@@ -506,12 +517,17 @@ async def chunks(service: ChatService, prepared: Prepared) -> AsyncIterator[Chat
     }
     if include_usage:
         base["usage"] = None
+    # Every chunk of a stream is the same object around its one choice: that object is
+    # encoded once, and each chunk is only its choice spliced in (msgspec.Raw passes the
+    # bytes through the SSE encoder as they are). The bytes are those the whole struct
+    # would encode to; building and encoding it per chunk was most of a chunk's own cost.
+    head, tail = _encoder.encode(ChatCompletionChunk(**base, choices=[])).split(_NO_CHOICES, 1)
+    head += _CHOICES_OPEN
+    tail = b"]" + tail
 
-    def chunk(delta: Delta, finish_reason: str | None = None, logprobs=None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            **base,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
-        )
+    def chunk(delta: Delta, finish_reason: str | None = None, logprobs=None) -> msgspec.Raw:
+        choice = ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)
+        return msgspec.Raw(head + _encoder.encode(choice) + tail)
 
     speaks = prepared.speaks
     audio_id_sent = False
