@@ -17,7 +17,7 @@ from ...auth import owner_of
 from ...errors import InvalidRequest, error_responses
 from ...openapi_docs import BINARY, documented_operation, event_stream
 from ...settings import Settings
-from ...streaming import abort_on_failure, prime
+from ...streaming import WatchedStream, abort_on_failure, prime
 from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone
 from .serving import SpeechStream, sse_events
 
@@ -59,4 +59,6 @@ async def create_speech(
             events, request, keepalive=settings.server.sse_keepalive_seconds, done=False
         )
     chunks = await prime(aiter(stream))
-    return Stream(abort_on_failure(chunks), media_type=stream.media_type)
+    # Ends in the same step as its last write (no listener task group to wait for), so
+    # the request's metrics are recorded before a client that got the whole file can ask.
+    return WatchedStream(abort_on_failure(chunks), media_type=stream.media_type)
