@@ -186,7 +186,9 @@ async def encode_events(items: AsyncIterator[Any], *, done: bool) -> AsyncIterat
         yield DONE
 
 
-async def _frames(items: AsyncIterator[Any], request: Request, *, done: bool) -> AsyncIterator[bytes]:
+async def _frames(
+    items: AsyncIterator[Any], request: Request, *, done: bool
+) -> AsyncIterator[bytes]:
     """``report_failures(encode_events(items))`` in one generator: every event passes
     through each layer, and one layer fewer is a measurable share of an event's cost."""
     try:

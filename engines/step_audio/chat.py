@@ -237,8 +237,8 @@ class StepAudioChatEngine(ChatEngine):
         for event in parsed:
             if isinstance(event, TextDelta):
                 text = strip_end_of_turn(event.text)
-                if text:
-                    out.append(TextDelta(text))
+                if text:  # unchanged (the usual case): the same event, no new frozen one
+                    out.append(event if text is event.text else TextDelta(text))
             elif isinstance(event, ToolCallEnd) and event.error:
                 raise EngineError(f"the model wrote a malformed tool call: {event.error}")
             else:

@@ -223,6 +223,10 @@ class CreateChatCompletionRequest(msgspec.Struct, kw_only=True):
         that become grammars (capped in place: see adapters/limits.py)."""
         for i, message in enumerate(self.messages):
             _check_text(getattr(message, "content", None), f"messages[{i}].content", limits)
+        fmt = self.response_format
+        has_schema = isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema is not None
+        if not self.tools and not has_schema:
+            return  # most requests: no schema to cap
         budget = limits.schema_budget()
         tools = [
             (tool.function, f"tools[{i}].function.parameters")
@@ -232,8 +236,7 @@ class CreateChatCompletionRequest(msgspec.Struct, kw_only=True):
         capped = cap_schemas([(f.parameters, param) for f, param in tools], budget, "tools")
         for (function, _), parameters in zip(tools, capped):
             function.parameters = parameters
-        fmt = self.response_format
-        if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema is not None:
+        if has_schema:
             fmt.json_schema.schema = cap_schema(
                 fmt.json_schema.schema, budget, "response_format.json_schema.schema"
             )
