@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class Prepared:
     audio_format: str | None = None  # encoder format when the reply is spoken
     voice: str | None = None
     id: str = field(default_factory=lambda: "chatcmpl-" + _random_hex())
-    audio_id: str = field(default_factory=lambda: "audio_" + _random_hex())
+    audio_id: str = ""  # set by prepare() when the reply is spoken
     created: int = field(default_factory=lambda: int(time.time()))
     owner: str = ANONYMOUS  # the API key identity its spoken reply is filed under
 
@@ -192,6 +193,8 @@ class ChatService:
             audio_format=audio_format,
             voice=voice,
             owner=owner,
+            # The spoken reply's id names stored audio: unguessable, unlike the others.
+            audio_id="audio_" + os.urandom(16).hex() if audio_format is not None else "",
         )
 
     async def _check_audio(
@@ -404,9 +407,10 @@ _CHOICES_OPEN = b'"choices":['
 
 
 def _random_hex() -> str:
-    """128 random bits as 32 hex digits, the shape uuid4().hex had, without building a
-    UUID object (a measurable share of a request's own CPU)."""
-    return os.urandom(16).hex()
+    """128 random bits as 32 hex digits, the shape uuid4().hex had, from the random
+    module (reseeded in each forked worker): a completion id is unique, not a secret,
+    and neither a UUID object nor a getrandom() system call per request is needed."""
+    return "%032x" % random.getrandbits(128)
 
 
 @lru_cache(maxsize=256)
