@@ -176,15 +176,27 @@ class Worker:
             self._gate.release()
 
     async def iterate(self, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-        """Create and drain a blocking iterator, one ``next`` per worker call."""
-        iterator = await self.run(make_iterator)
+        """Create and drain a blocking iterator, one ``next`` per worker call.
+
+        The iterator is created in the same call that computes its first item: one turn
+        of the shared ``compute`` limiter, not two. Between two turns another engine
+        takes one (the chat LLM voicing its reply computes a token), so a separate call
+        to create the iterator delayed a spoken reply's first sentence by a token.
+        """
+        made: list[Iterator[T]] = []
+
+        def start() -> object:
+            made.append(make_iterator())
+            return next(made[0], _EXHAUSTED)
+
         try:
-            while True:
-                item = await self.run(next, iterator, _EXHAUSTED)
-                if item is _EXHAUSTED:
-                    return
+            item = await self.run(start)
+            while item is not _EXHAUSTED:
                 yield item  # type: ignore[misc]
+                item = await self.run(next, made[0], _EXHAUSTED)
         finally:
-            close = getattr(iterator, "close", None)
+            # A cancelled call returns only once its thread is done (_uninterrupted), so
+            # the iterator is never closed while a thread is still inside it.
+            close = getattr(made[0], "close", None) if made else None
             if close is not None:
                 close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
+import anyio
 import pytest
 
 from engines.base import EngineOverloaded
@@ -85,3 +87,38 @@ async def test_without_an_admission_record_every_call_is_checked():
         await worker.run(lambda: None)
     blocker.set()
     await asyncio.gather(*fillers)
+
+
+async def test_a_stream_gets_its_first_item_after_one_turn_of_a_busy_engine_not_two():
+    """A spoken chat reply's first sentence waited for two of the LLM's tokens: creating
+    the sentence iterator took a compute turn of its own, and the LLM, which always has
+    its next token queued, took the turn in between. Iterator and first item now share
+    one turn, so the sentence waits only for the token being computed. (Workers with
+    sleeping calls stand in for the engines: the limiter's order is what is tested.)"""
+    compute = anyio.CapacityLimiter(1)
+    llm, speech = Worker("llm", compute=compute), Worker("speech", compute=compute)
+    tokens = 0
+    stop = False
+
+    async def generate():
+        nonlocal tokens
+        while not stop:
+            await llm.run(time.sleep, 0.02)
+            tokens += 1
+
+    # Two generators: whenever a turn ends, another token is already asking for the next.
+    generators = [asyncio.create_task(generate()) for _ in range(2)]
+    while tokens < 2:
+        await asyncio.sleep(0.005)
+
+    def sentences():
+        yield "first sentence"
+
+    before = tokens
+    stream = speech.iterate(sentences)
+    assert await stream.__anext__() == "first sentence"
+    waited = tokens - before
+    await stream.aclose()
+    stop = True
+    await asyncio.gather(*generators)
+    assert waited <= 1, waited  # the token being computed when the stream asked
