@@ -59,6 +59,19 @@ def test_cors_preflight_allows_sdk_headers(http):
     assert response.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
 
 
+def test_cors_headers_answer_a_browser_call_and_only_a_browser_call(http):
+    """A page's fetch carries Origin and can read the answer only with the allow header,
+    and the request id only when it is exposed; a call without Origin (an SDK, a server)
+    gets no CORS headers (the CORS layer is skipped for it)."""
+    browser = http.get("/v1/models", headers={"origin": "http://localhost:3000"})
+    assert browser.status_code == 200
+    assert browser.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
+    assert "x-request-id" in browser.headers["access-control-expose-headers"]
+    sdk = http.get("/v1/models")
+    assert sdk.status_code == 200
+    assert not [name for name in sdk.headers if name.startswith("access-control-")]
+
+
 # ------------------------------------------------------------------ spec conformance
 
 
