@@ -203,3 +203,31 @@ def drop_captured_logs() -> None:
     for handler in logging.getLogger().handlers:
         if hasattr(handler, "records") and callable(getattr(handler, "reset", None)):
             handler.reset()
+
+
+class StallingLlama(LlamaChatEngine):
+    """The real model, which pauses for ``STALL`` seconds right after the token that
+    completes its answer's first sentence, as a busy or slow model does between tokens
+    (a real one cannot be made to pause on cue). ``pauses`` records each pause as
+    (text so far, when it began, when it ended)."""
+
+    STALL = 2.0
+    pauses: list[tuple[str, float, float]] = []
+
+    async def generate(self, request):
+        import asyncio
+        import time
+
+        from adapters.text.sentences import SentenceBuffer
+        from engines.chat import TextDelta
+
+        sentences, stalled, text = SentenceBuffer(), False, ""
+        async for event in super().generate(request):
+            yield event
+            if stalled or not isinstance(event, TextDelta):
+                continue
+            text += event.text
+            if sentences.push(event.text):
+                stalled, began = True, time.monotonic()
+                await asyncio.sleep(self.STALL)
+                type(self).pauses.append((text, began, time.monotonic()))

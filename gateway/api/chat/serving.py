@@ -82,7 +82,7 @@ from .protocol import (
     Usage,
     UserMessage,
 )
-from .voice import SpokenReply, TokenizingInput, TranscribingInput
+from .voice import SpokenReply, TokenizingInput, TranscribingInput, interleave
 
 
 @dataclass
@@ -348,29 +348,27 @@ class ChatService:
                 if reply is not None:
                     reply.start()
                 events = engine.generate(prepared.engine_request)
+                if reply is not None:  # the reply's audio leaves the moment it is encoded
+                    events = interleave(events, reply)
                 async with aclosing(events):  # a hang-up frees the engine at once
                     async for event in events:
+                        if isinstance(event, bytes):
+                            if not audio_seen:
+                                audio_seen = True
+                                metrics.first_audio("chat", model)
+                            yield AudioBytes(event)
+                            continue
                         if isinstance(event, Finish):
                             finish = event
                             continue
                         if not token_seen and isinstance(event, (TextDelta, ToolCallStart)):
                             token_seen = True
                             metrics.first_token(model)
-                        if reply is None:
-                            if isinstance(event, ToolCallStart):
-                                called_tools = True
-                            yield event
-                            continue
                         if isinstance(event, ToolCallStart):
                             called_tools = True
-                        elif isinstance(event, TextDelta):
+                        elif reply is not None and isinstance(event, TextDelta):
                             reply.feed(event.text)
                         yield event
-                        for data in reply.ready():
-                            if not audio_seen:
-                                audio_seen = True
-                                metrics.first_audio("chat", model)
-                            yield AudioBytes(data)
             if reply is not None:
                 reply.close()
                 async for data in reply.drain():

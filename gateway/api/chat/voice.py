@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
 
 import anyio.to_thread
 
@@ -38,6 +40,8 @@ from engines.registry import ModelRegistry
 from ... import ratelimit
 from ...errors import InvalidRequest
 from ...streaming import spawn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class SpokenReply:
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self._audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        #: Called whenever audio (or its end, or a failure) is queued: see interleave().
+        self.on_audio: Callable[[], None] | None = None
         self.transcript = ""
 
     @property
@@ -204,14 +210,80 @@ class SpokenReply:
                         # piece that runs it out ends the reply with a 429 error.
                         await ratelimit.charge_audio_out(self.pipeline.seconds - before)
                         if data:
-                            self._audio.put_nowait(data)
+                            self._queue_audio(data)
                 tail = await anyio.to_thread.run_sync(self.pipeline.finish)
                 if tail:
-                    self._audio.put_nowait(tail)
+                    self._queue_audio(tail)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
-            self._audio.put_nowait(exc)
+            self._queue_audio(exc)
         finally:
-            self._audio.put_nowait(None)
+            self._queue_audio(None)
+
+    def _queue_audio(self, item: bytes | BaseException | None) -> None:
+        self._audio.put_nowait(item)
+        if self.on_audio is not None:
+            self.on_audio()
+
+
+async def interleave(events: AsyncIterator[T], reply: SpokenReply) -> AsyncIterator[T | bytes]:
+    """The engine's ``events`` and the ``reply``'s encoded audio, each as soon as it exists.
+
+    Picking audio up only between the chat model's tokens made a finished sentence wait
+    for the next token (about 25 ms on this model, more on a busy engine) before it left:
+    ``bench/speech_first_byte.py`` measured it as most of the gateway's share of a spoken
+    reply's first audio. Here one task drives the engine (so its generator, and any
+    cancel scope it holds across a yield, stays in one task), and the consumer wakes on
+    whichever comes first. Closing this generator closes the engine's at once (a hang-up
+    frees the chat model), then raises nothing of the engine's.
+    """
+    loop = asyncio.get_running_loop()
+    pending: deque[T] = deque()
+    failure: list[BaseException] = []
+    finished = False
+    waiter: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def pump() -> None:
+        nonlocal finished
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    pending.append(event)
+                    wake()
+        except Exception as exc:  # noqa: BLE001 - raised by the consumer
+            failure.append(exc)
+        finally:
+            finished = True
+            wake()
+
+    reply.on_audio = wake
+    driver = spawn(pump())
+    try:
+        while True:
+            while pending:
+                yield pending.popleft()
+                for data in reply.ready():
+                    yield data
+            for data in reply.ready():
+                yield data
+            if finished and not pending:
+                if failure:
+                    raise failure[0]
+                return
+            waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                waiter = None
+    finally:
+        reply.on_audio = None
+        if not driver.done():
+            driver.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(driver, return_exceptions=True)
 
 
 class _TagCarrier:

@@ -1,0 +1,72 @@
+"""A spoken reply's audio leaves as soon as it is encoded, not at the model's next token.
+
+The chat stream used to pick synthesised audio up only between the model's tokens, so a
+finished sentence's audio waited for the next token; on a busy engine that is as long as
+the engine takes. The chat model here is the real one, paused after the token that
+completes its first sentence (tests/faults.py: StallingLlama; a real model cannot be made
+to pause on cue): the first sentence's audio must reach the client during that pause.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+
+from engines.base import Capability
+from engines.catalog import CATALOG, EngineKind
+from engines.registry import ModelRegistry, ModelSpec
+from gateway.settings import load_settings
+from tests.conftest import start_server
+from tests.faults import StallingLlama
+
+
+@pytest.fixture(scope="module")
+def stalling():
+    settings = load_settings()
+    catalog = {**CATALOG, "stalling-llama": EngineKind("tests.faults:StallingLlama", frozenset({Capability.CHAT}))}
+    specs = [
+        ModelSpec(id=model_id, kind="stalling-llama" if model.engine == "llama-cpp" else model.engine,
+                  owned_by=model.owned_by, aliases=tuple(model.aliases), options=model.options)
+        for model_id, model in settings.models.items()
+    ]
+    registry = ModelRegistry(specs, cache_dir=settings.engines.cache_path, catalog=catalog, voices=settings.voices)
+    settings.engines.preload = ["gpt-4o-mini", "tts-1"]
+    live = start_server(settings, registry)
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        yield client
+    live.stop()
+
+
+def test_first_sentence_is_heard_while_the_model_is_still_thinking(stalling):
+    body = {
+        "model": "gpt-4o-mini", "temperature": 0, "max_tokens": 60, "stream": True,
+        "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
+        "messages": [{"role": "user", "content": "Tell me a short story about a dragon."}],
+    }
+    StallingLlama.pauses.clear()
+    first_audio = None
+    transcript_then = ""
+    transcript = ""
+    with stalling.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            payload = json.loads(line[len("data: "):])
+            if not payload.get("choices"):
+                continue
+            audio = payload["choices"][0]["delta"].get("audio") or {}
+            transcript += audio.get("transcript", "")
+            if first_audio is None and audio.get("data") and base64.b64decode(audio["data"]):
+                first_audio = time.monotonic()
+                transcript_then = transcript
+    assert len(StallingLlama.pauses) == 1, StallingLlama.pauses  # this request's answer
+    text, began, ended = StallingLlama.pauses[0]
+    assert first_audio is not None
+    # Heard during the pause: after the sentence was complete, before the next token.
+    assert began < first_audio < ended, (first_audio - began, transcript_then, text)
+    assert transcript.startswith(transcript_then) and len(transcript) > len(transcript_then)
