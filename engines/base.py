@@ -93,6 +93,10 @@ class Engine(abc.ABC):
     so an engine may do slow file and model work there without stalling the event loop.
     """
 
+    #: Whether the engine computes in this process, on its worker's turns of the shared
+    #: compute slot; False for one that calls a server (vLLM), which costs no turns.
+    computes_locally: bool = True
+
     def __init__(self, name: str, context: "EngineContext") -> None:
         self.name = name
         self.context = context

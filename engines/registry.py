@@ -125,6 +125,11 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ lookup
 
+    @property
+    def compute_slots(self) -> int:
+        """How many in-process engines may compute at once (``parallel_inference``)."""
+        return self._parallel_inference
+
     def canonical(self, name: str) -> str:
         try:
             return self._names[name]

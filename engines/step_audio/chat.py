@@ -75,6 +75,7 @@ def _spoken(message):
 
 class StepAudioChatEngine(ChatEngine):
     accepts_audio_tokens = True
+    computes_locally = False  # vLLM generates; this process only relays
 
     def __init__(
         self,

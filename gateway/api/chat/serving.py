@@ -349,7 +349,12 @@ class ChatService:
                     reply.start()
                 events = engine.generate(prepared.engine_request)
                 if reply is not None:  # the reply's audio leaves the moment it is encoded
-                    events = interleave(events, reply)
+                    events = interleave(
+                        events,
+                        reply,
+                        text_of=_text_of,
+                        pace=engine.computes_locally and self.registry.compute_slots == 1,
+                    )
                 async with aclosing(events):  # a hang-up frees the engine at once
                     async for event in events:
                         if isinstance(event, bytes):
@@ -366,8 +371,6 @@ class ChatService:
                             metrics.first_token(model)
                         if isinstance(event, ToolCallStart):
                             called_tools = True
-                        elif reply is not None and isinstance(event, TextDelta):
-                            reply.feed(event.text)
                         yield event
             if reply is not None:
                 reply.close()
@@ -393,6 +396,11 @@ class ChatService:
         finally:
             if reply is not None:
                 await reply.aclose()
+
+
+def _text_of(event: object) -> str | None:
+    """What of an engine event a spoken reply says: the text, not tool calls."""
+    return event.text if isinstance(event, TextDelta) else None
 
 
 # ------------------------------------------------------------------ rendering

@@ -143,6 +143,9 @@ class SpokenReply:
         #: Called whenever audio (or its end, or a failure) is queued: see interleave().
         self.on_audio: Callable[[], None] | None = None
         self.transcript = ""
+        self._queued = 0  # sentences handed to synthesis
+        self._voiced = 0  # of those, synthesised and encoded
+        self._caught_up: asyncio.Future[None] | None = None
 
     @property
     def seconds(self) -> float:
@@ -154,12 +157,28 @@ class SpokenReply:
     def feed(self, text: str) -> None:
         self.transcript += text
         for sentence in self._buffer.push(text):
+            self._queued += 1
             self._sentences.put_nowait(sentence)
 
     def close(self) -> None:
         for sentence in self._buffer.flush():
+            self._queued += 1
             self._sentences.put_nowait(sentence)
         self._sentences.put_nowait(None)
+
+    async def caught_up(self) -> None:
+        """Return once every sentence fed so far is synthesised and encoded (or synthesis
+        has ended, failed or was never started)."""
+        while self._voiced < self._queued and self._task is not None and not self._task.done():
+            self._caught_up = asyncio.get_running_loop().create_future()
+            try:
+                await self._caught_up
+            finally:
+                self._caught_up = None
+
+    def _wake_caught_up(self) -> None:
+        if self._caught_up is not None and not self._caught_up.done():
+            self._caught_up.set_result(None)
 
     def ready(self) -> list[bytes]:
         out = []
@@ -211,6 +230,8 @@ class SpokenReply:
                         await ratelimit.charge_audio_out(self.pipeline.seconds - before)
                         if data:
                             self._queue_audio(data)
+                    self._voiced += 1
+                    self._wake_caught_up()
                 tail = await anyio.to_thread.run_sync(self.pipeline.finish)
                 if tail:
                     self._queue_audio(tail)
@@ -218,6 +239,7 @@ class SpokenReply:
             self._queue_audio(exc)
         finally:
             self._queue_audio(None)
+            self._wake_caught_up()
 
     def _queue_audio(self, item: bytes | BaseException | None) -> None:
         self._audio.put_nowait(item)
@@ -225,16 +247,30 @@ class SpokenReply:
             self.on_audio()
 
 
-async def interleave(events: AsyncIterator[T], reply: SpokenReply) -> AsyncIterator[T | bytes]:
+async def interleave(
+    events: AsyncIterator[T],
+    reply: SpokenReply,
+    *,
+    text_of: Callable[[T], str | None],
+    pace: bool,
+) -> AsyncIterator[T | bytes]:
     """The engine's ``events`` and the ``reply``'s encoded audio, each as soon as it exists.
 
     Picking audio up only between the chat model's tokens made a finished sentence wait
     for the next token (about 25 ms on this model, more on a busy engine) before it left:
     ``bench/speech_first_byte.py`` measured it as most of the gateway's share of a spoken
     reply's first audio. Here one task drives the engine (so its generator, and any
-    cancel scope it holds across a yield, stays in one task), and the consumer wakes on
+    cancel scope it holds across a yield, stays in one task), feeds the reply the text
+    (``text_of`` an event, None for events that are not text), and the consumer wakes on
     whichever comes first. Closing this generator closes the engine's at once (a hang-up
-    frees the chat model), then raises nothing of the engine's.
+    frees the chat model).
+
+    ``pace``: the chat model and the speech engine take turns on one compute slot, so
+    the sentence's synthesis and the model's next token cannot overlap anyway; the next
+    token is then asked for only once the sentences fed so far are voiced and encoded.
+    Otherwise the sentence waited for the token in flight (about 18 ms), and its encoding
+    ran beside the next one, whose threads took both cores (about 20 ms more). Where the
+    two do not share a slot (vLLM, or several slots) text keeps streaming meanwhile.
     """
     loop = asyncio.get_running_loop()
     pending: deque[T] = deque()
@@ -251,8 +287,13 @@ async def interleave(events: AsyncIterator[T], reply: SpokenReply) -> AsyncItera
         try:
             async with aclosing(events):
                 async for event in events:
+                    text = text_of(event)
+                    if text:
+                        reply.feed(text)
                     pending.append(event)
                     wake()
+                    if pace and text:
+                        await reply.caught_up()
         except Exception as exc:  # noqa: BLE001 - raised by the consumer
             failure.append(exc)
         finally:
