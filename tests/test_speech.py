@@ -149,7 +149,7 @@ def test_a_sentence_first_sends_a_short_lead_of_audio_then_the_rest(http, fmt):
     pieces = [base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"]
     seconds = pcm_duration if fmt == "pcm" else duration
     lead, whole = seconds(pieces[0]), seconds(b"".join(pieces))
-    assert 0.1 < lead < 0.35, lead
+    assert 0.05 < lead < 0.35, lead  # the lead (0.15 s; MP3 holds a frame back), not the sentence
     assert 4.0 < whole < 9.0, whole
     assert len(pieces) >= 4  # a lead and a rest for each sentence (plus the codec's tail)
 

@@ -15,7 +15,7 @@ from .tempo import TempoFilter
 
 OUTPUT_RATE = 24_000
 # Seconds of each sentence encoded and sent on their own, ahead of the rest of it.
-LEAD_SECONDS = 0.3
+LEAD_SECONDS = 0.15
 
 
 def lead_and_rest(samples: np.ndarray, sample_rate: int) -> list[np.ndarray]:
@@ -23,9 +23,11 @@ def lead_and_rest(samples: np.ndarray, sample_rate: int) -> list[np.ndarray]:
 
     Encoding a whole sentence to MP3 or Opus takes 10-60 ms on a small host, all of it
     between the sentence being synthesised and its first byte leaving. Encoding a short
-    lead first puts audio on the wire about 2 ms after synthesis; the rest (a few hundred
-    ms of playing time away from being needed) follows at once. Every codec here turns
-    0.3 s into at least 0.2 s of decodable audio (MP3 and AAC hold back a frame or two).
+    lead first puts audio on the wire about 2 ms after synthesis; the rest (about a
+    hundred ms of playing time away from being needed, and ready in 10-20 ms) follows at
+    once. Every codec here turns 0.15 s into at least 0.09 s of decodable audio (MP3 and
+    AAC hold back a frame or two). 0.3 s put mp3 and opus 3-4 ms later (bench/
+    speech_first_byte.py --voices joe: 21.3 / 20.0 ms of gateway share against 17.5 / 15.7).
     """
     cut = int(LEAD_SECONDS * sample_rate)
     if len(samples) <= cut * 2:
