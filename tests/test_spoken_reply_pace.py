@@ -47,42 +47,11 @@ def stalling():
     live.stop()
 
 
-def test_first_sentence_is_heard_while_the_model_is_still_thinking(stalling):
-    body = {
-        "model": "gpt-4o-mini", "temperature": 0, "max_tokens": 60, "stream": True,
-        "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
-        "messages": [{"role": "user", "content": "Tell me a short story about a dragon."}],
-    }
-    StallingLlama.pauses.clear()
-    first_audio = None
-    transcript_then = ""
-    transcript = ""
-    with stalling.stream("POST", "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            payload = json.loads(line[len("data: "):])
-            if not payload.get("choices"):
-                continue
-            audio = payload["choices"][0]["delta"].get("audio") or {}
-            transcript += audio.get("transcript", "")
-            if first_audio is None and audio.get("data") and base64.b64decode(audio["data"]):
-                first_audio = time.monotonic()
-                transcript_then = transcript
-    assert len(StallingLlama.pauses) == 1, StallingLlama.pauses  # this request's answer
-    text, began, ended = StallingLlama.pauses[0]
-    assert first_audio is not None
-    # Heard during the pause: after the sentence was complete, before the next token.
-    assert began < first_audio < ended, (first_audio - began, transcript_then, text)
-    assert transcript.startswith(transcript_then) and len(transcript) > len(transcript_then)
-
-
-def _spoken_deltas(client, question: str) -> tuple[list[str], int]:
-    """The transcript deltas of a streamed spoken answer, and how many came before its
-    first audio."""
+def _spoken_deltas(client, question: str) -> tuple[list[str], int, float]:
+    """The transcript deltas of a streamed spoken answer, how many came before its first
+    audio, and when that audio arrived (``time.monotonic``)."""
     deltas: list[str] = []
-    before_audio = None
+    before_audio = first_audio = None
     with client.stream("POST", "/v1/chat/completions", json={
         "model": "gpt-4o-mini", "temperature": 0, "max_tokens": 60, "stream": True,
         "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
@@ -99,14 +68,24 @@ def _spoken_deltas(client, question: str) -> tuple[list[str], int]:
             if audio.get("transcript"):
                 deltas.append(audio["transcript"])
             if before_audio is None and audio.get("data") and base64.b64decode(audio["data"]):
-                before_audio = len(deltas)
+                before_audio, first_audio = len(deltas), time.monotonic()
     assert before_audio is not None
-    return deltas, before_audio
+    return deltas, before_audio, first_audio
+
+
+def test_first_sentence_is_heard_while_the_model_is_still_thinking(stalling):
+    StallingLlama.pauses.clear()
+    deltas, before_audio, first_audio = _spoken_deltas(stalling, "Tell me a short story about a dragon.")
+    assert len(StallingLlama.pauses) == 1, StallingLlama.pauses  # this request's answer
+    text, began, ended = StallingLlama.pauses[0]
+    # Heard during the pause: after the sentence was complete, before the next token.
+    assert began < first_audio < ended, (first_audio - began, "".join(deltas[:before_audio]), text)
+    assert len(deltas) > before_audio  # and the answer went on after it
 
 
 def test_on_one_compute_slot_a_finished_sentence_is_heard_before_the_next_token(http):
     """The default config: llama.cpp and Piper take turns on one slot."""
-    deltas, before_audio = _spoken_deltas(http, "Tell me a short story about a dragon.")
+    deltas, before_audio, _ = _spoken_deltas(http, "Tell me a short story about a dragon.")
     complete = [bool(SentenceBuffer().push("".join(deltas[:n]))) for n in range(len(deltas) + 1)]
     # The first audio came right after the delta that completed the first sentence: not
     # one token later (the model's next token waited for the voice), not before it.
