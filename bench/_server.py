@@ -38,3 +38,25 @@ def start_server(preload: list[str]) -> tuple[uvicorn.Server, str]:
             pass
         time.sleep(0.2)
     raise SystemExit("server did not start")
+
+
+def streamed_speech(
+    client: httpx.Client, voice: str, text: str, fmt: str
+) -> tuple[float, list[tuple[float, int]], float, bytes]:
+    """POST /v1/audio/speech and read the stream as it comes. Returns when the request
+    started (``perf_counter``), each piece's arrival as (seconds since then, bytes
+    received so far), the total seconds, and the whole body."""
+    started = time.perf_counter()
+    pieces: list[tuple[float, int]] = []
+    body = bytearray()
+    with client.stream(
+        "POST",
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": voice, "input": text, "response_format": fmt},
+    ) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            if chunk:
+                body += chunk
+                pieces.append((time.perf_counter() - started, len(body)))
+    return started, pieces, time.perf_counter() - started, bytes(body)

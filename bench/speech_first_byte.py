@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import av  # noqa: E402
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
+from _server import streamed_speech  # noqa: E402
 
 from adapters.text.language import detect_language  # noqa: E402
 from adapters.text.sentences import SentenceBuffer, split_sentences  # noqa: E402
@@ -245,21 +246,7 @@ def simulate(arrivals: list[tuple[float, float]]) -> tuple[float | None, Playbac
 
 def stream_speech(client: httpx.Client, voice: str, text: str, fmt: str) -> dict:
     SYNTH_MARKS.clear()
-    started = time.perf_counter()
-    pieces: list[tuple[float, int]] = []
-    body = bytearray()
-    with client.stream(
-        "POST",
-        "/v1/audio/speech",
-        json={"model": "tts-1", "voice": voice, "input": text, "response_format": fmt},
-    ) as response:
-        response.raise_for_status()
-        for chunk in response.iter_raw():
-            if chunk:
-                body += chunk
-                pieces.append((time.perf_counter() - started, len(body)))
-    total = time.perf_counter() - started
-    data = bytes(body)
+    started, pieces, total, data = streamed_speech(client, voice, text, fmt)
     arrivals = [(at, playable_seconds(data[:size], fmt)) for at, size in pieces]
     first_audio, playback = simulate(arrivals)
     synth_start, synth_end = first_synthesis(started)

@@ -16,7 +16,7 @@ import statistics
 import time
 
 import httpx
-from _server import start_server
+from _server import start_server, streamed_speech
 
 from adapters.audio.decode import decode_audio
 
@@ -47,20 +47,9 @@ FORMATS = ["pcm", "wav", "mp3", "opus", "aac", "flac"]
 def timed_speech(
     client: httpx.Client, voice: str, text: str, fmt: str
 ) -> tuple[float, float, bytes]:
-    started = time.perf_counter()
-    first = None
-    body = bytearray()
-    with client.stream(
-        "POST",
-        "/v1/audio/speech",
-        json={"model": "tts-1", "voice": voice, "input": text, "response_format": fmt},
-    ) as response:
-        response.raise_for_status()
-        for chunk in response.iter_bytes():
-            if chunk and first is None:
-                first = time.perf_counter() - started
-            body += chunk
-    return first or 0.0, time.perf_counter() - started, bytes(body)
+    """Seconds to the first byte and in all, and the body."""
+    _, pieces, total, data = streamed_speech(client, voice, text, fmt)
+    return (pieces[0][0] if pieces else 0.0), total, data
 
 
 def seconds_of(data: bytes, fmt: str) -> float:
