@@ -99,23 +99,33 @@ class GatewayProcess:
         )
 
     def wait_ready(self, timeout: float = 180.0) -> "GatewayProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.output()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"gateway did not become ready: {self.output()}")
+        """This gateway once /ready answers 200; if it exits or never gets there, it is
+        stopped (nothing left running for the caller to clean up) and RuntimeError says
+        why with the end of its log."""
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"gateway exited: {self.output()}")
+                try:
+                    if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            raise RuntimeError(f"gateway did not become ready: {self.output()}")
+        except BaseException:
+            self.stop()
+            raise
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-4000:]
 
     def stop(self) -> None:
+        """Terminate (kill after 20 s) and clean up; a second call does nothing."""
+        if self.log.closed:
+            return
         if self.process.poll() is None:
             self.process.terminate()
             try:

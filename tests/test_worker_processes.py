@@ -51,12 +51,7 @@ def redis_server():
 
 def start(redis_server, *, workers="2", preload="[]", prefix="workers", env=None) -> GatewayProcess:
     config = WORKERS.format(workers=workers, preload=preload, url=redis_server.url, prefix=prefix)
-    gateway = GatewayProcess(config, env={"GATEWAY__SERVER__LOG_LEVEL": "info", **(env or {})})
-    try:
-        return gateway.wait_ready()
-    except Exception:
-        gateway.stop()
-        raise
+    return GatewayProcess(config, env={"GATEWAY__SERVER__LOG_LEVEL": "info", **(env or {})}).wait_ready()
 
 
 @pytest.fixture(scope="module")
