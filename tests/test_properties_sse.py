@@ -108,7 +108,7 @@ class _Request:
 
 
 async def _collect(source) -> list[bytes]:
-    body = sse.report_failures(sse.encode_events(source, done=True), _Request())
+    body = sse.frames(source, _Request(), done=True)
     return [chunk async for chunk in body]
 
 
