@@ -142,6 +142,10 @@ class ChatRequest:
     sampling fields the caller left out (``"temperature"``, ``"top_p"``): their values
     here are OpenAI's defaults, and a model with defaults of its own (Step-Audio-Chat)
     uses those instead, while an explicit 1.0 is still sent as 1.0.
+
+    ``incremental`` False says the caller only wants the whole answer (a non-streamed,
+    unspoken reply): the events are the same, but an engine that calls a server may
+    fetch the answer in one response instead of token by token.
     """
 
     messages: list[ChatMessage]
@@ -160,6 +164,7 @@ class ChatRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    incremental: bool = True
 
 
 # --------------------------------------------------------------------------- events

@@ -5,9 +5,10 @@ HTTP on loopback, vLLM's streaming format), extended with the faults a real upst
 shows: it refuses connections, stalls before its first byte or in mid-stream, resets the
 connection mid-stream, or sends garbage (not HTTP; unreadable events). The pool's own
 reactions are tested in test_vllm_pool.py; here the contract is what an API client sees:
-a status with the OpenAI envelope when nothing was sent yet, an error event once the
-answer has started, the next request served as soon as the replica behaves, /health 200
-throughout, and memory back at its baseline after many faulted requests.
+a status with the OpenAI envelope when nothing was sent yet (always, for a non-streamed
+reply: it is asked of vLLM whole), an error event once the answer has started, the next
+request served as soon as the replica behaves, /health 200 throughout, and memory back
+at its baseline after many faulted requests.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ class FaultyVLLM(FakeVLLM):
             return False
         if mode not in ("stall_mid", "reset_mid", "garbage_event", "garbage_mid"):
             return await super()._complete(reader, writer, request)
+        if not request.get("stream"):
+            # A whole answer is one JSON body at the end: the mid-answer faults strike
+            # before any byte of it.
+            if mode == "garbage_mid":
+                body = b"\xff\xfe{{{ not json"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+                return False
+            if mode == "reset_mid":
+                await asyncio.sleep(0.05)
+                self._reset(writer)
+                return False
+            await self._until_gone(reader)  # stall_mid
+            return False
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
@@ -88,12 +103,16 @@ class FaultyVLLM(FakeVLLM):
             await writer.drain()
             return False
         if mode == "reset_mid":
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            writer.transport.abort()
+            self._reset(writer)
             return False
         await self._until_gone(reader)  # stall_mid
         return False
+
+    @staticmethod
+    def _reset(writer) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()
 
     async def _until_gone(self, reader) -> None:
         try:
@@ -139,15 +158,12 @@ async def _events(response: httpx.Response) -> list[dict]:
 
 async def faulted_request(client: httpx.AsyncClient, mode: str, stream: bool) -> None:
     """One request against a replica in ``mode``, checked against the contract."""
-    if mode in BEFORE_FIRST_BYTE:
+    if mode in BEFORE_FIRST_BYTE or not stream:
+        # A non-streamed reply is asked of vLLM whole, so a fault "mid-stream" strikes
+        # before any of its answer exists: retryable, like a fault before the first byte.
         response = await client.post("/v1/chat/completions", json=_body(stream))
         error = _envelope(response, 503)
         assert "vLLM replica" in error["message"], error
-        return
-    if not stream:
-        response = await client.post("/v1/chat/completions", json=_body(False))
-        error = _envelope(response, 500)
-        assert "failed in the middle of the answer" in error["message"], error
         return
     async with client.stream("POST", "/v1/chat/completions", json=_body(True)) as response:
         assert response.status_code == 200

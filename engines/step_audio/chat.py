@@ -208,6 +208,7 @@ class StepAudioChatEngine(ChatEngine):
             stop=stops,
             seed=request.seed,
             extra=extra,
+            stream=request.incremental,
         )
         async with aclosing(pieces):
             async for piece in pieces:

@@ -1,4 +1,4 @@
-"""Streaming completions from the vLLM replicas that serve Step-Audio-Chat.
+"""Completions from the vLLM replicas that serve Step-Audio-Chat, streamed or whole.
 
 The 130B chat model runs in vLLM (tensor parallel, possibly several replicas) and the
 gateway reaches it over HTTP through ``/v1/completions`` with a prompt the Step-Audio
@@ -23,6 +23,11 @@ Why it behaves as it does:
   path was ~40% of the gateway's CPU per request (issue 11). Events are decoded straight
   from the body bytes into typed structs. The rare health and tokenizer checks stay on
   httpx.
+* **Whole answers when nothing needs the pieces.** A caller that only wants the whole
+  text (a non-streamed, unspoken chat reply) asks vLLM for it in one JSON response
+  (``stream=False``): one body to decode instead of an SSE event per token. vLLM then
+  sends nothing until the answer is complete, so ``read_timeout`` bounds the whole
+  generation of such an answer, not only silences; it still aborts on disconnect.
 * **Health.** A replica that fails a request is marked down and skipped by routing until
   its ``GET /health`` answers 200 again. A request still tries replicas marked down once
   every healthy one has failed, because a mark can be stale (the health loop may not be
@@ -57,6 +62,9 @@ _RESERVED = frozenset({"model", "prompt", "stream"})
 _ERROR_BODY_LIMIT = 16_384
 #: How long the end of a body may take to arrive after ``[DONE]`` (see ``_drain``).
 _DRAIN_SECONDS = 1.0
+#: A whole answer's body larger than this is refused: 2048 tokens of text, even escaped,
+#: are far below it; a server that keeps sending is not buffered without end.
+_WHOLE_BODY_LIMIT = 32 * 1024 * 1024
 
 
 class _Choice(msgspec.Struct):
@@ -79,7 +87,15 @@ class _Chunk(msgspec.Struct):
     kind: str | None = msgspec.field(default=None, name="object")
 
 
+class _Completion(msgspec.Struct):
+    """The fields of a whole (``stream: false``) ``/v1/completions`` answer the pool reads."""
+
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+
+
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_decode_completion = msgspec.json.Decoder(_Completion).decode
 _DONE = b"[DONE]"
 
 
@@ -377,6 +393,31 @@ async def _pieces(response: http1.Response) -> AsyncIterator[CompletionPiece]:
     raise _Broken("the stream ended before the answer was finished")
 
 
+async def _whole(response: http1.Response) -> AsyncIterator[CompletionPiece]:
+    """A whole answer as the one, finishing piece a stream would end with."""
+    parts: list[bytes] = []
+    size = 0
+    while data := await response.read():
+        size += len(data)
+        if size > _WHOLE_BODY_LIMIT:
+            raise _Broken(f"an answer of more than {_WHOLE_BODY_LIMIT} bytes")
+        parts.append(data)
+    body = b"".join(parts)
+    try:
+        answer = _decode_completion(body)
+    except msgspec.DecodeError as exc:
+        raise _Broken(f"unreadable answer {body[:100]!r}") from exc
+    if not answer.choices:
+        raise _Broken(f"an answer without a choice {body[:100]!r}")
+    choice, usage = answer.choices[0], answer.usage
+    yield CompletionPiece(
+        choice.text or "",
+        choice.finish_reason or "stop",
+        usage.prompt_tokens if usage is not None else None,
+        usage.completion_tokens if usage is not None else None,
+    )
+
+
 def _client() -> httpx.AsyncClient:
     # trust_env=False: a proxy configured for downloads must not sit between the
     # gateway and its GPUs.
@@ -573,12 +614,12 @@ class VLLMReplicaPool:
         stop: Sequence[str],
         seed: int | None,
         extra: dict[str, Any] | None,
+        stream: bool = True,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": prompt,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        body |= {
             # Always sent: /v1/completions defaults to 16 tokens. None (JSON null)
             # makes vLLM generate up to the end of the context window.
             "max_tokens": max_tokens,
@@ -605,8 +646,12 @@ class VLLMReplicaPool:
         stop: Sequence[str],
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[CompletionPiece]:
         """Stream the completion of ``prompt`` (text, or token ids) piece by piece.
+
+        ``stream=False`` asks vLLM for the whole answer at once, yielded as one finishing
+        piece: for a caller that would only join the pieces (see the module doc).
 
         ``extra`` adds vLLM sampling fields (``stop_token_ids``, ``skip_special_tokens``,
         ``repetition_penalty``, ...). Raises :class:`InvalidInput` when vLLM rejects the
@@ -619,8 +664,9 @@ class VLLMReplicaPool:
         stops early closes the upstream response at once, which aborts the generation.
         """
         body = msgspec.json.encode(
-            self._body(prompt, max_tokens, temperature, top_p, stop, seed, extra)
+            self._body(prompt, max_tokens, temperature, top_p, stop, seed, extra, stream)
         )
+        read = _pieces if stream else _whole
         tried: list[_Replica] = []
         reasons: list[str] = []
         while (replica := self._choose(tried)) is not None:
@@ -636,7 +682,7 @@ class VLLMReplicaPool:
                     if _retryable(response.status):
                         raise _Retry(f"HTTP {response.status}: {message}")
                     raise _rejection(response.status, message)
-                async for piece in _pieces(response):
+                async for piece in read(response):
                     yielded = True
                     finished = piece.finish_reason is not None
                     yield piece

@@ -197,6 +197,34 @@ async def test_tool_call_markup_becomes_streamed_tool_calls(deployment):
     assert sent["prompt"].startswith(tools_turn)
 
 
+async def test_a_non_streamed_reply_is_asked_of_vllm_whole_and_reads_as_the_stream(deployment):
+    """Nothing needs the pieces of a non-streamed, unspoken reply, so vLLM is asked for
+    the whole answer (one JSON body, no SSE event per token); tool markup in it is still
+    parsed into tool calls, exactly as from the stream."""
+    url, replicas = deployment
+    markup = ["Let me check. ", "<tool_", "call>function\nget_weather\n", '{"city": "Berlin"}', "</tool_call>"]
+    for replica in replicas:
+        replica.tokens = markup
+    client = client_for(url)
+    ask = dict(
+        model="gpt-4o", messages=[{"role": "user", "content": "Weather in Berlin?"}], tools=[WEATHER]
+    )
+    whole = await client.chat.completions.create(**ask)
+    streamed = [c async for c in await client.chat.completions.create(**ask, stream=True)]
+    asked = [flag for r in replicas for flag in r.streamed]
+    assert sorted(asked) == [False, True]
+    [choice] = whole.choices
+    assert choice.message.content == "Let me check. " and choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Berlin"}
+    args = "".join(
+        tc.function.arguments or ""
+        for c in streamed if c.choices for tc in (c.choices[0].delta.tool_calls or [])
+    )
+    assert json.loads(args) == json.loads(call.function.arguments)
+    assert whole.usage.completion_tokens == len(markup)
+
+
 async def test_named_tool_choice_opens_the_call_and_guides_the_arguments(deployment):
     url, replicas = deployment
     for replica in replicas:

@@ -81,10 +81,12 @@ class FakeVLLM:
     """A fake vLLM replica. ``mode`` picks its behaviour for ``/v1/completions``:
 
     * ``"ok"``: stream ``tokens`` (``delay`` seconds apart, at most ``max_tokens``), a
-      finishing chunk, a usage chunk and ``[DONE]``;
+      finishing chunk, a usage chunk and ``[DONE]``; for ``"stream": false``, generate
+      them at the same pace and answer with one JSON completion, as vLLM does;
     * ``"status"``: answer ``status`` with ``error_message`` in vLLM 0.7's error envelope,
       before any byte of a stream;
-    * ``"drop"``: stream ``drop_after`` tokens, then close the connection mid-body;
+    * ``"drop"``: stream ``drop_after`` tokens, then close the connection mid-body
+      (a whole answer: close after that long, without a response);
     * ``"error_event"``: a 200 stream whose first event is an in-band error (``status``).
 
     ``POST /tokenize`` reads text as ``tokenizer`` says: ``"step-audio"`` (Step-Audio-Chat's:
@@ -109,6 +111,7 @@ class FakeVLLM:
         self.max_active = 0
         self.disconnects: list[float] = []
         self.completed = 0
+        self.streamed: list[bool] = []  # per completion request: did it ask for a stream
         self.connections = 0  # TCP connections accepted: reuse keeps this flat
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -212,11 +215,17 @@ class FakeVLLM:
         if self.mode == "status":
             await self._plain(writer, self.status, json.dumps(self._error_body()).encode())
             return True
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-        )
-        await writer.drain()
+        streamed = request.get("stream", False)
+        self.streamed.append(streamed)
+        if streamed:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            await writer.drain()
+        if self.mode == "error_event" and not streamed:  # vLLM answers it with its status
+            await self._plain(writer, self.status, json.dumps(self._error_body()).encode())
+            return True
         if self.mode == "error_event":
             writer.write(_event(self._error_body()) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
@@ -237,11 +246,17 @@ class FakeVLLM:
                     return False
                 if self.mode == "drop" and i == self.drop_after:
                     return False  # close mid-body, without the terminating chunk
-                writer.write(_event(_completion_chunk(request, token, None)))
-                await writer.drain()
+                if streamed:
+                    writer.write(_event(_completion_chunk(request, token, None)))
+                    await writer.drain()
             finish = "length" if len(tokens) < len(self.tokens) else "stop"
-            writer.write(_event(_completion_chunk(request, "", finish)))
             usage = {"prompt_tokens": 7, "completion_tokens": len(tokens)}
+            if not streamed:
+                answer = _completion_chunk(request, "".join(tokens), finish)
+                await self._plain(writer, 200, json.dumps({**answer, "usage": usage}).encode())
+                self.completed += 1
+                return True
+            writer.write(_event(_completion_chunk(request, "", finish)))
             writer.write(
                 _event({**_completion_chunk(request, "", None), "choices": [], "usage": usage})
             )
@@ -400,6 +415,70 @@ async def test_an_idle_connection_the_replica_closed_is_not_reused(fakes):
         assert text_of(await collect(pool)) == "".join(TOKENS)
         [replica] = pool.snapshot().replicas
     assert (replica.failures, replica.healthy, fake.connections) == (0, True, 2)
+
+
+# --------------------------------------------------------------------------- whole answers
+
+
+async def test_a_whole_answer_is_asked_unstreamed_and_comes_as_one_finishing_piece(fakes):
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        pieces = await collect(pool, "PROMPT", max_tokens=3, stream=False)
+    [body] = fake.requests
+    assert body["stream"] is False and "stream_options" not in body
+    assert [p for _, p in pieces] == [CompletionPiece("Hello, world", "length", 7, 3)]
+
+
+async def test_whole_answers_reuse_one_upstream_connection(fakes):
+    fake = await fakes()
+    async with pool_of(fake.url) as pool:
+        for _ in range(10):
+            assert text_of(await collect(pool, stream=False)) == "".join(TOKENS)
+    assert (fake.completed, fake.streamed, fake.connections) == (10, [False] * 10, 1)
+
+
+async def test_a_whole_answer_fails_over_before_it_arrives(fakes):
+    dropping, good = await fakes(mode="drop", drop_after=1), await fakes()
+    async with pool_of(dropping.url, good.url) as pool:
+        pieces = await collect(pool, stream=False)
+        [first, _] = pool.snapshot().replicas
+    assert text_of(pieces) == "".join(TOKENS)
+    assert (len(dropping.requests), len(good.requests), first.healthy) == (1, 1, False)
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"choices": []}', b'{"choices": [{"text": 5}]}'])
+async def test_an_unreadable_whole_answer_is_a_replica_fault_not_a_text(body):
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    try:
+        async with pool_of(url) as pool:
+            with pytest.raises(EngineUnavailable, match="unreadable answer|without a choice"):
+                await collect(pool, stream=False)
+    finally:
+        server.close()
+
+
+async def test_cancelling_a_whole_answer_closes_the_upstream_request(fakes):
+    """vLLM aborts a non-streamed request too when its connection closes; the pool
+    must close it while it waits for the answer."""
+    fake = await fakes(delay=0.1, tokens=["t"] * 200)
+    async with pool_of(fake.url) as pool:
+        task = asyncio.create_task(collect(pool, stream=False))
+        assert await wait_until(lambda: fake.active, timeout=2.0)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
+        assert fake.disconnects[0] - cancelled_at < 1.0
+        assert pool.snapshot().outstanding == 0
 
 
 class _ClosingWhenReused(FakeVLLM):

@@ -172,6 +172,44 @@ async def test_closing_the_stream_aborts_generation_in_vllm(vllm_cluster: Cluste
     )
 
 
+async def test_a_whole_answer_is_the_streamed_answer_in_one_piece(vllm_cluster: Cluster) -> None:
+    """``stream=False``: vLLM's real non-streamed body gives the same greedy text, the
+    finish reason and exact usage, as one finishing piece."""
+    async with asyncio.timeout(120), make_pool(vllm_cluster.urls[:1], vllm_cluster.model) as pool:
+        ask = dict(max_tokens=24, stop=[], extra={"ignore_eos": True}, **GREEDY)
+        streamed = await collect(pool, chatml(STORY), **ask)
+        [whole] = await collect(pool, chatml(STORY), stream=False, **ask)
+    assert whole.text == text_of(streamed) and whole.text
+    assert (whole.finish_reason, whole.completion_tokens) == ("length", 24)
+    assert whole.prompt_tokens == streamed[-1].prompt_tokens > 0
+    report(f"whole answer: {len(whole.text)} characters, identical to the streamed text")
+
+
+async def test_cancelling_a_whole_answer_aborts_generation_in_vllm(vllm_cluster: Cluster) -> None:
+    """A non-streamed request sends nothing until the end; a client that leaves while
+    it waits must still stop the generation (vLLM's with_cancellation)."""
+    replica = vllm_cluster.replicas[0]
+    async with asyncio.timeout(120), make_pool([replica.url], vllm_cluster.model) as pool:
+        task = asyncio.create_task(
+            collect(
+                pool, chatml(STORY), max_tokens=1500, stop=[], stream=False,
+                extra={"ignore_eos": True}, **GREEDY,
+            )
+        )
+        while replica.metric("vllm:num_requests_running") != 1:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        task.cancel()
+        cancelled = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while replica.metric("vllm:num_requests_running") != 0:
+            assert time.monotonic() - cancelled < 5, "vLLM kept generating a cancelled whole answer"
+            await asyncio.sleep(0.05)
+        stopped_after = time.monotonic() - cancelled
+    report(f"whole answer cancelled: vLLM running=0 {stopped_after * 1000:.0f} ms after the cancel")
+
+
 async def _ttft_direct(client: httpx.AsyncClient, url: str, body: dict) -> float:
     sent = time.monotonic()
     first: float | None = None

@@ -185,6 +185,8 @@ class ChatService:
             frequency_penalty=wire.frequency_penalty or 0.0,
             presence_penalty=wire.presence_penalty or 0.0,
             logit_bias=logit_bias,
+            # Streamed text and spoken sentences need the answer as it is made.
+            incremental=bool(wire.stream) or audio_format is not None,
         )
         return Prepared(
             wire=wire,
