@@ -24,8 +24,10 @@ wrapper would only see a stalled body once the app asks for it, and never a stal
 head. Neither runs while the app produces or streams its response, so long SSE replies
 (and upgraded WebSockets) are untouched, nor while the app has stopped reading (uvicorn's
 flow control pauses the socket) or a client waits for its ``100 Continue``: the client is
-not the one stalling then. An expired request that has sent something and got no
-response yet is answered ``408`` with the error envelope, then the connection is closed.
+not the one stalling then. When that ends, the client has a whole body deadline from the
+first check that finds it over (else a ``100 Continue`` sent just before a check would
+leave it no time to start its body). An expired request that has sent something and got
+no response yet is answered ``408`` with the error envelope, then the connection is closed.
 
 The deadlines travel on the uvicorn ``Config`` (``gateway_deadlines``), not in a class
 made per configuration, so the protocol classes stay importable by name and a config
@@ -106,6 +108,7 @@ class DeadlineMixin:
         self._last = 0.0  # last body bytes
         self._bytes = 0  # body bytes in this phase
         self._received_any = False
+        self._excused = False  # the body deadline last expired in an exemption
 
     # ------------------------------------------------------------------ protocol events
 
@@ -161,6 +164,7 @@ class DeadlineMixin:
                 self._phase = _BODY
                 self._started = self._last = self.loop.time()
                 self._bytes = 0
+                self._excused = False
             else:
                 self._phase = None
                 self._cancel()
@@ -197,9 +201,17 @@ class DeadlineMixin:
         if phase is None or self.transport.is_closing():
             return
         cycle = self._timed_cycle if phase == _BODY else None
-        if cycle is not None and (self.flow.read_paused or cycle.waiting_for_100_continue):
+        if cycle is not None and (
+            self.flow.read_paused
+            or cycle.waiting_for_100_continue
+            or (self._excused and not self._bytes)
+        ):
             # The app is not reading (or has not yet asked for the body a client holds
-            # back for its 100 Continue): the client is not to blame. Count afresh.
+            # back for its 100 Continue): the client is not to blame. Count afresh. Once
+            # that ends with nothing sent since, count afresh once more: it may have ended
+            # an instant ago (the 100 Continue just sent), and the client gets a whole
+            # deadline from then.
+            self._excused = self.flow.read_paused or cycle.waiting_for_100_continue
             self._started = self._last = self.loop.time()
             self._bytes = 0
             self._arm()
