@@ -10,7 +10,9 @@ chosen time. The server here is therefore the protocol and configuration ``serve
 it waits ``hold`` seconds before asking for the body, then echoes its length or streams
 events ``gap`` seconds apart. Clients are raw sockets, so each test decides which bytes
 arrive when. The deadlines are short; every "not cut" is checked over at least twice
-the deadline, every "cut" with a generous bound, for a busy two-core machine.
+the deadline, every "cut" with a generous bound, for a busy two-core machine. (A real
+spoken chat stream outliving the gateway's timeouts is checked in tests/test_security.py,
+test_another_key_cannot_resolve_an_audio_id.)
 """
 
 from __future__ import annotations
