@@ -179,6 +179,10 @@ class ToolCallParser:
         """Take the next piece of output; returns the events it settles, in order."""
         if self._closed:
             raise RuntimeError("feed() after close()")
+        if self._state is _TEXT and not self._buffer and "<" not in fragment:
+            # Plain text with nothing held back (most pieces): no marker can start in it,
+            # since both tags begin with "<". The general path gives the same event.
+            return [TextDelta(fragment)] if fragment else []
         self._buffer += fragment
         return self._drain(final=False)
 
