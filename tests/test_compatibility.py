@@ -137,7 +137,10 @@ def test_ignored_speech_and_transcription_fields_are_answered(http, speech_wav):
     heard = http.post("/v1/audio/transcriptions", data=form,
                       files={"file": ("speech.wav", io.BytesIO(speech_wav), "audio/wav")})
     assert heard.status_code == 200, heard.text
-    assert "weather" in heard.json()["text"].lower()
+    # The paragraph was heard (whisper-tiny once wrote "weather" as "whether", and Piper's
+    # synthesis is sampled, so no single word is certain).
+    text = heard.json()["text"].lower()
+    assert sum(w in text for w in ("weather", "speech", "gateway", "computer", "network")) >= 3, text
 
 
 # ---------------------------------------------------------------- honoured sampling fields
