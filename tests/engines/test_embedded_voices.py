@@ -1,0 +1,47 @@
+"""The embedded voices give the cores back as soon as a sentence is made.
+
+The gateway encodes each sentence the moment the engine hands it over, and a streamed
+MP3 or Opus answer's first byte waits on that encode. ONNX Runtime's threads spin after a
+run by default: on a 2-core host they held the cores the encoder needed, and the first
+0.15 s of a sentence took 8-12 ms to encode instead of 2.5 ms (bench/speech_first_byte.py).
+Spinning shows as CPU the process burns while it has nothing to do: about 25 ms of every
+50 ms just after a Piper sentence with ONNX Runtime's defaults, none with its sessions
+opened by engines/embedded/onnx_session.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engines.base import EngineContext, SpeechRequest
+from engines.embedded.kokoro import KokoroEngine
+from engines.embedded.piper import PiperEngine
+from engines.workers import Worker
+
+CASES = [
+    (PiperEngine, "joe", "en", "The first sentence is short. So is the second one."),
+    (KokoroEngine, "jf_alpha", "ja", "最初の文です。次の文です。"),
+]
+
+
+@pytest.mark.parametrize(("engine_class", "voice", "language", "text"), CASES)
+def test_a_voice_leaves_the_cores_idle_between_sentences(
+    tmp_path, engine_class, voice, language, text
+):
+    name = engine_class.__name__
+    context = EngineContext(worker=Worker(name, 1, 4), cache_dir=tmp_path, registry=None)
+    engine = engine_class(name, context)
+    engine.load()
+    try:
+        sentences = engine._chunks(SpeechRequest(text=text, voice=voice, language=language))
+        for _ in range(2):
+            assert len(next(sentences).samples) > 0
+            before = time.process_time()
+            time.sleep(0.05)
+            idle_cpu = time.process_time() - before
+            assert idle_cpu < 0.005, f"{idle_cpu * 1000:.1f} ms of CPU in 50 ms with nothing to do"
+        sentences.close()
+    finally:
+        engine.unload()
