@@ -47,6 +47,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import Settings
+from .streaming import DISCONNECT_WATCH, DisconnectWatch
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +110,7 @@ class DeadlineMixin:
         self._bytes = 0  # body bytes in this phase
         self._received_any = False
         self._excused = False  # the body deadline last expired in an exemption
+        self._watch: DisconnectWatch | None = None  # the current request's
 
     # ------------------------------------------------------------------ protocol events
 
@@ -123,6 +125,8 @@ class DeadlineMixin:
         self._cancel()
         self._phase = None
         super().connection_lost(exc)  # type: ignore[misc]
+        if self._watch is not None:
+            self._watch.fire()  # the request learns its client left (see DisconnectWatch)
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
@@ -160,6 +164,8 @@ class DeadlineMixin:
         cycle = self.cycle
         if cycle is not None and cycle is not self._timed_cycle:
             self._timed_cycle = cycle  # a new request's head is complete
+            # Its task is created but has not run yet: the scope can still take this.
+            self._watch = cycle.scope[DISCONNECT_WATCH] = DisconnectWatch(self.flow.resume_reading)
             if cycle.more_body and not cycle.response_complete:
                 self._phase = _BODY
                 self._started = self._last = self.loop.time()

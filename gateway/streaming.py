@@ -10,8 +10,8 @@ for being busy.
 
 Litestar stops a streamed response when its client disconnects, but not a handler that
 is still computing a JSON answer: a chat whose client had gone kept the model generating
-to the end. :func:`disconnect_middleware` listens for ``http.disconnect`` once the body
-has been read and cancels the request's work, and :func:`spawn` ties background tasks
+to the end. :func:`disconnect_middleware` watches for the client leaving once the body
+has been read (told by the server's protocol, gateway.server) and cancels the request's work, and :func:`spawn` ties background tasks
 (a stream's producer) to the request, so none outlives it.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, AsyncIterator, Awaitable, Coroutine, Generic, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Generic, TypeVar
 
 import anyio
 import structlog
@@ -89,27 +89,62 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
     return task
 
 
+#: The scope key under which gateway.server's protocol hands a request its DisconnectWatch.
+DISCONNECT_WATCH = "gateway.disconnect_watch"
+
+
+class DisconnectWatch:
+    """How the server tells a request that its client has gone, with no task waiting in
+    ``receive()`` for it: the request calls :meth:`listen`, and the protocol calls
+    :meth:`fire` once when the connection is lost. A task per request only to wait for
+    that cost more than the rest of the disconnect handling (issue 11).
+
+    ``resume`` is the protocol's ``resume_reading``: a large body leaves the socket paused
+    (uvicorn's flow control), and only reading it shows the client closing, so listening
+    resumes it, as a ``receive()`` waiting for the disconnect would.
+    """
+
+    __slots__ = ("callback", "_resume")
+
+    def __init__(self, resume: Callable[[], None] | None = None) -> None:
+        self.callback: Callable[[], None] | None = None
+        self._resume = resume
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        if self._resume is not None:
+            self._resume()
+
+    def fire(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
+
+
 class _Connection:
     """The request's view of its ASGI connection, which notices the client leaving.
 
-    Once the app has read the whole body, one listener task owns ``receive``: the only
-    message left to come is ``http.disconnect``, which it hands to every later
-    ``receive`` call (Litestar's stream listener among them) and, while the response is
-    not complete, answers by cancelling the request's task.
+    Once the app has read the whole body, the only message left to come is
+    ``http.disconnect``. Its arrival, told by the server's :class:`DisconnectWatch`
+    (or, under a server without one, seen by a listener task that owns ``receive``), is
+    handed to every later ``receive`` call (Litestar's stream listener among them) and,
+    while the response is not complete, answered by cancelling the request's task.
 
     That cancellation is asyncio's own (``Task.cancel``, taken back with ``uncancel``
     when the middleware absorbs it, as ``asyncio.timeout`` does) rather than an anyio
     cancel scope: a scope per request cost more than the rest of this middleware.
     """
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, watch: DisconnectWatch | None) -> None:
         self._receive = receive
         self._send = send
         self._task = asyncio.current_task()
         self._body_read = False
         self._complete = False
         self._left = asyncio.Event()
+        self.watch = watch
         self.listener: asyncio.Task | None = None
+        self.watching = False  # a disconnect now cancels the request
         self.cancelled = False  # the request's task was cancelled because the client left
 
     async def receive(self) -> Message:
@@ -119,7 +154,11 @@ class _Connection:
                 self._leave()
             elif not message.get("more_body", False):
                 self._body_read = True
-                self.listener = asyncio.create_task(self._listen())
+                self.watching = True
+                if self.watch is not None:
+                    self.watch.listen(self._leave)
+                else:
+                    self.listener = asyncio.create_task(self._listen())
             return message
         await self._left.wait()
         return {"type": "http.disconnect"}
@@ -163,7 +202,7 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         tasks: set[asyncio.Task] = set()
-        connection = _Connection(receive, send)
+        connection = _Connection(receive, send, scope.get(DISCONNECT_WATCH))
         token = _request_tasks.set(tasks)
         admission = open_admission()
         try:
@@ -172,6 +211,8 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
             if not connection.absorb():
                 raise
         finally:
+            if connection.watch is not None:
+                connection.watch.callback = None  # the request is over: nothing to cancel
             if connection.listener is not None:
                 # It only waits for the disconnect (or for the end the server reports once
                 # the response is complete), so it holds nothing to wait for; cancelled
@@ -195,8 +236,8 @@ class _WatchedResponse(ASGIStreamingResponse):
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         connection = getattr(receive, "__self__", None)
-        if isinstance(connection, _Connection) and connection.listener is not None:
-            await self._stream(send)  # disconnect_middleware's listener already watches
+        if isinstance(connection, _Connection) and connection.watching:
+            await self._stream(send)  # disconnect_middleware already watches
         else:
             await super().send_body(send, receive)
 

@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.server import server_config
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
 
@@ -80,11 +81,18 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app, port: int) -> None:
+    """The app behind what ``serve`` runs (gateway.server: its protocol, with the
+    deadlines and the disconnect watch, its loop, and the settings' server limits), in a
+    thread. uvicorn makes that loop from a factory, so the tests' own loops are untouched."""
+
+    def __init__(self, app, port: int, settings=None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        if settings is None:  # the app's own, unless it is wrapped
+            state = getattr(app, "state", None)
+            settings = state["settings"] if state is not None else load_settings()
+        config = server_config(
+            app, settings, host="127.0.0.1", port=port, lifespan="on"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -130,7 +138,7 @@ def live_server(settings=None, registry=None, **kwargs) -> LiveServer:
     """The real app on a free loopback port, not yet started."""
     settings = settings or load_settings()
     app = create_app(settings, registry, configure_logs=False, **kwargs)
-    return LiveServer(app, free_port())
+    return LiveServer(app, free_port(), settings)
 
 
 def start_server(settings=None, registry=None, **kwargs) -> LiveServer:

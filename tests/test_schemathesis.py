@@ -91,7 +91,7 @@ def fuzzed():
     settings = load_settings()
     settings.engines.preload = ["tts-1", "whisper-1", "whisper-tiny.en", "gpt-4o-mini"]
     tally = Tally()
-    live = LiveServer(tally.wrap(create_app(settings, configure_logs=False)), free_port())
+    live = LiveServer(tally.wrap(create_app(settings, configure_logs=False)), free_port(), settings)
     live.start()
     yield live, tally
     live.stop()
