@@ -113,23 +113,38 @@ def since_arrival() -> float | None:
     return None if started is None else time.perf_counter() - started
 
 
-def _observe(histogram: Histogram, **labels: str) -> None:
+#: Metric children by (metric, label values): ``labels()`` takes a lock and converts every
+#: value on each call, which a first-token observation per request paid every time.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = metric.labels(*values)
+        if len(_children) < 4096:  # label values are model and endpoint names: few
+            _children[key] = child
+    return child
+
+
+def _observe(histogram: Histogram, *values: str) -> None:
     elapsed = since_arrival()
     if elapsed is not None:
-        histogram.labels(**labels).observe(elapsed)
+        _child(histogram, *values).observe(elapsed)
 
 
 def count_audio(endpoint: str, direction: str, model: str, seconds: float) -> None:
     if seconds > 0:
-        AUDIO_SECONDS.labels(endpoint=endpoint, direction=direction, model=model).inc(seconds)
+        _child(AUDIO_SECONDS, endpoint, direction, model).inc(seconds)
 
 
 def first_token(model: str) -> None:
-    _observe(FIRST_TOKEN, model=model)
+    _observe(FIRST_TOKEN, model)
 
 
 def first_audio(endpoint: str, model: str) -> None:
-    _observe(FIRST_AUDIO, endpoint=endpoint, model=model)
+    _observe(FIRST_AUDIO, endpoint, model)
 
 
 async def observe_speech(model: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
