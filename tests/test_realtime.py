@@ -233,8 +233,10 @@ async def test_barge_in_cancels_and_truncation_keeps_only_what_was_heard(client,
         await stream(conn, recordings[STORY] + SILENCE)
         first = await s.until("response.output_audio.delta")
         response_id, item_id = first["response_id"], first["item_id"]
-        # The user speaks while the answer plays (one second of it has been heard).
-        barging = asyncio.create_task(stream(conn, recordings[INTERRUPT] + SILENCE * 2, pause=0.1))
+        # The user speaks while the answer is still being made. Their audio is sent at once,
+        # not in real time: at real-time pace a quick machine had finished the whole story
+        # before the speech was detected, and the response was "completed", not cancelled.
+        barging = asyncio.create_task(stream(conn, recordings[INTERRUPT] + SILENCE * 2))
         await s.until("input_audio_buffer.speech_started")
         done = await s.until("response.done")
         while done["response"]["id"] != response_id:
