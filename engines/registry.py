@@ -16,6 +16,7 @@ from typing import AsyncIterator, Mapping
 import anyio
 import structlog
 
+from . import heap
 from .base import (
     AudioTokenizer,
     Capability,
@@ -122,6 +123,9 @@ class ModelRegistry:
                 self._names[name] = spec.id
         self.ready = False
         self.load_error: str | None = None
+        #: Freeze the heap after the preload (engines.heap): for a serving process, which
+        #: owns its interpreter; an app embedded in another process (the tests') does not.
+        self.settle_heap = False
 
     # ------------------------------------------------------------------ lookup
 
@@ -260,6 +264,8 @@ class ModelRegistry:
             self.load_error = str(getattr(exc, "message", exc))
             log.error("preload_failed", error=self.load_error)
             return
+        if self.settle_heap:
+            heap.settle()  # the preloaded models leave the collector's full passes
         self.ready = True
 
     async def unload_idle(self, now: float | None = None) -> list[str]:
@@ -275,6 +281,8 @@ class ModelRegistry:
                     await engine.stop()
                     unloaded.append(slot.spec.id)
                     log.info("model_unloaded", model=slot.spec.id, idle_seconds=round(idle))
+        if unloaded and self.settle_heap:
+            heap.release()  # their objects may now be collected
         return unloaded
 
     async def reap_forever(self) -> None:

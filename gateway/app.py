@@ -114,9 +114,13 @@ def create_app(
     *,
     preload: bool = True,
     configure_logs: bool = True,
+    settle_heap: bool = False,
 ) -> Litestar:
+    """``settle_heap``: the app is its process's only tenant (``serve``), so the models
+    it preloads may be frozen out of the garbage collector's full passes (engines.heap)."""
     settings = settings or load_settings()
     registry = registry or registry_from_settings(settings)
+    registry.settle_heap = settle_heap
     # What replicas share (limits, audio ids, transcripts, clones): memory or Redis.
     state_backend = create_backend(
         settings.state.backend,

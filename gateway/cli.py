@@ -79,7 +79,7 @@ def _serve(settings, host: str | None, port: int | None) -> int:
     from .app import create_app
     from .server import server_config
 
-    server = uvicorn.Server(server_config(create_app(settings), settings))
+    server = uvicorn.Server(server_config(create_app(settings, settle_heap=True), settings))
     server.run()
     return 0 if server.started else 3  # 3: could not start (as uvicorn.run exits)
 

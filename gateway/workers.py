@@ -174,7 +174,7 @@ class WorkerApp:
         _run = self.run
         from .app import create_app
 
-        app = create_app(self.settings)
+        app = create_app(self.settings, settle_heap=True)
         threading.Thread(
             target=self._heartbeat, args=(app,), name="worker-heartbeat", daemon=True
         ).start()

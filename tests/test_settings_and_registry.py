@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from engines.base import Capability
@@ -88,6 +91,47 @@ async def test_models_load_on_demand_and_unload_when_idle(registry):
     async with registry.use("m", Capability.SPEECH):
         pass
     assert Counting.loads == before + 2
+
+
+class _Cycle:
+    """A model's objects as Python holds them: reference cycles, freed only by the collector."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+class CyclicEngine(CountingEngine):
+    alive: "weakref.WeakSet[_Cycle]" = weakref.WeakSet()
+
+    def load(self):
+        self.model = _Cycle()
+        CyclicEngine.alive.add(self.model)
+
+    def unload(self):
+        self.model = None
+
+
+async def test_preloaded_models_leave_full_collections_and_unloaded_ones_are_collected(tmp_path):
+    """A full collection walked every object of every loaded model (about 100,000 objects,
+    30 ms of stalled event loop with the embedded models); after the preload they are
+    frozen out of its reach, and given back when a model is unloaded."""
+    kind = EngineKind("tests.test_settings_and_registry:CyclicEngine", frozenset({Capability.SPEECH}))
+    registry = ModelRegistry(
+        [ModelSpec("m", "cyclic")], cache_dir=tmp_path, catalog={**CATALOG, "cyclic": kind},
+        idle_unload_seconds=10,
+    )
+    registry.settle_heap = True  # as serve sets it
+    try:
+        await registry.preload(["m"])
+        assert registry.ready
+        [model] = list(CyclicEngine.alive)
+        assert gc.is_tracked(model) and gc.get_freeze_count() > 0
+        assert not any(o is model for o in gc.get_objects())  # out of the collector's walk
+        del model
+        assert await registry.unload_idle(now=1e12) == ["m"]
+        assert not list(CyclicEngine.alive)  # its cycle was collected, not leaked frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_duplicate_names_are_rejected(tmp_path):
