@@ -144,3 +144,17 @@ def test_a_failing_source_ends_in_one_error_event(events, fail_after, message, c
             error = json.loads(parsed[-1])["error"]
             assert set(error) == {"message", "type", "param", "code"}
             assert error["message"] == message
+
+
+@given(st.text() | st.sampled_from(["\u2028", '"', "\\", "\x00", "</tool_call>"]))
+def test_a_spliced_text_chunk_is_the_bytes_of_the_chunk_struct(text):
+    """Chat streams splice each text delta into pre-encoded bytes rather than building
+    two structs per token (gateway/api/chat/serving.py): those bytes must be exactly what
+    the wire structs encode to, for any text."""
+    import msgspec
+
+    from gateway.api.chat.protocol import ChunkChoice, Delta
+    from gateway.api.chat.serving import _CONTENT_CLOSE, _CONTENT_OPEN
+
+    encode = msgspec.json.encode
+    assert _CONTENT_OPEN + encode(text) + _CONTENT_CLOSE == encode(ChunkChoice(delta=Delta(content=text)))

@@ -175,11 +175,17 @@ class ToolCallParser:
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def idle(self) -> bool:
+        """Outside any call with nothing held back: a piece without ``<`` is then text
+        exactly as it is (both tags begin with ``<``), which callers may pass on as such."""
+        return self._state is _TEXT and not self._buffer
+
     def feed(self, fragment: str) -> list[ParserEvent]:
         """Take the next piece of output; returns the events it settles, in order."""
         if self._closed:
             raise RuntimeError("feed() after close()")
-        if self._state is _TEXT and not self._buffer and "<" not in fragment:
+        if "<" not in fragment and self.idle:
             # Plain text with nothing held back (most pieces): no marker can start in it,
             # since both tags begin with "<". The general path gives the same event.
             return [TextDelta(fragment)] if fragment else []

@@ -212,11 +212,17 @@ class StepAudioChatEngine(ChatEngine):
         )
         async with aclosing(pieces):
             async for piece in pieces:
-                text = pending + piece.text
+                text = pending + piece.text if pending else piece.text
                 pending = ""
-                for event in self._events(parser.feed(text)):
-                    calls += isinstance(event, ToolCallStart)
-                    yield event
+                if "<" not in text and parser.idle:
+                    # Most pieces: plain text, which can hold neither tool markup nor the
+                    # end-of-turn marker (all begin with "<"), so no parsing is needed.
+                    if text:
+                        yield TextDelta(text)
+                else:
+                    for event in self._events(parser.feed(text)):
+                        calls += isinstance(event, ToolCallStart)
+                        yield event
                 if piece.finish_reason is not None:
                     finish_reason = piece.finish_reason
                     prompt_tokens = piece.prompt_tokens or self.count_tokens(prompt)

@@ -359,6 +359,9 @@ class ChatService:
                     )
                 async with aclosing(events):  # a hang-up frees the engine at once
                     async for event in events:
+                        if type(event) is TextDelta and token_seen:  # most events
+                            yield event
+                            continue
                         if isinstance(event, bytes):
                             if not audio_seen:
                                 audio_seen = True
@@ -412,6 +415,8 @@ _encoder = msgspec.json.Encoder()
 # A key is written unescaped only as a key: inside a JSON string its quotes are escaped.
 _NO_CHOICES = b'"choices":[]'
 _CHOICES_OPEN = b'"choices":['
+_CONTENT_OPEN = b'{"index":0,"delta":{"content":'
+_CONTENT_CLOSE = b'},"logprobs":null,"finish_reason":null}'
 
 
 def _random_hex() -> str:
@@ -541,6 +546,11 @@ async def chunks(
         choice = ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)
         return msgspec.Raw(head + _encoder.encode(choice) + tail)
 
+    # A text delta, the most common chunk, spliced from its encoded text: the same bytes
+    # as chunk(Delta(content=text)) (a test compares them), without two structs per token.
+    content_head = head + _CONTENT_OPEN
+    content_tail = _CONTENT_CLOSE + tail
+
     speaks = prepared.speaks
     audio_id_sent = False
 
@@ -559,7 +569,9 @@ async def chunks(
         events = await prime(source)
         yield chunk(Delta(role="assistant", content=None if speaks else ""))
         async for event in events:
-            if isinstance(event, TextDelta):
+            if type(event) is TextDelta and not speaks and not event.logprobs:
+                yield msgspec.Raw(content_head + _encoder.encode(event.text) + content_tail)
+            elif isinstance(event, TextDelta):
                 logprobs = (
                     ChoiceLogprobs(content=_logprobs_wire(event.logprobs))
                     if event.logprobs
