@@ -21,7 +21,7 @@ from litestar import Request
 from litestar.response import Stream
 
 from .errors import APIError, sse_error_event, to_api_error
-from .streaming import WatchedStream, spawn
+from .streaming import FinalChunk, WatchedStream, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,9 @@ async def decoupled(
     engine) and the stream ends with an error event after what was buffered.
 
     The writer sends everything buffered as one chunk (one send per wake-up, not per
-    event) and a ``: ping`` comment after ``keepalive`` seconds of silence (0: none).
+    event; the last one, once the source is done, as a :class:`FinalChunk` that ends the
+    body in the same write) and a ``: ping`` comment after ``keepalive`` seconds of
+    silence (0: none).
 
     Each event costs the writer one bare future to wait on: the keep-alive is one timer
     per stream that re-arms itself from the time of the last write (no timeout context,
@@ -133,6 +135,8 @@ async def decoupled(
                 pending.clear()
                 unread = 0
                 ping_due = False
+                if producer.done() and not failure:
+                    data = FinalChunk(data)  # nothing can follow: sent with the body's end
                 yield data
                 quiet_since = loop.time()
                 continue

@@ -231,8 +231,24 @@ def disconnect_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+class FinalChunk(bytes):
+    """The last bytes of a stream, marked by a source that knows nothing follows them:
+    they go out with the end of the body, in one write, not two."""
+
+    __slots__ = ()
+
+
 class _WatchedResponse(ASGIStreamingResponse):
     __slots__ = ()
+
+    async def _stream(self, send: Send) -> None:
+        final = False
+        async for chunk in self.iterator:
+            final = type(chunk) is FinalChunk
+            body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
+            await send({"type": "http.response.body", "body": body, "more_body": not final})
+        if not final:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         connection = getattr(receive, "__self__", None)
