@@ -11,7 +11,7 @@ import time
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import anyio
 import structlog
@@ -126,6 +126,8 @@ class ModelRegistry:
         #: Freeze the heap after the preload (engines.heap): for a serving process, which
         #: owns its interpreter; an app embedded in another process (the tests') does not.
         self.settle_heap = False
+        #: Called once, in the event loop, the moment the preload has succeeded.
+        self.ready_callbacks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ lookup
 
@@ -266,6 +268,8 @@ class ModelRegistry:
             return
         if self.settle_heap:
             heap.settle()  # the preloaded models leave the collector's full passes
+        for callback in self.ready_callbacks:  # before the flag: nothing sees one without the other
+            callback()
         self.ready = True
 
     async def unload_idle(self, now: float | None = None) -> list[str]:

@@ -175,6 +175,9 @@ class WorkerApp:
         from .app import create_app
 
         app = create_app(self.settings, settle_heap=True)
+        # Marked ready in the same step as the registry, not at the heartbeat's next look:
+        # a scrape could otherwise show this worker ready while /ready still counted it out.
+        app.state["registry"].ready_callbacks.append((self.run.ready / str(os.getpid())).touch)
         threading.Thread(
             target=self._heartbeat, args=(app,), name="worker-heartbeat", daemon=True
         ).start()
