@@ -11,8 +11,9 @@ for being busy.
 Litestar stops a streamed response when its client disconnects, but not a handler that
 is still computing a JSON answer: a chat whose client had gone kept the model generating
 to the end. :func:`disconnect_middleware` watches for the client leaving once the body
-has been read (told by the server's protocol, gateway.server) and cancels the request's work, and :func:`spawn` ties background tasks
-(a stream's producer) to the request, so none outlives it.
+has been read (told by the server's protocol, gateway.server) and cancels the request's
+work, and :func:`spawn` ties background tasks (a stream's producer) to the request, so
+none outlives it.
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ class _Connection:
         self._left = asyncio.Event()
         self.watch = watch
         self.listener: asyncio.Task | None = None
-        self.watching = False  # a disconnect now cancels the request
         self.cancelled = False  # the request's task was cancelled because the client left
 
     async def receive(self) -> Message:
@@ -154,7 +154,6 @@ class _Connection:
                 self._leave()
             elif not message.get("more_body", False):
                 self._body_read = True
-                self.watching = True
                 if self.watch is not None:
                     self.watch.listen(self._leave)
                 else:
@@ -162,6 +161,11 @@ class _Connection:
             return message
         await self._left.wait()
         return {"type": "http.disconnect"}
+
+    @property
+    def watching(self) -> bool:
+        """A disconnect now cancels the request (watched from the end of its body on)."""
+        return self._body_read
 
     async def send(self, message: Message) -> None:
         if message["type"] != "http.response.body" or message.get("more_body", False):

@@ -185,10 +185,6 @@ class ToolCallParser:
         """Take the next piece of output; returns the events it settles, in order."""
         if self._closed:
             raise RuntimeError("feed() after close()")
-        if "<" not in fragment and self.idle:
-            # Plain text with nothing held back (most pieces): no marker can start in it,
-            # since both tags begin with "<". The general path gives the same event.
-            return [TextDelta(fragment)] if fragment else []
         self._buffer += fragment
         return self._drain(final=False)
 

@@ -332,6 +332,18 @@ async def wait_until(predicate, timeout: float = 2.0) -> bool:
     return predicate()
 
 
+async def cancel_and_see_the_upstream_closed(task: asyncio.Task, fake: FakeVLLM, pool) -> None:
+    """Cancel a consumer of the pool: the replica sees its connection close within a
+    second, and the pool counts nothing outstanding."""
+    task.cancel()
+    cancelled_at = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
+    assert fake.disconnects[0] - cancelled_at < 1.0
+    assert pool.snapshot().outstanding == 0
+
+
 # --------------------------------------------------------------------------- streaming
 
 
@@ -472,13 +484,7 @@ async def test_cancelling_a_whole_answer_closes_the_upstream_request(fakes):
         task = asyncio.create_task(collect(pool, stream=False))
         assert await wait_until(lambda: fake.active, timeout=2.0)
         await asyncio.sleep(0.2)
-        task.cancel()
-        cancelled_at = time.monotonic()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
-        assert fake.disconnects[0] - cancelled_at < 1.0
-        assert pool.snapshot().outstanding == 0
+        await cancel_and_see_the_upstream_closed(task, fake, pool)
 
 
 class _ClosingWhenReused(FakeVLLM):
@@ -816,13 +822,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(fakes):
 
         task = asyncio.create_task(consume())
         await asyncio.wait_for(got_one.wait(), 5)
-        task.cancel()
-        cancelled_at = time.monotonic()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await wait_until(lambda: fake.disconnects, timeout=1.0), "server saw no disconnect"
-        assert fake.disconnects[0] - cancelled_at < 1.0
-        assert pool.snapshot().outstanding == 0
+        await cancel_and_see_the_upstream_closed(task, fake, pool)
 
 
 # --------------------------------------------------------------------------- health
