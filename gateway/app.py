@@ -39,6 +39,7 @@ from .json_body import GatewayRequest
 from .logging import configure_logging, request_id_middleware
 from .metrics import MetricsController, app_metrics, prometheus_config
 from .playground import playground_router
+from .policy import Policies
 from .ratelimit import ratelimit_middleware_factory
 from .settings import Settings, load_settings
 from .streaming import disconnect_middleware
@@ -128,6 +129,8 @@ def create_app(
         prefix=settings.state.redis_prefix,
         timeout_seconds=settings.state.redis_timeout_seconds,
     )
+    # What each key may do and has spent: one policy object per request or session.
+    policies = Policies(settings.limits.per_key, state_backend, settings.state)
     # Who cloned which voice (POST /v1/audio/voices), shared like the rest of the state.
     voice_owners = VoiceOwners(state_backend.voices)
     chat_service = ChatService(
@@ -160,7 +163,7 @@ def create_app(
         outer_middleware=(
             request_id_middleware,
             api_key_middleware_factory(settings.server.api_keys),
-            ratelimit_middleware_factory(settings.limits.per_key, state_backend, settings.state),
+            ratelimit_middleware_factory(policies),
             options_allow_middleware,
             disconnect_middleware,
         ),
@@ -190,6 +193,7 @@ def create_app(
             "metrics": app_metrics(registry),
             "voice_owners": voice_owners,
             "state_backend": state_backend,
+            "policies": policies,
         },
         debug=False,
     )

@@ -50,9 +50,15 @@ def split_speed(speed: float, native_range: tuple[float, float]) -> tuple[float,
 
 
 class SpeechAudioPipeline:
-    def __init__(self, fmt: str, *, tempo: float = 1.0, sample_rate: int = OUTPUT_RATE) -> None:
+    """``encoder``: anything with ``encode(samples) -> bytes`` and ``finish() -> bytes``
+    (the realtime door's PCM and G.711, adapters.realtime.audio); a
+    :class:`StreamingEncoder` for ``fmt`` by default."""
+
+    def __init__(
+        self, fmt: str, *, tempo: float = 1.0, sample_rate: int = OUTPUT_RATE, encoder=None
+    ) -> None:
         self.sample_rate = sample_rate
-        self.encoder = StreamingEncoder(fmt, sample_rate)
+        self.encoder = encoder if encoder is not None else StreamingEncoder(fmt, sample_rate)
         self.tempo = TempoFilter(tempo, sample_rate)
         self._resampler: StreamResampler | None = None
         self._input_rate: int | None = None

@@ -13,6 +13,7 @@ import av
 import numpy as np
 
 from adapters.audio.pcm import StreamResampler, float_to_s16le, s16le_to_float
+from adapters.audio.pipeline import SpeechAudioPipeline
 
 FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 _CODEC = {"audio/pcmu": "pcm_mulaw", "audio/pcma": "pcm_alaw"}
@@ -80,26 +81,22 @@ class InputConverter:
         return self._resampler.push(decode_wire(self.fmt, data))
 
 
-class OutputConverter:
-    """Synthesised speech (float32 at any rate) to wire bytes, piece by piece."""
+class WireEncoder:
+    """The realtime formats as a :class:`~adapters.audio.pipeline.SpeechAudioPipeline`
+    encoder: 16-bit PCM or G.711 are sample by sample, so nothing is held back."""
 
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
-        self._rate: int | None = None
-        self._resampler: StreamResampler | None = None
 
-    def push(self, samples: np.ndarray, rate: int) -> bytes:
-        target = wire_rate(self.fmt)
-        if rate != self._rate:
-            tail = self.flush()
-            self._rate = rate
-            self._resampler = None if rate == target else StreamResampler(rate, target)
-        else:
-            tail = b""
-        out = samples if self._resampler is None else self._resampler.push(samples)
-        return tail + encode_wire(self.fmt, out)
+    def encode(self, samples: np.ndarray) -> bytes:
+        return encode_wire(self.fmt, samples) if len(samples) else b""
 
-    def flush(self) -> bytes:
-        if self._resampler is None:
-            return b""
-        return encode_wire(self.fmt, self._resampler.flush())
+    def finish(self) -> bytes:
+        return b""
+
+
+def wire_pipeline(fmt: str, tempo: float = 1.0) -> SpeechAudioPipeline:
+    """Synthesised speech to a realtime session's output format, at its rate."""
+    return SpeechAudioPipeline(
+        "pcm", tempo=tempo, sample_rate=wire_rate(fmt), encoder=WireEncoder(fmt)
+    )

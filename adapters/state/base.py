@@ -78,9 +78,10 @@ class StateBackend(abc.ABC):
     voices: "VoiceRecords"
 
     @abc.abstractmethod
-    async def admit(self, owner: str, limits: Limits) -> Admission:
-        """Count one request and one open stream for ``owner`` unless a counter of the
-        current window is already at its limit (or the streams at theirs)."""
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
+        """Count one request and (with ``stream``) one open stream for ``owner`` unless a
+        counter of the current window is already at its limit (or the streams at theirs).
+        A realtime response is a request within a session that already holds its stream."""
 
     @abc.abstractmethod
     async def release(self, owner: str, admission: Admission, *, refund: bool) -> None:
@@ -89,9 +90,16 @@ class StateBackend(abc.ABC):
 
     @abc.abstractmethod
     async def charge(
-        self, owner: str, window: int, field: str, amount: int, limit: int | None, *, partial: bool
+        self,
+        owner: str,
+        window: int | None,
+        field: str,
+        amount: int,
+        limit: int | None,
+        *,
+        partial: bool,
     ) -> Charge:
-        """Add ``amount`` to a counter of ``window``. When it would pass ``limit``:
+        """Add ``amount`` to a counter of ``window`` (None: the current one). When it would pass ``limit``:
         ``partial`` adds up to the limit and answers not ok (a stream that ran out),
         otherwise adds nothing and answers not ok (work refused before it started)."""
 

@@ -56,7 +56,7 @@ class MemoryBackend(StateBackend):
             counters = self._windows[(owner, window)] = dict.fromkeys(FIELDS, 0)
         return counters
 
-    async def admit(self, owner: str, limits: Limits) -> Admission:
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
         now = self._clock()
         window = int(now // WINDOW_SECONDS)
         reset_ms = int((WINDOW_SECONDS - now % WINDOW_SECONDS) * 1000)
@@ -68,12 +68,12 @@ class MemoryBackend(StateBackend):
             if limit is not None and (counters[field] + step > limit or counters[field] >= limit):
                 refused = field
                 break
-        if refused is None and limits.streams is not None:
+        if refused is None and stream and limits.streams is not None:
             if self._streams[owner] + 1 > limits.streams:
                 refused = STREAMS
         if refused is None:
             counters[REQUESTS] += 1
-            self._streams[owner] += 1
+            self._streams[owner] += int(stream)
         used = {**counters, STREAMS: self._streams[owner]}
         return Admission(refused, used, reset_ms, window)
 
@@ -85,8 +85,17 @@ class MemoryBackend(StateBackend):
                 counters[REQUESTS] -= 1
 
     async def charge(
-        self, owner: str, window: int, field: str, amount: int, limit: int | None, *, partial: bool
+        self,
+        owner: str,
+        window: int | None,
+        field: str,
+        amount: int,
+        limit: int | None,
+        *,
+        partial: bool,
     ) -> Charge:
+        if window is None:
+            window = int(self._clock() // WINDOW_SECONDS)
         counters = self._window(owner, window)
         if limit is None or counters[field] + amount <= limit:
             counters[field] += amount

@@ -33,7 +33,7 @@ from .base import (
 
 # KEYS[1]: the owner's counter prefix, KEYS[2]: the owner's open-streams counter.
 # ARGV: window seconds, then the limits of requests, tokens, audio in, audio out, streams
-# (-1: none). Returns {refused index (0: admitted), window, reset ms, counters..., streams}.
+# (-1: none), then 1 to count an open stream or 0 not to. Returns {refused index (0: admitted), window, reset ms, counters..., streams}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,12 +50,15 @@ for i, field in ipairs(fields) do
 end
 local streams = tonumber(redis.call('GET', KEYS[2]) or '0')
 local stream_limit = tonumber(ARGV[6])
-if refused == 0 and stream_limit >= 0 and streams + 1 > stream_limit then refused = 5 end
+local stream = ARGV[7] == '1'
+if refused == 0 and stream and stream_limit >= 0 and streams + 1 > stream_limit then refused = 5 end
 if refused == 0 then
   used[1] = redis.call('HINCRBY', key, 'requests', 1)
   redis.call('EXPIRE', key, tonumber(ARGV[1]) * 2)
-  streams = redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], 3600)
+  if stream then
+    streams = redis.call('INCR', KEYS[2])
+    redis.call('EXPIRE', KEYS[2], 3600)
+  end
 end
 return {refused, window, span - (now_ms % span), used[1], used[2], used[3], used[4], streams}
 """
@@ -72,10 +75,15 @@ end
 return 1
 """
 
-# KEYS[1]: counter prefix. ARGV: window, field, amount, limit (-1: none), partial (0/1),
-# window seconds. Returns {ok, used}.
+# KEYS[1]: counter prefix. ARGV: window ('now': the current one, by Redis' clock), field,
+# amount, limit (-1: none), partial (0/1), window seconds. Returns {ok, used}.
 _CHARGE = """
-local key = KEYS[1] .. ':' .. ARGV[1]
+local window = ARGV[1]
+if window == 'now' then
+  local t = redis.call('TIME')
+  window = tostring(math.floor(tonumber(t[1]) / tonumber(ARGV[6])))
+end
+local key = KEYS[1] .. ':' .. window
 local used = tonumber(redis.call('HGET', key, ARGV[2]) or '0')
 local amount = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
@@ -215,8 +223,9 @@ class RedisBackend(StateBackend):
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable(f"redis: {exc}") from exc
 
-    async def admit(self, owner: str, limits: Limits) -> Admission:
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
         args = [WINDOW_SECONDS, *(_limit(limits.of(f)) for f in FIELDS), _limit(limits.streams)]
+        args.append(int(stream))
         result = await self._script(self._admit, self._keys(owner), args)
         refused_index, window, reset_ms, *counters = (int(v) for v in result)
         names = (*FIELDS, STREAMS)
@@ -227,12 +236,20 @@ class RedisBackend(StateBackend):
         await self._script(self._release, self._keys(owner), [admission.window, int(refund)])
 
     async def charge(
-        self, owner: str, window: int, field: str, amount: int, limit: int | None, *, partial: bool
+        self,
+        owner: str,
+        window: int | None,
+        field: str,
+        amount: int,
+        limit: int | None,
+        *,
+        partial: bool,
     ) -> Charge:
         ok, used = await self._script(
             self._charge,
             self._keys(owner)[:1],
-            [window, field, amount, _limit(limit), int(partial), WINDOW_SECONDS],
+            ["now" if window is None else window, field, amount, _limit(limit), int(partial),
+             WINDOW_SECONDS],
         )
         return Charge(bool(int(ok)), int(used))
 

@@ -8,10 +8,10 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from ... import sse
-from ...auth import owner_of
 from ...errors import error_responses
 from ...json_body import apply_audio_budget
 from ...openapi_docs import documented_operation, event_stream
+from ...policy import policy_of
 from ...settings import Settings
 from ...streaming import prime
 from .protocol import ChatCompletion, ChatCompletionChunk, CreateChatCompletionRequest
@@ -51,7 +51,7 @@ async def create_chat_completion(
     """
     settings: Settings = request.app.state["settings"]
     apply_audio_budget(settings.limits)
-    prepared = await chat_service.prepare(data, owner_of(request.scope))
+    prepared = await chat_service.prepare(data, policy_of(request.scope))
     if data.stream:
         first_ready = await prime(chunks(chat_service, prepared))
         return sse.sse_response(

@@ -42,9 +42,10 @@ from engines.chat import (
 )
 from engines.registry import ModelRegistry
 
-from ... import metrics, ratelimit
+from ... import metrics
 from ...auth import ANONYMOUS
 from ...errors import InvalidRequest
+from ...policy import UNLIMITED, Policy
 from ...settings import ChatSettings
 from ...streaming import prime
 from .protocol import (
@@ -97,7 +98,11 @@ class Prepared:
     id: str = field(default_factory=lambda: "chatcmpl-" + _random_hex())
     audio_id: str = ""  # set by prepare() when the reply is spoken
     created: int = field(default_factory=lambda: int(time.time()))
-    owner: str = ANONYMOUS  # the API key identity its spoken reply is filed under
+    policy: Policy = UNLIMITED  # the key's limits; its owner files the spoken reply
+
+    @property
+    def owner(self) -> str:
+        return self.policy.owner
 
     @property
     def speaks(self) -> bool:
@@ -137,10 +142,11 @@ class ChatService:
     # ------------------------------------------------------------------ checks
 
     async def prepare(
-        self, wire: CreateChatCompletionRequest, owner: str = ANONYMOUS
+        self, wire: CreateChatCompletionRequest, policy: Policy = UNLIMITED
     ) -> Prepared:
         self.registry.check(wire.model, Capability.CHAT)
-        ratelimit.check_model(wire.model)
+        policy.check_model(wire.model)
+        owner = policy.owner
         if (wire.n or 1) > 1:
             raise InvalidRequest(
                 "n > 1 is not supported: this gateway returns one choice per request.",
@@ -163,7 +169,7 @@ class ChatService:
             for t in wire.tools or []
         ]
         messages, audio_seconds = await self._messages(wire, owner)
-        await ratelimit.charge_audio_in(audio_seconds)  # 429 before generating, if over
+        await policy.charge_audio_in(audio_seconds)  # 429 before generating, if over
         stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
         max_tokens = wire.max_completion_tokens or wire.max_tokens
         request = ChatRequest(
@@ -194,7 +200,7 @@ class ChatService:
             input_audio_seconds=audio_seconds,
             audio_format=audio_format,
             voice=voice,
-            owner=owner,
+            policy=policy,
             # The spoken reply's id names stored audio: unguessable, unlike the others.
             audio_id="audio_" + os.urandom(16).hex() if audio_format is not None else "",
         )
@@ -341,7 +347,11 @@ class ChatService:
         reply = None
         if prepared.speaks:
             reply = SpokenReply(
-                self.registry, self.settings.speech_model, prepared.voice, prepared.audio_format
+                self.registry,
+                self.settings.speech_model,
+                prepared.voice,
+                prepared.audio_format,
+                prepared.policy,
             )
         try:
             async with self.registry.chat(model) as engine:
@@ -396,7 +406,7 @@ class ChatService:
                         prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds
                     )
             assert finish is not None, "chat engine ended without a Finish event"
-            await ratelimit.charge_tokens(finish.prompt_tokens + finish.completion_tokens)
+            await prepared.policy.charge_tokens(finish.prompt_tokens + finish.completion_tokens)
             yield finish
         finally:
             if reply is not None:

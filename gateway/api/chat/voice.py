@@ -25,7 +25,8 @@ from typing import AsyncIterator, Callable, TypeVar
 import anyio.to_thread
 
 from adapters.audio.decode import AudioDecodeError, AudioTooLong, decode_audio
-from adapters.audio.pipeline import SpeechAudioPipeline
+from adapters.audio.pipeline import SpeechAudioPipeline, lead_and_rest, split_speed
+from adapters.audio.tempo import TempoFilter
 from adapters.chat.transcripts import Transcript, TranscriptCache, transcript_key
 from adapters.step_audio.speech_controls import split_leading_tags
 from adapters.text.language import detect_language
@@ -37,8 +38,8 @@ from engines.base import (
 )
 from engines.registry import ModelRegistry
 
-from ... import ratelimit
 from ...errors import InvalidRequest
+from ...policy import UNLIMITED, Policy
 from ...streaming import spawn
 
 T = TypeVar("T")
@@ -131,12 +132,30 @@ class SpokenReply:
     spans all sentences, so the pieces form one continuous stream or file.
     """
 
-    def __init__(self, registry: ModelRegistry, model: str, voice: str, fmt: str) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        model: str,
+        voice: str,
+        fmt: str,
+        policy: Policy = UNLIMITED,
+        *,
+        speed: float = 1.0,
+        pipeline: SpeechAudioPipeline | None = None,
+        first_chars: int | None = None,
+    ) -> None:
         self.registry = registry
         self.model = model
         self.voice = voice
-        self.pipeline = SpeechAudioPipeline(fmt)
-        self._buffer = SentenceBuffer()
+        self.policy = policy  # spoken seconds are charged to it as they are made
+        self.speed = speed
+        self.pipeline = pipeline if pipeline is not None else SpeechAudioPipeline(fmt)
+        # ``first_chars``: cut a run-on sentence there, so it does not hold the first audio.
+        self._buffer = SentenceBuffer() if first_chars is None else SentenceBuffer(max_chars=first_chars)
+        self.produced = 0  # encoded bytes made so far
+        #: (byte offset where a sentence's audio ends, the sentence): what was heard of a
+        #: reply cut short (see gateway.api.realtime.speech.heard_transcript).
+        self.marks: list[tuple[int, str]] = []
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self._audio: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -146,6 +165,7 @@ class SpokenReply:
         self._queued = 0  # sentences handed to synthesis
         self._voiced = 0  # of those, synthesised and encoded
         self._caught_up: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None  # held back by ready() for its next call
 
     @property
     def seconds(self) -> float:
@@ -181,10 +201,18 @@ class SpokenReply:
             self._caught_up.set_result(None)
 
     def ready(self) -> list[bytes]:
+        """The audio encoded so far, without waiting. A failure after some audio is raised
+        by the next call, so the audio made before it (all the key's budget paid for) is
+        still sent."""
+        if self._failure is not None:
+            raise self._failure
         out = []
         while not self._audio.empty():
             item = self._audio.get_nowait()
             if isinstance(item, BaseException):
+                if out:
+                    self._failure = item
+                    break
                 raise item
             if item is not None:
                 out.append(item)
@@ -194,6 +222,8 @@ class SpokenReply:
         return out
 
     async def drain(self) -> AsyncIterator[bytes]:
+        if self._failure is not None:
+            raise self._failure
         while True:
             item = await self._audio.get()
             if item is None:
@@ -214,22 +244,21 @@ class SpokenReply:
         try:
             async with self.registry.speech(self.model) as engine:
                 carry = _TagCarrier() if engine.reads_leading_tags else None
-                while (sentence := await self._sentences.get()) is not None:
-                    if carry is not None:
-                        sentence = carry(sentence)
+                native = self._apply_speed(engine.speed_range)
+                while (said := await self._sentences.get()) is not None:
+                    sentence = carry(said) if carry is not None else said
                     request = SpeechRequest(
-                        text=sentence, voice=self.voice, language=detect_language(sentence)
+                        text=sentence,
+                        voice=self.voice,
+                        language=detect_language(sentence),
+                        speed=native,
                     )
                     async for chunk in engine.synthesize(request):
-                        before = self.pipeline.seconds
-                        data = await anyio.to_thread.run_sync(
-                            self.pipeline.process, chunk.samples, chunk.sample_rate
-                        )
-                        # Spoken seconds count against the key as they are made; the
-                        # piece that runs it out ends the reply with a 429 error.
-                        await ratelimit.charge_audio_out(self.pipeline.seconds - before)
-                        if data:
-                            self._queue_audio(data)
+                        # The sentence's first 0.15 s on its own, as /v1/audio/speech
+                        # sends it: out sooner, and charged apart from the rest.
+                        for piece in lead_and_rest(chunk.samples, chunk.sample_rate):
+                            await self._encode(piece, chunk.sample_rate)
+                    self.marks.append((self.produced, said))
                     self._voiced += 1
                     self._wake_caught_up()
                 tail = await anyio.to_thread.run_sync(self.pipeline.finish)
@@ -241,7 +270,25 @@ class SpokenReply:
             self._queue_audio(None)
             self._wake_caught_up()
 
+    async def _encode(self, samples, sample_rate: int) -> None:
+        before = self.pipeline.seconds
+        data = await anyio.to_thread.run_sync(self.pipeline.process, samples, sample_rate)
+        # Spoken seconds count against the key as they are made; the piece that runs it
+        # out ends the reply with a 429 error, never sent.
+        await self.policy.charge_audio_out(self.pipeline.seconds - before)
+        if data:
+            self._queue_audio(data)
+
+    def _apply_speed(self, native_range: tuple[float, float]) -> float:
+        """The engine takes what it can of the speed; the pipeline's tempo the rest."""
+        native, residual = split_speed(self.speed, native_range)
+        if residual != 1.0:
+            self.pipeline.tempo = TempoFilter(residual, self.pipeline.sample_rate)
+        return native
+
     def _queue_audio(self, item: bytes | BaseException | None) -> None:
+        if isinstance(item, bytes):
+            self.produced += len(item)
         self._audio.put_nowait(item)
         if self.on_audio is not None:
             self.on_audio()

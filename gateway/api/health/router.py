@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from adapters.state import StateBackend, StateUnavailable
 from engines.registry import ModelRegistry
 
-from ... import ratelimit
+from ... import policy
 from ...errors import APIError
 from ...workers import workers_not_ready
 
@@ -60,7 +60,7 @@ async def _state(request: Request) -> str:
     try:
         await backend.ping()
     except StateUnavailable as exc:
-        ratelimit.STATE_UP.labels(backend=backend.name).set(0)
+        policy.STATE_UP.labels(backend=backend.name).set(0)
         if settings.state.on_redis_error != "open":
             raise APIError(
                 f"The shared state backend is unavailable: {exc.message}",
@@ -68,5 +68,5 @@ async def _state(request: Request) -> str:
                 code="state_unavailable",
             ) from exc
         return f"{backend.name} unavailable: serving without limits"
-    ratelimit.STATE_UP.labels(backend=backend.name).set(1)
+    policy.STATE_UP.labels(backend=backend.name).set(1)
     return backend.name

@@ -184,6 +184,7 @@ class Response:
     output_format: str
     instructions: str
     tools: list[p.FunctionTool]
+    speed: float
     tool_choice: Any
     max_output_tokens: int | str
     conversation: bool = True

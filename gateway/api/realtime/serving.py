@@ -52,9 +52,11 @@ from engines.chat import (
     ToolSpec,
 )
 from engines.registry import ModelRegistry
+from engines.workers import commit_admission, open_admission
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine, error_from_msgspec
+from ...policy import UNLIMITED, Policy
 from ...settings import Settings
 from . import protocol as p
 from .conversation import (
@@ -71,7 +73,8 @@ from .conversation import (
     tool_wire,
     transcription_wire,
 )
-from .speech import RealtimeSpeech, heard_transcript
+from ..chat.voice import SpokenReply
+from .speech import heard_transcript, realtime_speech
 
 log = structlog.get_logger(__name__)
 
@@ -97,9 +100,13 @@ class RealtimeSession:
         settings: Settings,
         model: str,
         send: Send,
+        policy: Policy = UNLIMITED,
     ) -> None:
         self.registry = registry
         self.settings = settings
+        # The key's limits, admitted at the handshake (the session holds one of its
+        # concurrent streams); each response is counted as a request of the key.
+        self.policy = policy
         self.limits = settings.realtime
         self._send = send
         self.id = _id("sess")
@@ -266,14 +273,18 @@ class RealtimeSession:
         c = self.config
         if new.model is not None:
             self.registry.check(new.model, Capability.CHAT)
+            self.policy.check_model(new.model)
         audio = new.audio or p.AudioConfig()
         if audio.input is not None:
             fmt = audio.input.format
             if fmt is not None:
                 check_rate(fmt, "session.audio.input.format.rate")
             if isinstance(audio.input.transcription, p.Transcription):
-                model = audio.input.transcription.model or self.settings.chat.input_audio_model
-                self.registry.check(model, Capability.TRANSCRIPTION)
+                named = audio.input.transcription.model
+                self.registry.check(named or self.settings.chat.input_audio_model,
+                                    Capability.TRANSCRIPTION)
+                if named is not None:  # one the client chose is held to the key's list
+                    self.policy.check_model(named)
         if audio.output is not None:
             if audio.output.format is not None:
                 check_rate(audio.output.format, "session.audio.output.format.rate")
@@ -421,6 +432,12 @@ class RealtimeSession:
             return None
         self._check_items_budget()
         audio = np.concatenate(self.buffer)
+        try:  # heard audio is charged whole on commit, or refused charging nothing
+            await self.policy.charge_audio_in(len(audio) / RATE)
+        except EngineError:
+            self.buffer, self.buffered = [], 0
+            self.buffer_start = self.heard
+            raise
         item = Item(id=self._pending_item, type="message", role="user", audio=audio)
         item.content.append({"type": "input_audio", "transcript": None})
         self.buffer, self.buffered = [], 0
@@ -519,6 +536,8 @@ class RealtimeSession:
                 except (binascii.Error, ValueError):
                     raise InvalidRequest("The audio is not valid base64.", param="item.content.audio") from None
                 item.audio = InputConverter(self.config.input_format).push(raw)
+        if item.audio is not None:
+            await self.policy.charge_audio_in(len(item.audio) / RATE)
         previous = self._last_id()
         if event.previous_item_id is not None and event.previous_item_id != "root":
             self._item(event.previous_item_id)
@@ -587,10 +606,12 @@ class RealtimeSession:
         choice = w.tool_choice if w.tool_choice is not None else c.tool_choice
         tool_choice_of(choice, tools)
         extra = [item_from_wire(i) for i in w.input] if w.input is not None else None
+        await self.policy.admit_turn()  # a response is one request of the key
         response = Response(
             id=_id("resp"),
             modalities=list(w.output_modalities or c.output_modalities),
             voice=(out.voice if out and out.voice else c.voice),
+            speed=(out.speed if out and out.speed is not None else c.speed),
             output_format=(out.format.type if out and out.format else c.output_format),
             instructions=w.instructions if w.instructions is not None else c.instructions,
             tools=tools,
@@ -659,7 +680,7 @@ class RealtimeSession:
 
     async def _respond(self, response: Response) -> None:
         speaks = "audio" in response.modalities
-        speech: RealtimeSpeech | None = None
+        speech: SpokenReply | None = None
         message: Item | None = None
         calls: dict[int, Item] = {}
         finish: Finish | None = None
@@ -712,6 +733,9 @@ class RealtimeSession:
                             item_id=item.id, output_index=response.output.index(item),
                             call_id=item.call_id, name=item.name, arguments=item.arguments)
 
+        # The response's own admission to the engine queues, as an HTTP request has one
+        # (engines.workers): refused while queues are full, never once it has begun.
+        open_admission()
         try:
             pending = [i.transcription for i in self.items.values() if i.transcription]
             for task in pending:
@@ -721,12 +745,14 @@ class RealtimeSession:
                 if engine.accepts_audio_tokens:
                     request = await self._with_audio_tokens(request)
                 if speaks:
-                    speech = RealtimeSpeech(self.registry, self.settings.chat.speech_model,
-                                            response.voice, response.output_format)
+                    speech = realtime_speech(self.registry, self.settings.chat.speech_model,
+                                             response.voice, response.output_format,
+                                             response.speed, self.policy)
                     speech.start()
                 events = engine.generate(request)
                 async with aclosing(events):
                     async for event in events:
+                        commit_admission()  # under way: no engine queue refuses it now
                         if isinstance(event, Finish):
                             finish = event
                         elif isinstance(event, TextDelta):

@@ -13,9 +13,9 @@ from adapters.voices import VoiceNotFound
 from engines.registry import ModelRegistry
 
 from ... import sse
-from ...auth import owner_of
 from ...errors import InvalidRequest, error_responses
 from ...openapi_docs import BINARY, documented_operation, event_stream
+from ...policy import policy_of
 from ...settings import Settings
 from ...streaming import WatchedStream, abort_on_failure, prime
 from .protocol import CreateSpeechRequest, SpeechAudioDelta, SpeechAudioDone
@@ -47,12 +47,13 @@ async def create_speech(
     voice_owners: NamedDependency[VoiceOwners],
 ) -> Stream:
     """Streams encoded audio (``stream_format=audio``) or base64 SSE deltas (``sse``)."""
+    policy = policy_of(request.scope)
     await voice_owners.refresh()
     try:  # the key's own cloned voice by its name; another key's clone is unknown
-        voice = voice_owners.engine_voice(owner_of(request.scope), data.voice_name)
+        voice = voice_owners.engine_voice(policy.owner, data.voice_name)
     except VoiceNotFound as exc:
         raise InvalidRequest(exc.message, param="voice") from None
-    stream = SpeechStream(registry, data, voice)
+    stream = SpeechStream(registry, data, voice, policy)
     if data.stream_format == "sse":
         events = await prime(sse_events(stream))
         return sse.sse_response(

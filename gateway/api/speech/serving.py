@@ -22,8 +22,9 @@ from adapters.text.tokens import count_audio_tokens, count_text_tokens
 from engines.base import Capability, SpeechRequest
 from engines.registry import ModelRegistry
 
-from ... import metrics, ratelimit
+from ... import metrics
 from ...errors import InvalidRequest
+from ...policy import UNLIMITED, Policy
 from .protocol import (
     CreateSpeechRequest,
     SpeechAudioDelta,
@@ -36,10 +37,15 @@ class SpeechStream:
     """Encoded audio, produced as it is iterated; ``seconds`` is final once drained."""
 
     def __init__(
-        self, registry: ModelRegistry, request: CreateSpeechRequest, voice: str | None = None
+        self,
+        registry: ModelRegistry,
+        request: CreateSpeechRequest,
+        voice: str | None = None,
+        policy: Policy = UNLIMITED,
     ) -> None:
         registry.check(request.model, Capability.SPEECH)
-        ratelimit.check_model(request.model)
+        policy.check_model(request.model)
+        self.policy = policy
         if not request.input.strip():
             raise InvalidRequest("The input must contain text to speak.", param="input")
         self.registry = registry
@@ -76,7 +82,7 @@ class SpeechStream:
                         pipeline.process, piece, chunk.sample_rate
                     )
                     # Charged as spoken: the piece that runs the key out ends the stream.
-                    await ratelimit.charge_audio_out(pipeline.seconds - self.seconds)
+                    await self.policy.charge_audio_out(pipeline.seconds - self.seconds)
                     self.seconds = pipeline.seconds
                     if data:
                         yield data

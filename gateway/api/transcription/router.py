@@ -12,6 +12,7 @@ from engines.registry import ModelRegistry
 from ... import sse
 from ...errors import error_responses
 from ...openapi_docs import TEXT, documented_operation, event_stream
+from ...policy import policy_of
 from ...settings import Settings
 from ...streaming import prime
 from .protocol import (
@@ -51,7 +52,9 @@ async def create_transcription(
         request, TranscriptionForm, settings.server.max_upload_bytes, settings.limits
     )
     options = options_for(form)
-    transcripts = run(registry, form.model, Capability.TRANSCRIPTION, upload, options)
+    transcripts = run(
+        registry, form.model, Capability.TRANSCRIPTION, upload, options, policy_of(request.scope)
+    )
     if form.stream:
         first_ready = await prime(events(transcripts, form.prompt, options.logprobs))
         return sse.sse_response(
@@ -79,7 +82,9 @@ async def create_translation(
         request, TranslationForm, settings.server.max_upload_bytes, settings.limits
     )
     options = options_for(form)
-    transcripts = run(registry, form.model, Capability.TRANSLATION, upload, options)
+    transcripts = run(
+        registry, form.model, Capability.TRANSLATION, upload, options, policy_of(request.scope)
+    )
     return await _complete(transcripts, form.response_format, "translate", options)
 
 

@@ -27,10 +27,11 @@ from engines.base import (
 )
 from engines.registry import ModelRegistry
 
-from ... import metrics, ratelimit
+from ... import metrics
 from ...errors import InvalidRequest, PayloadTooLarge, error_from_msgspec
 from ...json_body import apply_audio_budget
 from ...multipart import fold_form, upload
+from ...policy import UNLIMITED, Policy
 from ...settings import LimitsSettings
 from .protocol import (
     DurationUsage,
@@ -134,15 +135,16 @@ async def run(
     capability: Capability,
     upload: AudioUpload,
     options: TranscriptionOptions,
+    policy: Policy = UNLIMITED,
 ) -> AsyncIterator[TranscriptionStream]:
     """Yield one stream, keeping the engine in use until the caller is done with it."""
     registry.check(model, capability)
-    ratelimit.check_model(model)
+    policy.check_model(model)
     use = registry.translation if capability is Capability.TRANSLATION else registry.transcription
     async with use(model) as engine:
         audio = await decode(upload, engine)
         # Heard audio is known before the work: charged whole, or 429 charging nothing.
-        await ratelimit.charge_audio_in(len(audio) / engine.sample_rate)
+        await policy.charge_audio_in(len(audio) / engine.sample_rate)
         stream = await engine.transcribe(audio, options)
         endpoint = "translation" if options.task == "translate" else "transcription"
         metrics.count_audio(endpoint, "in", model, len(audio) / engine.sample_rate)
