@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import deque
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
-import anyio
 import msgspec
 import structlog
 from litestar import Request
 from litestar.response import Stream
 
 from .errors import APIError, sse_error_event, to_api_error
-from .streaming import FinalChunk, WatchedStream, spawn
+from .pump import Pump
+from .streaming import FinalChunk, WatchedStream
 
 log = structlog.get_logger(__name__)
 
@@ -81,88 +80,65 @@ async def decoupled(
     timer handle or event per event), since events come far more often than pings.
     """
     loop = asyncio.get_running_loop()
-    pending: deque[bytes] = deque()
-    unread = 0
-    failure: list[BaseException] = []
-    waiter: asyncio.Future[None] | None = None  # the writer's, while it waits
+    pump: Pump[bytes] = Pump(budget)
     ping_due = False
     quiet_since = loop.time()  # the last write (or the start)
     timer: asyncio.TimerHandle | None = None
 
-    def wake() -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def tick() -> None:
         nonlocal timer, ping_due
         timer = None
-        if waiter is None or waiter.done():
+        if not pump.waiting:
             return  # the writer is busy sending; it re-arms when it next waits
         due = quiet_since + keepalive
         if loop.time() >= due - 0.001:  # timers may fire up to the clock's resolution early
             ping_due = True
-            wake()
+            pump.wake()
         else:
             timer = loop.call_at(due, tick)
 
     async def produce() -> None:
-        nonlocal unread
-        try:
-            async with aclosing(events):
-                async for chunk in events:
-                    pending.append(chunk)
-                    unread += len(chunk)
-                    wake()
-                    if unread > budget:
-                        break
-            if unread > budget:  # the source is closed: its engine is free again
-                log.warning("stream_overflow", unread=unread, budget=budget)
-                overflow = StreamOverflow(
-                    f"The stream was stopped: more than {budget} bytes were waiting for the "
-                    "client to read them (server.stream_buffer_bytes)."
-                )
-                pending.append(sse_error_event(overflow))
-        except Exception as exc:  # noqa: BLE001 - forwarded to the writer
-            failure.append(exc)
-        finally:
-            wake()
+        async with aclosing(events):
+            async for chunk in events:
+                if not pump.put(chunk, len(chunk)):
+                    break
+            else:
+                return
+        # The source is closed: its engine is free again.
+        log.warning("stream_overflow", unread=pump.unread, budget=budget)
+        overflow = StreamOverflow(
+            f"The stream was stopped: more than {budget} bytes were waiting for the "
+            "client to read them (server.stream_buffer_bytes)."
+        )
+        pump.put(sse_error_event(overflow))
 
-    producer = spawn(produce())
+    pump.start(produce)
     try:
         while True:
-            if pending:
-                data = pending.popleft() if len(pending) == 1 else b"".join(pending)
-                pending.clear()
-                unread = 0
+            if pump.items:
+                pending = pump.take()
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
                 ping_due = False
-                if producer.done() and not failure:
+                if pump.done and pump.failure is None:
                     data = FinalChunk(data)  # nothing can follow: sent with the body's end
                 yield data
                 quiet_since = loop.time()
                 continue
-            if producer.done():
-                if failure:
-                    raise failure[0]
+            if pump.done:
+                pump.raise_failure()
                 return
             if ping_due:
                 ping_due = False
                 yield PING
                 quiet_since = loop.time()
                 continue
-            waiter = loop.create_future()
             if keepalive > 0 and timer is None:
                 timer = loop.call_at(quiet_since + keepalive, tick)
-            try:
-                await waiter
-            finally:
-                waiter = None
+            await pump.wait()
     finally:
         if timer is not None:
             timer.cancel()
-        if not producer.done():
-            producer.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(producer, return_exceptions=True)
+        await pump.stop()
 
 
 async def frames(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, TypeVar
@@ -40,6 +39,7 @@ from engines.registry import ModelRegistry
 
 from ...errors import InvalidRequest
 from ...policy import UNLIMITED, Policy
+from ...pump import Pump
 from ...streaming import spawn
 
 T = TypeVar("T")
@@ -319,59 +319,36 @@ async def interleave(
     ran beside the next one, whose threads took both cores (about 20 ms more). Where the
     two do not share a slot (vLLM, or several slots) text keeps streaming meanwhile.
     """
-    loop = asyncio.get_running_loop()
-    pending: deque[T] = deque()
-    failure: list[BaseException] = []
-    finished = False
-    waiter: asyncio.Future[None] | None = None
+    pump: Pump[T] = Pump()
 
-    def wake() -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    async def produce() -> None:
+        async with aclosing(events):
+            async for event in events:
+                text = text_of(event)
+                if text:
+                    reply.feed(text)
+                pump.put(event)
+                if pace and text:
+                    await reply.caught_up()
 
-    async def pump() -> None:
-        nonlocal finished
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    text = text_of(event)
-                    if text:
-                        reply.feed(text)
-                    pending.append(event)
-                    wake()
-                    if pace and text:
-                        await reply.caught_up()
-        except Exception as exc:  # noqa: BLE001 - raised by the consumer
-            failure.append(exc)
-        finally:
-            finished = True
-            wake()
-
-    reply.on_audio = wake
-    driver = spawn(pump())
+    reply.on_audio = pump.wake
+    pump.start(produce)
     try:
         while True:
-            while pending:
-                yield pending.popleft()
+            for event in pump.take():
+                yield event
                 for data in reply.ready():
                     yield data
             for data in reply.ready():
                 yield data
-            if finished and not pending:
-                if failure:
-                    raise failure[0]
+            if pump.done and not pump.items:
+                pump.raise_failure()
                 return
-            waiter = loop.create_future()
-            try:
-                await waiter
-            finally:
-                waiter = None
+            if not pump.items:
+                await pump.wait()
     finally:
         reply.on_audio = None
-        if not driver.done():
-            driver.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(driver, return_exceptions=True)
+        await pump.stop()
 
 
 class _TagCarrier:
