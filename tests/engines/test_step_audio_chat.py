@@ -368,3 +368,38 @@ async def test_the_tokenizer_check_can_be_turned_off_for_another_model_on_purpos
     finally:
         live.stop()
         await replica.stop()
+
+
+async def test_token_counts_are_exact_where_vllm_reports_no_usage(tmp_path):
+    """Step-Audio-Chat's tokenizer lives in vLLM: the engine's count is the replica's
+    ``/tokenize`` count (not a characters-per-token guess), and a server that streams no
+    usage still gets the prompt counted exactly, BOS included as vLLM counts it."""
+    from engines.base import Capability
+
+    replica = await FakeVLLM().start()
+    replica.report_usage = False
+    settings = step_audio_settings([replica.url], tmp_path)
+    registry = registry_from_settings(settings)
+    live = await live_server(settings).astart("/health")
+    try:
+        async with registry.use("gpt-4o", Capability.CHAT) as engine:
+            assert await engine.count_tokens("<audio_1><audio_2><|EOT|>") == 3
+        for stream in (False, True):
+            response = await client_for(live.url).chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "Hello there, how are you?"}],
+                stream=stream,
+                **({"stream_options": {"include_usage": True}} if stream else {}),
+            )
+            if stream:
+                response = [chunk async for chunk in response][-1]
+            prompt = replica.requests[-1]["prompt"]
+            assert prompt == build_prompt([ChatMessage("user", "Hello there, how are you?")])
+            # The fake reads each control token as one id and every other character as one.
+            exact = 1 + len(prompt.replace("<|BOT|>", "B").replace("<|EOT|>", "E"))
+            assert response.usage.prompt_tokens == exact, stream
+    finally:
+        await registry.close()
+        live.stop()
+        await replica.stop()
+
