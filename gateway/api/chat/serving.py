@@ -384,7 +384,10 @@ class ChatService:
                         audio_seen = True
                         metrics.first_audio("chat", model)
                     yield AudioBytes(data)
-                if not called_tools:
+                # The id went out with the first spoken delta (chunks()), so a reply that
+                # said anything is stored, tool calls or not: only a reply that was tool
+                # calls alone has no audio.
+                if reply.transcript or not called_tools:
                     stored = await self.store.put(
                         prepared.audio_id,
                         reply.transcript,
