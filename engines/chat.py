@@ -263,8 +263,9 @@ class ChatEngine(Engine):
         :class:`Finish`. Raises :class:`~engines.base.InvalidInput` for unusable requests."""
 
     @abc.abstractmethod
-    def count_tokens(self, text: str) -> int:
-        """How many tokens ``text`` is for this model (no special tokens added)."""
+    async def count_tokens(self, text: str) -> int:
+        """Exactly how many tokens ``text`` is for this model (no special tokens added).
+        Async: a model served elsewhere (Step-Audio-Chat in vLLM) has its tokenizer there."""
 
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"

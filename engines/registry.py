@@ -276,18 +276,30 @@ class ModelRegistry:
         now = time.monotonic() if now is None else now
         unloaded = []
         for slot in self._slots.values():
-            idle = now - slot.last_used
-            if slot.engine is None or slot.in_use or idle < self.idle_unload_seconds:
+            if not self._unloadable(slot, now):
                 continue
             async with slot.lock:
+                # Taking the lock can let other tasks run (anyio's acquire yields), and a
+                # request takes a loaded model without the lock: it may hold this one now.
+                if not self._unloadable(slot, now):
+                    continue
                 engine, slot.engine = slot.engine, None
-                if engine is not None:
-                    await engine.stop()
-                    unloaded.append(slot.spec.id)
-                    log.info("model_unloaded", model=slot.spec.id, idle_seconds=round(idle))
+                await engine.stop()  # type: ignore[union-attr]
+                unloaded.append(slot.spec.id)
+                log.info(
+                    "model_unloaded", model=slot.spec.id, idle_seconds=round(now - slot.last_used)
+                )
         if unloaded and self.settle_heap:
             heap.release()  # their objects may now be collected
         return unloaded
+
+    def _unloadable(self, slot: _Slot, now: float) -> bool:
+        """Loaded, held by no request, and unused for ``idle_unload_seconds``."""
+        return (
+            slot.engine is not None
+            and not slot.in_use
+            and now - slot.last_used >= self.idle_unload_seconds
+        )
 
     async def reap_forever(self) -> None:
         if self.idle_unload_seconds <= 0:

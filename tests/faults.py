@@ -76,7 +76,7 @@ class ChatFailingMidStream(ChatEngine):
     def load(self) -> None:
         pass
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(text.split())
 
     async def generate(self, request):
@@ -92,7 +92,7 @@ class ChatOverloaded(ChatEngine):
     def load(self) -> None:
         pass
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(text.split())
 
     async def generate(self, request):

@@ -151,6 +151,31 @@ def test_parallel_tool_calls_false_gives_one_call(openai_client):
     assert len(response.choices[0].message.tool_calls) == 1
 
 
+def allowed(mode: str, *names: str) -> dict:
+    tools = [{"type": "function", "function": {"name": name}} for name in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_allowed_tools_restrict_the_calls_to_their_subset(openai_client, stream):
+    """Asked about the weather with get_weather among the tools but only set_timer
+    allowed, the model may call set_timer and nothing else (the router alone would
+    pick get_weather)."""
+    ask = dict(
+        model=MODEL, messages=[{"role": "user", "content": "What's the weather like in Paris today?"}],
+        tools=TOOLS, tool_choice=allowed("required", "set_timer"))
+    if stream:
+        with openai_client.chat.completions.stream(**ask) as events:
+            response = events.get_final_completion()
+    else:
+        response = openai_client.chat.completions.create(**ask)
+    calls = response.choices[0].message.tool_calls
+    assert calls and {c.function.name for c in calls} == {"set_timer"}
+    assert isinstance(json.loads(calls[0].function.arguments)["minutes"], int)
+    routed = openai_client.chat.completions.create(**{**ask, "tool_choice": allowed("auto", "get_weather", "set_timer")})
+    assert {c.function.name for c in routed.choices[0].message.tool_calls} == {"get_weather"}
+
+
 def test_json_schema_response_format(openai_client):
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
     response = openai_client.chat.completions.create(
@@ -277,6 +302,11 @@ def test_conversation_continues_by_audio_id(openai_client):
         ({"modalities": ["text", "audio"], "audio": {"voice": "nobody", "format": "wav"}}, "audio.voice"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": allowed("auto", "get_weather", "nope")}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": allowed("required")}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+            "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}}},
+         "tool_choice.allowed_tools.tools[0].function"),
         ({"temperature": 3}, "temperature"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "messages[0].content[0]"),
         ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "!!!", "format": "wav"}}]}]}, "messages[0].content[0].input_audio.data"),

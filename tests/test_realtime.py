@@ -365,6 +365,33 @@ async def test_malformed_events_get_errors_and_the_session_continues(client, spe
         assert added["item"]["content"][0]["text"] == "Hello!"
 
 
+async def test_tool_choice_required_with_nothing_to_call_is_an_error_event(client, spec):
+    """As chat answers 400: whether the choice comes with no tools or the tools are taken
+    from under a kept choice, and for a response's own override. The session keeps its
+    configuration and no response starts."""
+    async def refused(*events: dict) -> None:
+        for i, event in enumerate(events):
+            await conn.send({**event, "event_id": f"evt_{i}"})
+        errors = [(await s.until("error"))["error"] for _ in events]
+        assert [e["event_id"] for e in errors] == [f"evt_{i}" for i in range(len(events))]
+        assert all(e["param"] == "tool_choice" and e["type"] == "invalid_request_error" for e in errors)
+
+    def update(**session) -> dict:
+        return {"type": "session.update", "session": {"type": "realtime", **session}}
+
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        s = Session(conn, spec)
+        await s.until("session.created")
+        await refused(update(tool_choice="required"), update(tool_choice={"type": "function", "name": "get_weather"}))
+        await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL], "tool_choice": "required"})
+        assert (await s.until("session.updated"))["session"]["tool_choice"] == "required"
+        await refused(update(tools=[]), {"type": "response.create", "response": {"tools": []}})
+        await conn.session.update(session={"type": "realtime"})
+        kept = (await s.until("session.updated"))["session"]
+        assert kept["tool_choice"] == "required" and [t["name"] for t in kept["tools"]] == ["get_weather"]
+        assert not s.of("response.created")
+
+
 async def test_input_budgets_refuse_without_ending_the_session(spec):
     from gateway.settings import load_settings
 

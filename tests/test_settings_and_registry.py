@@ -93,6 +93,44 @@ async def test_models_load_on_demand_and_unload_when_idle(registry):
     assert Counting.loads == before + 2
 
 
+class UnloadRecordingEngine(CountingEngine):
+    def unload(self):
+        self.unloaded = True
+
+
+async def test_a_model_taken_while_the_reaper_waits_for_its_lock_is_not_unloaded(tmp_path):
+    """The reaper finds the model idle, then takes the model's lock, which lets other tasks
+    run (anyio's acquire yields); a request that takes the model in that moment keeps it
+    loaded, instead of computing on an engine stopped under it."""
+    import anyio
+
+    kind = EngineKind(
+        "tests.test_settings_and_registry:UnloadRecordingEngine", frozenset({Capability.SPEECH})
+    )
+    registry = ModelRegistry(
+        [ModelSpec("m", "recording")], cache_dir=tmp_path,
+        catalog={**CATALOG, "recording": kind}, idle_unload_seconds=10,
+    )
+    async with registry.speech("m"):
+        pass
+    unloaded, held = [], []
+
+    async def reaper():
+        unloaded.extend(await registry.unload_idle(now=1e12))
+
+    async def request():
+        async with registry.speech("m") as engine:
+            await anyio.wait_all_tasks_blocked()  # the reaper has done all it will do
+            held.append(getattr(engine, "unloaded", False))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reaper)  # runs first, up to its lock
+        tasks.start_soon(request)
+    assert held == [False] and unloaded == []
+    assert [s.loaded for s in registry.states()] == [True]
+    assert await registry.unload_idle(now=1e12) == ["m"]  # idle once the request is over
+
+
 class _Cycle:
     """A model's objects as Python holds them: reference cycles, freed only by the collector."""
 

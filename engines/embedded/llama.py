@@ -303,7 +303,7 @@ class LlamaChatEngine(ChatEngine):
         if llama is not None:
             llama.close()
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # ------------------------------------------------------------------ generation

@@ -136,9 +136,14 @@ class StepAudioChatEngine(ChatEngine):
             pool, self.pool = self.pool, None
             await pool.aclose()
 
-    def count_tokens(self, text: str) -> int:
-        """An estimate (about four characters a token); vLLM reports exact usage."""
-        return max(1, len(text) // 4)
+    async def count_tokens(self, text: str) -> int:
+        # The tokenizer lives with the model in vLLM, not in this process: it counts.
+        return await self._started().count_tokens(text)
+
+    def _started(self) -> VLLMReplicaPool:
+        if self.pool is None:
+            raise EngineError(f"model {self.name!r} is not started")
+        return self.pool
 
     # ------------------------------------------------------------------ request → prompt
 
@@ -181,8 +186,7 @@ class StepAudioChatEngine(ChatEngine):
     # ------------------------------------------------------------------ generation
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
-        if self.pool is None:
-            raise EngineError(f"model {self.name!r} is not started")
+        pool = self._started()
         prompt, forced, extra = self._prompt(request)
         names = {t.name for t in request.tools}
         parser = ToolCallParser(tool_names=names)
@@ -196,7 +200,7 @@ class StepAudioChatEngine(ChatEngine):
         stops = [*STOP_STRINGS, *request.stop]
         if forced is not None:
             stops.append("</tool_call>")
-        pieces = self.pool.stream_completion(
+        pieces = pool.stream_completion(
             prompt,
             max_tokens=request.max_tokens or self.max_tokens,
             temperature=(
@@ -225,8 +229,11 @@ class StepAudioChatEngine(ChatEngine):
                         yield event
                 if piece.finish_reason is not None:
                     finish_reason = piece.finish_reason
-                    prompt_tokens = piece.prompt_tokens or self.count_tokens(prompt)
+                    prompt_tokens = piece.prompt_tokens or 0
                     completion_tokens = piece.completion_tokens or 0
+        if not prompt_tokens:  # a server that reports no usage: its tokenizer counts,
+            # with the BOS a completion's prompt gets, as vLLM's own usage would
+            prompt_tokens = await pool.count_tokens(prompt, add_special_tokens=True)
         tail = parser.feed("</tool_call>") if forced is not None else []
         for event in self._events([*tail, *parser.close()]):
             calls += isinstance(event, ToolCallStart)

@@ -557,12 +557,7 @@ class VLLMReplicaPool:
         """None when the replica's tokenizer reads the probe as expected, else why not."""
         assert self._tokenizer_check is not None
         text, expected = self._tokenizer_check
-        response = await self._client.post(
-            replica.url + "/tokenize",
-            json={"model": self.model, "prompt": text, "add_special_tokens": False},
-            headers=self._headers,
-            timeout=self._health_timeout,
-        )
+        response = await self._tokenize(replica, text, add_special_tokens=False)
         if response.status_code != 200:
             return (
                 f"its /tokenize answered HTTP {response.status_code} "
@@ -578,6 +573,46 @@ class VLLMReplicaPool:
                 "a tokenizer without the audio tokens)"
             )
         return None
+
+    async def _tokenize(
+        self, replica: _Replica, text: str, *, add_special_tokens: bool
+    ) -> httpx.Response:
+        return await self._client.post(
+            replica.url + "/tokenize",
+            json={"model": self.model, "prompt": text, "add_special_tokens": add_special_tokens},
+            headers=self._headers,
+            timeout=self._health_timeout,
+        )
+
+    async def count_tokens(self, text: str, *, add_special_tokens: bool = False) -> int:
+        """How many tokens the served model reads ``text`` as: its own tokenizer counts
+        (``POST /tokenize``), so special tokens written in the text count as one each.
+        ``add_special_tokens`` adds what vLLM adds to a completion's prompt (BOS).
+        Tried on the replicas a completion could go to; :class:`EngineUnavailable` when
+        none answers."""
+        tried: list[_Replica] = []
+        reasons: list[str] = []
+        while (replica := self._choose(tried)) is not None:
+            tried.append(replica)
+            try:
+                response = await self._tokenize(
+                    replica, text, add_special_tokens=add_special_tokens
+                )
+            except httpx.RequestError as exc:
+                reasons.append(f"replica {replica.index + 1}: {_describe(exc, self._read_timeout)}")
+                continue
+            body = _json_or_text(response)
+            count = body.get("count") if isinstance(body, dict) else None
+            if response.status_code == 200 and isinstance(count, int):
+                return count
+            reasons.append(
+                f"replica {replica.index + 1}: /tokenize answered HTTP {response.status_code}"
+                f" ({_message_of(body)})"
+            )
+        raise EngineUnavailable(
+            f"The chat model cannot count tokens: no vLLM replica tokenized the text"
+            f" ({'; '.join(reasons) or 'none is usable'})."
+        )
 
     # ------------------------------------------------------------------ state
 

@@ -10,6 +10,7 @@ vLLM itself.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -365,6 +366,114 @@ async def test_the_tokenizer_check_can_be_turned_off_for_another_model_on_purpos
         )
         assert response.choices[0].message.content
         assert replica.tokenize_requests == []
+    finally:
+        live.stop()
+        await replica.stop()
+
+
+async def test_token_counts_are_exact_where_vllm_reports_no_usage(tmp_path):
+    """Step-Audio-Chat's tokenizer lives in vLLM: the engine's count is the replica's
+    ``/tokenize`` count (not a characters-per-token guess), and a server that streams no
+    usage still gets the prompt counted exactly, BOS included as vLLM counts it."""
+    from engines.base import Capability
+
+    replica = await FakeVLLM().start()
+    replica.report_usage = False
+    settings = step_audio_settings([replica.url], tmp_path)
+    registry = registry_from_settings(settings)
+    live = await live_server(settings).astart("/health")
+    try:
+        async with registry.use("gpt-4o", Capability.CHAT) as engine:
+            assert await engine.count_tokens("<audio_1><audio_2><|EOT|>") == 3
+        for stream in (False, True):
+            response = await client_for(live.url).chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "Hello there, how are you?"}],
+                stream=stream,
+                **({"stream_options": {"include_usage": True}} if stream else {}),
+            )
+            if stream:
+                response = [chunk async for chunk in response][-1]
+            prompt = replica.requests[-1]["prompt"]
+            assert prompt == build_prompt([ChatMessage("user", "Hello there, how are you?")])
+            # The fake reads each control token as one id and every other character as one.
+            exact = 1 + len(prompt.replace("<|BOT|>", "B").replace("<|EOT|>", "E"))
+            assert response.usage.prompt_tokens == exact, stream
+    finally:
+        await registry.close()
+        live.stop()
+        await replica.stop()
+
+
+async def test_a_spoken_reply_that_calls_a_tool_keeps_the_audio_id_it_sent(tmp_path):
+    """Step-Audio-Chat can say something and then call a tool in one turn. The spoken
+    part's audio id goes out with its first audio delta, so it is stored whatever follows:
+    the agent loop that sends the assistant turn back (audio id, tool calls, then the tool
+    result) is answered, streamed or not. The speech is the embedded TTS: Step-Audio's
+    TTS needs a GPU."""
+    import openai
+
+    replica = await FakeVLLM().start()
+    replica.tokens = [
+        "Let me check. ",
+        "<tool_call>function\nget_weather\n",
+        '{"city": "Berlin"}',
+        "</tool_call>",
+    ]
+    settings = step_audio_settings(
+        [replica.url], tmp_path, GATEWAY__CHAT__SPEECH_MODEL="embedded-tts"
+    )
+    live = await live_server(settings).astart("/health")
+    client = client_for(live.url)
+    ask = [{"role": "user", "content": "Weather in Berlin?"}]
+    spoken = dict(
+        model="gpt-4o-audio-preview",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        tools=[WEATHER],
+    )
+
+    async def answer_to(assistant: dict) -> str:
+        """The follow-up with the tool's result: answered, and the assistant turn
+        reaches the model as what it said."""
+        call = assistant["tool_calls"][0]
+        tool = {"role": "tool", "tool_call_id": call["id"], "content": '{"celsius": 21}'}
+        response = await client.chat.completions.create(
+            model="gpt-4o", messages=[*ask, assistant, tool], tools=[WEATHER]
+        )
+        assert response.choices[0].finish_reason
+        return replica.requests[-1]["prompt"]
+
+    try:
+        stream = await client.chat.completions.create(**spoken, messages=ask, stream=True)
+        chunks = [c async for c in stream]
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        audio = [
+            d.audio if isinstance(d.audio, dict) else d.audio.model_dump(exclude_none=True)
+            for d in deltas
+            if d.audio
+        ]
+        [audio_id] = [a["id"] for a in audio if "id" in a]
+        assert b"".join(base64.b64decode(a["data"]) for a in audio if "data" in a)
+        calls = [tc for d in deltas for tc in d.tool_calls or []]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        arguments = "".join(tc.function.arguments or "" for tc in calls)
+        function = {"name": calls[0].function.name, "arguments": arguments}
+        streamed_turn = {
+            "role": "assistant",
+            "audio": {"id": audio_id},
+            "tool_calls": [{"id": calls[0].id, "type": "function", "function": function}],
+        }
+        assert "Let me check." in await answer_to(streamed_turn)
+
+        spoken["audio"] = {"voice": "alloy", "format": "wav"}
+        whole = await client.chat.completions.create(**spoken, messages=ask)
+        message = whole.choices[0].message
+        assert message.tool_calls[0].function.name == "get_weather"
+        assert message.audio is not None and message.audio.transcript.strip() == "Let me check."
+        assert "Let me check." in await answer_to(message.model_dump(exclude_none=True))
+    except openai.BadRequestError as exc:  # the unknown id, as a user would see it
+        raise AssertionError(exc.body) from None
     finally:
         live.stop()
         await replica.stop()

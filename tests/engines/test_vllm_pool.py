@@ -89,6 +89,9 @@ class FakeVLLM:
       (a whole answer: close after that long, without a response);
     * ``"error_event"``: a 200 stream whose first event is an in-band error (``status``).
 
+    ``report_usage = False`` leaves the usage out (the chunk of a stream, the field of a
+    whole answer), as a server that does not count tokens.
+
     ``POST /tokenize`` reads text as ``tokenizer`` says: ``"step-audio"`` (Step-Audio-Chat's:
     ``<audio_N>`` is 65536+N, ``<|BOT|>`` 4, ``<|EOT|>`` 3, any other character one id),
     ``"split"`` (a tokenizer without those tokens: every character is an id of its own)
@@ -104,6 +107,7 @@ class FakeVLLM:
         self.drop_after = 2
         self.healthy = True
         self.tokenizer = "step-audio"
+        self.report_usage = True
         self.tokenize_requests: list[dict] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -253,13 +257,16 @@ class FakeVLLM:
             usage = {"prompt_tokens": 7, "completion_tokens": len(tokens)}
             if not streamed:
                 answer = _completion_chunk(request, "".join(tokens), finish)
-                await self._plain(writer, 200, json.dumps({**answer, "usage": usage}).encode())
+                if self.report_usage:
+                    answer["usage"] = usage
+                await self._plain(writer, 200, json.dumps(answer).encode())
                 self.completed += 1
                 return True
             writer.write(_event(_completion_chunk(request, "", finish)))
-            writer.write(
-                _event({**_completion_chunk(request, "", None), "choices": [], "usage": usage})
-            )
+            if self.report_usage:
+                writer.write(
+                    _event({**_completion_chunk(request, "", None), "choices": [], "usage": usage})
+                )
             writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
             self.completed += 1
@@ -911,3 +918,19 @@ async def test_a_replica_is_checked_when_it_comes_up_and_again_after_a_restart(f
         fake.healthy, fake.tokenizer = True, "split"
         snapshot = await pool.check_health_once()
         assert not snapshot.ready and snapshot.mismatches
+
+
+async def test_tokens_are_counted_by_the_replicas_tokenizer_on_any_replica_that_can(fakes):
+    """The count is the served tokenizer's (an audio token or a control token is one
+    token however many characters it is written in), from the first replica that answers;
+    ``add_special_tokens`` adds the BOS a completion's prompt gets."""
+    missing, counting = await fakes(tokenizer="missing"), await fakes()
+    text = "<|BOT|>human\n<audio_17><audio_4000>hi<|EOT|>"
+    async with pool_of(missing.url, counting.url) as pool:
+        assert await pool.count_tokens(text) == 1 + 6 + 2 + 2 + 1  # 12, where len // 4 is 11
+        assert await pool.count_tokens(text, add_special_tokens=True) == 13
+        assert [r["add_special_tokens"] for r in counting.tokenize_requests] == [False, True]
+        counting.tokenizer = "missing"
+        with pytest.raises(EngineUnavailable) as caught:
+            await pool.count_tokens(text)
+        assert "HTTP 404" in caught.value.message

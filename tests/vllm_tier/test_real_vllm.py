@@ -185,6 +185,19 @@ async def test_a_whole_answer_is_the_streamed_answer_in_one_piece(vllm_cluster: 
     report(f"whole answer: {len(whole.text)} characters, identical to the streamed text")
 
 
+async def test_counted_tokens_are_the_prompt_tokens_vllm_reports(vllm_cluster: Cluster) -> None:
+    """``count_tokens`` asks the real ``/tokenize``: with the special tokens a completion's
+    prompt gets, it is the ``prompt_tokens`` vLLM reports for that prompt (what the
+    Step-Audio engine falls back on when a server reports no usage)."""
+    async with asyncio.timeout(120), make_pool(vllm_cluster.urls, vllm_cluster.model) as pool:
+        prompt = chatml(STORY)
+        [whole] = await collect(pool, prompt, stream=False, max_tokens=1, stop=[], **GREEDY)
+        assert await pool.count_tokens(prompt, add_special_tokens=True) == whole.prompt_tokens
+        plain = await pool.count_tokens(STORY)
+        assert 0 < plain < len(STORY)
+    report(f"count_tokens: {whole.prompt_tokens} prompt tokens, as vLLM's usage says")
+
+
 async def test_cancelling_a_whole_answer_aborts_generation_in_vllm(vllm_cluster: Cluster) -> None:
     """A non-streamed request sends nothing until the end; a client that leaves while
     it waits must still stop the generation (vLLM's with_cancellation)."""

@@ -132,7 +132,8 @@ class NamedToolChoice(msgspec.Struct, kw_only=True, tag_field="type", tag="funct
 
 class AllowedTools(msgspec.Struct, kw_only=True):
     mode: Literal["auto", "required"]
-    tools: list[Any]
+    # Each names a function of the request's tools, in the shape of a named tool_choice.
+    tools: list[NamedToolChoice]
 
 
 class AllowedToolsChoice(msgspec.Struct, kw_only=True, tag_field="type", tag="allowed_tools"):

@@ -48,6 +48,7 @@ from ...errors import InvalidRequest
 from ...policy import UNLIMITED, Policy
 from ...settings import ChatSettings
 from ...streaming import prime
+from ..tool_choice import choose_tools
 from .protocol import (
     REFUSED_FIELDS,
     AllowedToolsChoice,
@@ -160,14 +161,17 @@ class ChatService:
                 )
         logit_bias = _logit_bias(wire.logit_bias)
         audio_format, voice = await self._check_audio(wire, owner)
-        tools = [
-            ToolSpec(
-                name=t.function.name,
-                description=t.function.description or "",
-                parameters=t.function.parameters or {"type": "object", "properties": {}},
-            )
-            for t in wire.tools or []
-        ]
+        tool_choice, tools = _tool_choice(
+            wire,
+            [
+                ToolSpec(
+                    name=t.function.name,
+                    description=t.function.description or "",
+                    parameters=t.function.parameters or {"type": "object", "properties": {}},
+                )
+                for t in wire.tools or []
+            ],
+        )
         messages, audio_seconds = await self._messages(wire, owner)
         await policy.charge_audio_in(audio_seconds)  # 429 before generating, if over
         stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
@@ -175,7 +179,7 @@ class ChatService:
         request = ChatRequest(
             messages=messages,
             tools=tools,
-            tool_choice=_tool_choice(wire, tools),
+            tool_choice=tool_choice,
             parallel_tool_calls=wire.parallel_tool_calls is not False,
             max_tokens=max_tokens,
             temperature=1.0 if wire.temperature is None else wire.temperature,
@@ -394,7 +398,10 @@ class ChatService:
                         audio_seen = True
                         metrics.first_audio("chat", model)
                     yield AudioBytes(data)
-                if not called_tools:
+                # The id went out with the first spoken delta (chunks()), so a reply that
+                # said anything is stored, tool calls or not: only a reply that was tool
+                # calls alone has no audio.
+                if reply.transcript or not called_tools:
                     stored = await self.store.put(
                         prepared.audio_id,
                         reply.transcript,
@@ -653,25 +660,18 @@ def _logit_bias(wire: dict[str, int] | None) -> dict[int, float]:
     return bias
 
 
-def _tool_choice(wire: CreateChatCompletionRequest, tools: list[ToolSpec]) -> ToolChoice:
+def _tool_choice(
+    wire: CreateChatCompletionRequest, tools: list[ToolSpec]
+) -> tuple[ToolChoice, list[ToolSpec]]:
+    """The engine's tool choice and the tools it is offered (all of them, unless
+    ``allowed_tools`` names a subset)."""
     choice = wire.tool_choice
-    names = {t.name for t in tools}
-    if choice is None:
-        return ToolChoice.AUTO if tools else ToolChoice.NONE
     if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
-            raise InvalidRequest(
-                f"tool_choice names '{choice.function.name}', which is not among the tools.",
-                param="tool_choice",
-            )
-        return ToolChoice.function(choice.function.name)
+        return choose_tools("function", tools, name=choice.function.name)
     if isinstance(choice, AllowedToolsChoice):
-        return ToolChoice.REQUIRED if choice.allowed_tools.mode == "required" else ToolChoice.AUTO
-    if choice == "required" and not tools:
-        raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
-    if choice == "none" or not tools:
-        return ToolChoice.NONE
-    return ToolChoice.REQUIRED if choice == "required" else ToolChoice.AUTO
+        allowed = [t.function.name for t in choice.allowed_tools.tools]
+        return choose_tools(choice.allowed_tools.mode, tools, allowed=allowed)
+    return choose_tools(choice or "auto", tools)
 
 
 def _response_format(wire: CreateChatCompletionRequest) -> ResponseFormat:

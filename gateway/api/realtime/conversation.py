@@ -19,6 +19,7 @@ from adapters.realtime.vad import SEMANTIC_SILENCE_MS, VadSettings
 from engines.chat import ToolChoice, new_tool_call_id
 
 from ...errors import InvalidRequest
+from ..tool_choice import choose_tools
 from . import protocol as p
 
 DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short."
@@ -240,14 +241,7 @@ def check_rate(fmt: p.AudioFormat, param: str) -> None:
 
 
 def tool_choice_of(choice: Any, tools: list[p.FunctionTool]) -> ToolChoice:
-    names = {t.name for t in tools}
+    """The engine's tool choice, refused (400) as chat refuses it (:mod:`..tool_choice`)."""
     if isinstance(choice, p.NamedFunction):
-        if choice.name not in names:
-            raise InvalidRequest(f"tool_choice names '{choice.name}', which is not among the tools.",
-                                 param="tool_choice")
-        return ToolChoice.function(choice.name)
-    if choice == "required" and not tools:
-        raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
-    if choice == "none" or not tools:
-        return ToolChoice.NONE
-    return ToolChoice.REQUIRED if choice == "required" else ToolChoice.AUTO
+        return choose_tools("function", tools, name=choice.name)[0]
+    return choose_tools(choice, tools)[0]

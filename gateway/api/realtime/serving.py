@@ -290,8 +290,12 @@ class RealtimeSession:
                 check_rate(audio.output.format, "session.audio.output.format.rate")
             if audio.output.voice is not None:
                 await self._check_voice(audio.output.voice, "session.audio.output.voice")
-        if new.tool_choice is not None:
-            tool_choice_of(new.tool_choice, new.tools if new.tools is not None else c.tools)
+        if new.tool_choice is not None or new.tools is not None:
+            # The pair as it will be: new tools can leave a kept choice nothing to call.
+            tool_choice_of(
+                new.tool_choice if new.tool_choice is not None else c.tool_choice,
+                new.tools if new.tools is not None else c.tools,
+            )
         # everything checked: apply
         if new.model is not None:
             c.model = new.model
