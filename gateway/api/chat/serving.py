@@ -48,6 +48,7 @@ from ...errors import InvalidRequest
 from ...policy import UNLIMITED, Policy
 from ...settings import ChatSettings
 from ...streaming import prime
+from ...turn import AudioBytes, run_turn
 from ..tool_choice import choose_tools
 from .protocol import (
     REFUSED_FIELDS,
@@ -84,7 +85,7 @@ from .protocol import (
     Usage,
     UserMessage,
 )
-from .voice import SpokenReply, TokenizingInput, TranscribingInput, interleave
+from .voice import SpokenReply, TokenizingInput, TranscribingInput
 
 
 @dataclass
@@ -108,11 +109,6 @@ class Prepared:
     @property
     def speaks(self) -> bool:
         return self.audio_format is not None
-
-
-@dataclass(frozen=True)
-class AudioBytes:
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -336,18 +332,12 @@ class ChatService:
 
     # ------------------------------------------------------------------ generation
 
-    async def run(self, prepared: Prepared) -> AsyncIterator[object]:
-        """Engine events, with spoken audio interleaved when the reply is voiced.
-
-        Yields ``TextDelta`` and the tool-call events as the engine makes
-        them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd`` (spoken
-        replies) and the engine's ``Finish`` last. The first token and the first audio
-        are timed for the metrics on the way out (here, not in a generator around this
-        one: every event of a stream passed through each such layer).
-        """
+    def run(self, prepared: Prepared) -> AsyncIterator[object]:
+        """The turn's events (gateway.turn): ``TextDelta`` and the tool-call events as the
+        engine makes them, ``AudioBytes`` as sentences are synthesised, then ``AudioEnd``
+        (spoken replies) and the engine's ``Finish`` last."""
         model = prepared.wire.model
         metrics.count_audio("chat", "in", model, prepared.input_audio_seconds)
-        token_seen = audio_seen = False
         reply = None
         if prepared.speaks:
             reply = SpokenReply(
@@ -357,72 +347,29 @@ class ChatService:
                 prepared.audio_format,
                 prepared.policy,
             )
-        try:
-            async with self.registry.chat(model) as engine:
-                finish: Finish | None = None
-                called_tools = False
-                if reply is not None:
-                    reply.start()
-                events = engine.generate(prepared.engine_request)
-                if reply is not None:  # the reply's audio leaves the moment it is encoded
-                    events = interleave(
-                        events,
-                        reply,
-                        text_of=_text_of,
-                        pace=engine.computes_locally and self.registry.compute_slots == 1,
-                    )
-                async with aclosing(events):  # a hang-up frees the engine at once
-                    async for event in events:
-                        if type(event) is TextDelta and token_seen:  # most events
-                            yield event
-                            continue
-                        if isinstance(event, bytes):
-                            if not audio_seen:
-                                audio_seen = True
-                                metrics.first_audio("chat", model)
-                            yield AudioBytes(event)
-                            continue
-                        if isinstance(event, Finish):
-                            finish = event
-                            continue
-                        if not token_seen and isinstance(event, (TextDelta, ToolCallStart)):
-                            token_seen = True
-                            metrics.first_token(model)
-                        if isinstance(event, ToolCallStart):
-                            called_tools = True
-                        yield event
-            if reply is not None:
-                reply.close()
-                async for data in reply.drain():
-                    if not audio_seen:
-                        audio_seen = True
-                        metrics.first_audio("chat", model)
-                    yield AudioBytes(data)
-                # The id went out with the first spoken delta (chunks()), so a reply that
-                # said anything is stored, tool calls or not: only a reply that was tool
-                # calls alone has no audio.
-                if reply.transcript or not called_tools:
-                    stored = await self.store.put(
-                        prepared.audio_id,
-                        reply.transcript,
-                        self.settings.audio_ttl_seconds,
-                        owner=prepared.owner,
-                    )
-                    metrics.count_audio("chat", "out", model, reply.seconds)
-                    yield AudioEnd(
-                        prepared.audio_id, reply.transcript, stored.expires_at, reply.seconds
-                    )
-            assert finish is not None, "chat engine ended without a Finish event"
-            await prepared.policy.charge_tokens(finish.prompt_tokens + finish.completion_tokens)
-            yield finish
-        finally:
-            if reply is not None:
-                await reply.aclose()
 
+        async def stored(reply: SpokenReply, called_tools: bool) -> AudioEnd | None:
+            # The id went out with the first spoken delta (chunks()), so a reply that
+            # said anything is stored, tool calls or not: only a reply that was tool
+            # calls alone has no audio.
+            if not reply.transcript and called_tools:
+                return None
+            kept = await self.store.put(
+                prepared.audio_id,
+                reply.transcript,
+                self.settings.audio_ttl_seconds,
+                owner=prepared.owner,
+            )
+            return AudioEnd(prepared.audio_id, reply.transcript, kept.expires_at, reply.seconds)
 
-def _text_of(event: object) -> str | None:
-    """What of an engine event a spoken reply says: the text, not tool calls."""
-    return event.text if isinstance(event, TextDelta) else None
+        return run_turn(
+            self.registry,
+            model,
+            prepared.engine_request,
+            prepared.policy,
+            reply=reply,
+            on_spoken=stored,
+        )
 
 
 # ------------------------------------------------------------------ rendering

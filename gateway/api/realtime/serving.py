@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import time
-from contextlib import aclosing
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -34,25 +33,13 @@ from adapters.realtime.vad import (
     TurnDetector,
     VadSettings,
 )
-from adapters.text.tokens import count_audio_tokens
 from adapters.voice_owners import is_clone_id
 from engines.base import (
     Capability,
     EngineError,
     TranscriptionOptions,
 )
-from engines.chat import (
-    ChatMessage,
-    ChatRequest,
-    Finish,
-    TextDelta,
-    ToolCall,
-    ToolCallArgsDelta,
-    ToolCallStart,
-    ToolSpec,
-)
 from engines.registry import ModelRegistry
-from engines.workers import commit_admission, open_admission
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine, error_from_msgspec
@@ -73,14 +60,13 @@ from .conversation import (
     tool_wire,
     transcription_wire,
 )
-from ..chat.voice import SpokenReply
-from .speech import heard_transcript, realtime_speech
+from .response import ResponseRun
+from .speech import heard_transcript
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
 
-_DELTA_BYTES_PCM = 9_600  # 200 ms of 24 kHz PCM per audio delta: fine-grained barge-in
 
 
 _id = new_id
@@ -633,7 +619,7 @@ class RealtimeSession:
             "rate_limits.updated",
             rate_limits=[self._queue_room()],
         )
-        response.task = asyncio.create_task(self._respond(response))
+        response.task = asyncio.create_task(ResponseRun(self, response).run())
 
     def _queue_room(self) -> dict:
         """There are no rate limits here; what runs out is room in the chat engine's
@@ -658,243 +644,3 @@ class RealtimeSession:
                 raise
         if self.response is response:
             self.response = None
-
-    def _messages(self, response: Response) -> list[ChatMessage]:
-        messages = [ChatMessage("system", response.instructions)] if response.instructions else []
-        source = list(self.items.values()) if response.conversation else []
-        source += response.extra_input or []
-        for item in source:
-            if item in response.output:
-                continue
-            if item.type == "message":
-                role = "system" if item.role == "system" else item.role
-                text = item.text()
-                if text:
-                    messages.append(ChatMessage(role, text))
-            elif item.type == "function_call":
-                call = ToolCall(id=item.call_id, name=item.name, arguments=item.arguments or "{}")
-                last = messages[-1] if messages else None
-                if last is not None and last.role == "assistant" and last.tool_calls and not last.content:
-                    last.tool_calls.append(call)
-                else:
-                    messages.append(ChatMessage("assistant", None, tool_calls=[call]))
-            else:
-                messages.append(ChatMessage("tool", item.output or "", tool_call_id=item.call_id))
-        return messages
-
-    async def _respond(self, response: Response) -> None:
-        speaks = "audio" in response.modalities
-        speech: SpokenReply | None = None
-        message: Item | None = None
-        calls: dict[int, Item] = {}
-        finish: Finish | None = None
-        sent = 0  # audio bytes of the message sent
-
-        async def add_output(item: Item) -> int:
-            index = len(response.output)
-            response.output.append(item)
-            if response.conversation:
-                previous = self._last_id()
-                self.items[item.id] = item
-            await self.send("response.output_item.added", response_id=response.id,
-                            output_index=index, item=item.wire())
-            if response.conversation:
-                await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
-            return index
-
-        async def open_message() -> Item:
-            nonlocal message
-            message = Item(id=_id("item"), type="message", role="assistant", status="in_progress")
-            message.format = response.output_format
-            await add_output(message)
-            part = {"type": "output_audio", "transcript": ""} if speaks else {"type": "output_text", "text": ""}
-            message.content.append(dict(part))
-            await self.send("response.content_part.added", **self._where(response, message),
-                            part={"type": "audio", "transcript": ""} if speaks else {"type": "text", "text": ""})
-            return message
-
-        async def send_audio(data: bytes) -> None:
-            nonlocal sent
-            step = _DELTA_BYTES_PCM if response.output_format == "audio/pcm" else 1_600
-            for start in range(0, len(data), step):
-                piece = data[start : start + step]
-                await self.send("response.output_audio.delta", **self._where(response, message),
-                                delta=base64.b64encode(piece).decode("ascii"))
-                message.out_audio += piece
-                sent += len(piece)
-                now = time.perf_counter()
-                if response.first_audio_at is None:
-                    response.first_audio_at = now
-                    if response.speech_stopped_at is not None:
-                        metrics.REALTIME_VOICE_TO_VOICE.labels(model=self.config.model).observe(
-                            now - response.speech_stopped_at
-                        )
-                response.last_audio_at = now
-
-        async def close_call(item: Item) -> None:
-            item.status = "completed"
-            await self.send("response.function_call_arguments.done", response_id=response.id,
-                            item_id=item.id, output_index=response.output.index(item),
-                            call_id=item.call_id, name=item.name, arguments=item.arguments)
-
-        # The response's own admission to the engine queues, as an HTTP request has one
-        # (engines.workers): refused while queues are full, never once it has begun.
-        open_admission()
-        try:
-            pending = [i.transcription for i in self.items.values() if i.transcription]
-            for task in pending:
-                await asyncio.shield(task) if not task.done() else None
-            request = await self._request(response)
-            async with self.registry.chat(self.config.model) as engine:
-                if engine.accepts_audio_tokens:
-                    request = await self._with_audio_tokens(request)
-                if speaks:
-                    speech = realtime_speech(self.registry, self.settings.chat.speech_model,
-                                             response.voice, response.output_format,
-                                             response.speed, self.policy)
-                    speech.start()
-                events = engine.generate(request)
-                async with aclosing(events):
-                    async for event in events:
-                        commit_admission()  # under way: no engine queue refuses it now
-                        if isinstance(event, Finish):
-                            finish = event
-                        elif isinstance(event, TextDelta):
-                            if message is None:
-                                await open_message()
-                            part = message.content[0]
-                            if speaks:
-                                part["transcript"] += event.text
-                                speech.feed(event.text)
-                                await self.send("response.output_audio_transcript.delta",
-                                                **self._where(response, message), delta=event.text)
-                            else:
-                                part["text"] += event.text
-                                await self.send("response.output_text.delta",
-                                                **self._where(response, message), delta=event.text)
-                        elif isinstance(event, ToolCallStart):
-                            for open_call in calls.values():
-                                if open_call.status == "in_progress":
-                                    await close_call(open_call)
-                            item = Item(id=_id("item"), type="function_call", status="in_progress",
-                                        call_id=event.id, name=event.name, arguments="")
-                            calls[event.index] = item
-                            await add_output(item)
-                        elif isinstance(event, ToolCallArgsDelta):
-                            item = calls[event.index]
-                            item.arguments += event.fragment
-                            await self.send("response.function_call_arguments.delta",
-                                            response_id=response.id, item_id=item.id,
-                                            output_index=response.output.index(item),
-                                            call_id=item.call_id, delta=event.fragment)
-                        if speech is not None and message is not None:
-                            for data in speech.ready():
-                                await send_audio(data)
-            if speech is not None:
-                speech.close()
-                async for data in speech.drain():
-                    await send_audio(data)
-            response.status = "completed"
-            if finish is not None and finish.reason == "length":
-                response.status = "incomplete"
-                response.details = {"type": "incomplete", "reason": "max_output_tokens"}
-        except asyncio.CancelledError:
-            if response.cancel_reason is None:  # the session itself is closing
-                raise
-            response.status = "cancelled"
-            response.details = {"type": "cancelled", "reason": response.cancel_reason}
-        except EngineError as exc:
-            response.status = "failed"
-            error = error_from_engine(exc)
-            response.details = {"type": "failed", "error": {"type": error.type, "code": error.code or "engine_error"}}
-            await self.error(error)
-        except SessionClosed:
-            self.response = None
-            return
-        except Exception as exc:  # noqa: BLE001 - a failed turn must not end the session
-            log.exception("realtime response failed", response_id=response.id)
-            response.status = "failed"
-            response.details = {"type": "failed", "error": {"type": "server_error", "code": "internal_error"}}
-            await self.send("error", error={"type": "server_error", "code": "internal_error",
-                                            "message": f"The response failed: {type(exc).__name__}.",
-                                            "param": None, "event_id": None})
-        finally:
-            response.finishing = True
-            if speech is not None:
-                await speech.aclose()
-        await self._finish(response, message, calls, finish, speech, speaks, close_call)
-
-    async def _finish(self, response, message, calls, finish, speech, speaks, close_call) -> None:
-        done = "completed" if response.status == "completed" else "incomplete"
-        if message is not None:
-            part = message.content[0]
-            if speaks:
-                if response.status != "completed" and speech is not None:
-                    part["transcript"] = heard_transcript(speech.marks, len(message.out_audio))
-                message.marks = list(speech.marks) if speech is not None else []
-                where = self._where(response, message)
-                await self.send("response.output_audio.done", **where)
-                await self.send("response.output_audio_transcript.done", **where, transcript=part["transcript"])
-                wire_part = {"type": "audio", "transcript": part["transcript"]}
-            else:
-                where = self._where(response, message)
-                await self.send("response.output_text.done", **where, text=part["text"])
-                wire_part = {"type": "text", "text": part["text"]}
-            await self.send("response.content_part.done", **where, part=wire_part)
-        for item in calls.values():
-            if item.status == "in_progress" and response.status == "completed":
-                await close_call(item)
-        for item in response.output:
-            item.status = done if item.status == "in_progress" else item.status
-            await self.send("response.output_item.done", response_id=response.id,
-                            output_index=response.output.index(item), item=item.wire())
-            if response.conversation and item.id in self.items:
-                await self.send("conversation.item.done", item=item.wire())
-        audio_in = sum(len(i.audio) / RATE for i in self.items.values() if i.audio is not None)
-        audio_out = len(message.out_audio) / bytes_per_second(response.output_format) if message else 0.0
-        a_in, a_out = count_audio_tokens(audio_in), count_audio_tokens(audio_out)
-        text_in = finish.prompt_tokens if finish else 0
-        text_out = finish.completion_tokens if finish else 0
-        response.usage = {
-            "total_tokens": text_in + a_in + text_out + a_out,
-            "input_tokens": text_in + a_in,
-            "output_tokens": text_out + a_out,
-            "input_token_details": {"text_tokens": text_in, "audio_tokens": a_in, "cached_tokens": 0},
-            "output_token_details": {"text_tokens": text_out, "audio_tokens": a_out},
-        }
-        metrics.count_audio("realtime", "out", self.config.model, audio_out)
-        self.response = None
-        await self.send("response.done", response=response.wire())
-
-    def _where(self, response: Response, item: Item) -> dict:
-        return {"response_id": response.id, "item_id": item.id,
-                "output_index": response.output.index(item), "content_index": 0}
-
-    async def _request(self, response: Response) -> ChatRequest:
-        tools = [
-            ToolSpec(name=t.name, description=t.description or "",
-                     parameters=t.parameters or {"type": "object", "properties": {}})
-            for t in response.tools
-        ]
-        limit = response.max_output_tokens
-        return ChatRequest(
-            messages=self._messages(response),
-            tools=tools,
-            tool_choice=tool_choice_of(response.tool_choice, response.tools),
-            max_tokens=None if limit == "inf" else int(limit),
-            temperature=0.8,
-        )
-
-    async def _with_audio_tokens(self, request: ChatRequest) -> ChatRequest:
-        """Step-Audio reads the current spoken turn as audio tokens, not as its transcript."""
-        last = next((i for i in reversed(self.items.values()) if i.role == "user"), None)
-        if last is None or last.audio is None:
-            return request
-        async with self.registry.audio_tokens(self.settings.chat.input_audio_tokenizer) as tok:
-            tokens = await tok.tokenize(last.audio, RATE)
-        messages = list(request.messages)
-        for i in range(len(messages) - 1, -1, -1):
-            if messages[i].role == "user":
-                messages[i] = ChatMessage("user", None, audio_tokens=tokens.text)
-                break
-        return ChatRequest(**{**request.__dict__, "messages": messages})

@@ -1,0 +1,358 @@
+"""A realtime response: what it is asked to do (the session's configuration, overridden by
+``response.create``), the turn it runs, rendered as realtime server events, and its end.
+
+The turn is :func:`gateway.turn.run_turn`, the same run a chat completion is: the same
+engine events, the same sentence synthesis (audio leaves the moment it is encoded), the
+same cancellation (closing the turn frees the chat model and stops the voice) and the
+same per-key charges. What is realtime's own is here: conversation items for the output,
+audio deltas cut fine enough for barge-in, and, for a reply cut short, a transcript of
+only what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+import structlog
+
+from adapters.realtime.audio import bytes_per_second
+from adapters.realtime.vad import RATE
+from adapters.text.tokens import count_audio_tokens
+from engines.base import EngineError
+from engines.chat import (
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    TextDelta,
+    ToolCall,
+    ToolCallArgsDelta,
+    ToolCallStart,
+    ToolSpec,
+)
+from engines.workers import commit_admission, open_admission
+
+from ... import metrics
+from ...errors import error_from_engine
+from ...turn import AudioBytes, run_turn
+from ..chat.voice import SpokenReply
+from .conversation import Item, Response, new_id, tool_choice_of
+from .speech import heard_transcript, realtime_speech
+
+if TYPE_CHECKING:
+    from .serving import RealtimeSession
+
+log = structlog.get_logger(__name__)
+
+_DELTA_BYTES_PCM = 9_600  # 200 ms of 24 kHz PCM per audio delta: fine-grained barge-in
+_DELTA_BYTES_G711 = 1_600  # 200 ms of 8 kHz G.711
+
+
+class ResponseRun:
+    """One response's run, as the task the session cancels to stop it."""
+
+    def __init__(self, session: "RealtimeSession", response: Response) -> None:
+        self.session = session
+        self.response = response
+        self.speaks = "audio" in response.modalities
+        self.reply: SpokenReply | None = None
+        self.message: Item | None = None
+        self.calls: dict[int, Item] = {}
+        self.finish: Finish | None = None
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        response = self.response
+        # The response's own admission to the engine queues, as an HTTP request has one
+        # (engines.workers): refused while queues are full, never once it has begun.
+        open_admission()
+        try:
+            await self._turn()
+            response.status = "completed"
+            if self.finish is not None and self.finish.reason == "length":
+                response.status = "incomplete"
+                response.details = {"type": "incomplete", "reason": "max_output_tokens"}
+        except asyncio.CancelledError:
+            if response.cancel_reason is None:  # the session itself is closing
+                raise
+            response.status = "cancelled"
+            response.details = {"type": "cancelled", "reason": response.cancel_reason}
+        except EngineError as exc:  # an engine fault, or the key out of budget
+            await self._failed(error_from_engine(exc), exc.code or "engine_error")
+        except Exception:  # noqa: BLE001 - a failed turn must not end the session
+            log.exception("realtime response failed", response_id=response.id)
+            await self._failed(None, "internal_error")
+        finally:
+            response.finishing = True
+        await self._finish()
+
+    async def _turn(self) -> None:
+        session = self.session
+        for task in [i.transcription for i in session.items.values() if i.transcription]:
+            if not task.done():  # the words heard so far are the turn's input
+                await asyncio.shield(task)
+        request = await self._request()
+        if self.speaks:
+            r = self.response
+            self.reply = realtime_speech(session.registry, session.settings.chat.speech_model,
+                                         r.voice, r.output_format, r.speed, session.policy)
+        turn = run_turn(session.registry, session.config.model, request, session.policy,
+                        reply=self.reply, door="realtime")
+        async with aclosing(turn):
+            async for event in turn:
+                commit_admission()  # under way: no engine queue refuses it now
+                await self._render(event)
+
+    async def _render(self, event: object) -> None:
+        if isinstance(event, TextDelta):
+            await self._text(event.text)
+        elif isinstance(event, AudioBytes):
+            await self._audio(event.data)
+        elif isinstance(event, ToolCallStart):
+            await self._call_started(event)
+        elif isinstance(event, ToolCallArgsDelta):
+            await self._call_arguments(event)
+        elif isinstance(event, Finish):
+            self.finish = event
+
+    async def _failed(self, error: EngineError | None, code: str) -> None:
+        response = self.response
+        response.status = "failed"
+        kind = error.type if error is not None else "server_error"
+        response.details = {"type": "failed", "error": {"type": kind, "code": code}}
+        if error is not None:
+            await self.session.error(error)
+        else:
+            await self.session.send("error", error={
+                "type": "server_error", "code": "internal_error",
+                "message": "The response failed.", "param": None, "event_id": None})
+
+    # ------------------------------------------------------------------ output items
+
+    async def _add_output(self, item: Item) -> None:
+        session, response = self.session, self.response
+        index = len(response.output)
+        response.output.append(item)
+        previous = session._last_id()
+        if response.conversation:
+            session.items[item.id] = item
+        await session.send("response.output_item.added", response_id=response.id,
+                           output_index=index, item=item.wire())
+        if response.conversation:
+            await session.send("conversation.item.added", previous_item_id=previous,
+                               item=item.wire())
+
+    async def _open_message(self) -> Item:
+        message = Item(id=new_id("item"), type="message", role="assistant", status="in_progress")
+        message.format = self.response.output_format
+        self.message = message
+        await self._add_output(message)
+        part = {"type": "output_audio", "transcript": ""} if self.speaks else {"type": "output_text", "text": ""}
+        message.content.append(dict(part))
+        wire = {"type": "audio", "transcript": ""} if self.speaks else {"type": "text", "text": ""}
+        await self.session.send("response.content_part.added", **self._where(), part=wire)
+        return message
+
+    def _where(self, item: Item | None = None) -> dict:
+        item = item or self.message
+        return {"response_id": self.response.id, "item_id": item.id,
+                "output_index": self.response.output.index(item), "content_index": 0}
+
+    async def _text(self, text: str) -> None:
+        message = self.message or await self._open_message()
+        part = message.content[0]
+        if self.speaks:
+            part["transcript"] += text
+            await self.session.send("response.output_audio_transcript.delta", **self._where(),
+                                    delta=text)
+        else:
+            part["text"] += text
+            await self.session.send("response.output_text.delta", **self._where(), delta=text)
+
+    async def _audio(self, data: bytes) -> None:
+        message = self.message or await self._open_message()
+        response = self.response
+        step = _DELTA_BYTES_PCM if response.output_format == "audio/pcm" else _DELTA_BYTES_G711
+        for start in range(0, len(data), step):
+            piece = data[start : start + step]
+            await self.session.send("response.output_audio.delta", **self._where(),
+                                    delta=base64.b64encode(piece).decode("ascii"))
+            message.out_audio += piece
+            self._timed_audio()
+
+    def _timed_audio(self) -> None:
+        response, now = self.response, time.perf_counter()
+        if response.first_audio_at is None:
+            response.first_audio_at = now
+            if response.speech_stopped_at is not None:
+                metrics.REALTIME_VOICE_TO_VOICE.labels(model=self.session.config.model).observe(
+                    now - response.speech_stopped_at
+                )
+        response.last_audio_at = now
+
+    async def _call_started(self, event: ToolCallStart) -> None:
+        for call in self.calls.values():
+            if call.status == "in_progress":
+                await self._close_call(call)
+        item = Item(id=new_id("item"), type="function_call", status="in_progress",
+                    call_id=event.id, name=event.name, arguments="")
+        self.calls[event.index] = item
+        await self._add_output(item)
+
+    async def _call_arguments(self, event: ToolCallArgsDelta) -> None:
+        item = self.calls[event.index]
+        item.arguments += event.fragment
+        await self.session.send("response.function_call_arguments.delta",
+                                response_id=self.response.id, item_id=item.id,
+                                output_index=self.response.output.index(item),
+                                call_id=item.call_id, delta=event.fragment)
+
+    async def _close_call(self, item: Item) -> None:
+        item.status = "completed"
+        await self.session.send("response.function_call_arguments.done",
+                                response_id=self.response.id, item_id=item.id,
+                                output_index=self.response.output.index(item),
+                                call_id=item.call_id, name=item.name, arguments=item.arguments)
+
+    # ------------------------------------------------------------------ the end
+
+    async def _finish(self) -> None:
+        session, response = self.session, self.response
+        if self.message is not None:
+            await self._close_message()
+        for item in self.calls.values():
+            if item.status == "in_progress" and response.status == "completed":
+                await self._close_call(item)
+        done = "completed" if response.status == "completed" else "incomplete"
+        for item in response.output:
+            item.status = done if item.status == "in_progress" else item.status
+            await session.send("response.output_item.done", response_id=response.id,
+                               output_index=response.output.index(item), item=item.wire())
+            if response.conversation and item.id in session.items:
+                await session.send("conversation.item.done", item=item.wire())
+        response.usage = self._usage()
+        session.response = None
+        await session.send("response.done", response=response.wire())
+
+    async def _close_message(self) -> None:
+        message, response, reply = self.message, self.response, self.reply
+        part = message.content[0]
+        if self.speaks:
+            if response.status != "completed" and reply is not None:
+                # Cut short: the transcript is what the sent audio said, not the plan.
+                part["transcript"] = heard_transcript(reply.marks, len(message.out_audio))
+            message.marks = list(reply.marks) if reply is not None else []
+            await self.session.send("response.output_audio.done", **self._where())
+            await self.session.send("response.output_audio_transcript.done", **self._where(),
+                                    transcript=part["transcript"])
+            wire = {"type": "audio", "transcript": part["transcript"]}
+        else:
+            await self.session.send("response.output_text.done", **self._where(),
+                                    text=part["text"])
+            wire = {"type": "text", "text": part["text"]}
+        await self.session.send("response.content_part.done", **self._where(), part=wire)
+
+    def _usage(self) -> dict:
+        message, finish = self.message, self.finish
+        audio_in = sum(len(i.audio) / RATE for i in self._source() if i.audio is not None)
+        fmt = self.response.output_format
+        audio_out = len(message.out_audio) / bytes_per_second(fmt) if message else 0.0
+        a_in, a_out = count_audio_tokens(audio_in), count_audio_tokens(audio_out)
+        text_in = finish.prompt_tokens if finish else 0
+        text_out = finish.completion_tokens if finish else 0
+        return {
+            "total_tokens": text_in + a_in + text_out + a_out,
+            "input_tokens": text_in + a_in,
+            "output_tokens": text_out + a_out,
+            "input_token_details": {"text_tokens": text_in, "audio_tokens": a_in,
+                                    "cached_tokens": 0},
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": a_out},
+        }
+
+    # ------------------------------------------------------------------ the request
+
+    def _source(self) -> list[Item]:
+        """The items this response reads: the conversation (unless ``conversation:
+        "none"``), then its own ``input``."""
+        response = self.response
+        items = list(self.session.items.values()) if response.conversation else []
+        return [i for i in items + (response.extra_input or []) if i not in response.output]
+
+    async def _request(self) -> ChatRequest:
+        response = self.response
+        tools = [
+            ToolSpec(name=t.name, description=t.description or "",
+                     parameters=t.parameters or {"type": "object", "properties": {}})
+            for t in response.tools
+        ]
+        limit = response.max_output_tokens
+        messages, spoken = self._messages()
+        if spoken is not None:
+            messages = await self._with_audio_tokens(messages, *spoken)
+        return ChatRequest(
+            messages=_without_empty(messages),
+            tools=tools,
+            tool_choice=tool_choice_of(response.tool_choice, response.tools),
+            max_tokens=None if limit == "inf" else int(limit),
+            temperature=0.8,
+        )
+
+    def _messages(self) -> tuple[list[ChatMessage], tuple[int, Item] | None]:
+        """The chat messages, and (its message's index, the item) of the last spoken user
+        turn among them: an engine that reads speech hears that one as audio."""
+        response = self.response
+        messages = [ChatMessage("system", response.instructions)] if response.instructions else []
+        spoken: tuple[int, Item] | None = None
+        for item in self._source():
+            if item.type == "message":
+                role = "system" if item.role == "system" else item.role
+                text = item.text()
+                if item.role == "user" and item.audio is not None:
+                    spoken = (len(messages), item)
+                    messages.append(ChatMessage(role, text))
+                elif text:
+                    messages.append(ChatMessage(role, text))
+            elif item.type == "function_call":
+                _add_call(messages, ToolCall(id=item.call_id, name=item.name,
+                                             arguments=item.arguments or "{}"))
+            else:
+                messages.append(ChatMessage("tool", item.output or "", tool_call_id=item.call_id))
+        if spoken is not None and spoken[0] != _last_user(messages):
+            spoken = None  # a spoken turn answered since is history: its transcript will do
+        return messages, spoken
+
+    async def _with_audio_tokens(
+        self, messages: list[ChatMessage], index: int, item: Item
+    ) -> list[ChatMessage]:
+        """Step-Audio reads the current spoken turn as audio tokens, not as its transcript:
+        that item's own message is replaced, whichever items the response reads."""
+        session = self.session
+        async with session.registry.chat(session.config.model) as engine:
+            if not engine.accepts_audio_tokens:
+                return messages
+        async with session.registry.audio_tokens(session.settings.chat.input_audio_tokenizer) as tok:
+            tokens = await tok.tokenize(item.audio, RATE)
+        messages = list(messages)
+        messages[index] = ChatMessage("user", None, audio_tokens=tokens.text)
+        return messages
+
+
+def _add_call(messages: list[ChatMessage], call: ToolCall) -> None:
+    last = messages[-1] if messages else None
+    if last is not None and last.role == "assistant" and last.tool_calls and not last.content:
+        last.tool_calls.append(call)
+    else:
+        messages.append(ChatMessage("assistant", None, tool_calls=[call]))
+
+
+def _last_user(messages: list[ChatMessage]) -> int | None:
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), None)
+
+
+def _without_empty(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """A spoken turn heard as nothing (no transcript, no tokens) says nothing."""
+    return [m for m in messages if m.content or m.tool_calls or m.audio_tokens or m.role == "tool"]
