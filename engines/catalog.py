@@ -37,7 +37,9 @@ CATALOG: dict[str, EngineKind] = {
     ),
     "piper": EngineKind("engines.embedded.piper:PiperEngine", _SPEECH),
     "kokoro": EngineKind("engines.embedded.kokoro:KokoroEngine", _SPEECH),
-    "speech-router": EngineKind("engines.speech_router:SpeechRouter", _SPEECH),
+    "speech-ensemble": EngineKind("engines.speech_ensemble:SpeechEnsemble", _SPEECH),
+    # The name configurations used before the ensemble was named for what it is.
+    "speech-router": EngineKind("engines.speech_ensemble:SpeechEnsemble", _SPEECH),
     "llama-cpp": EngineKind("engines.embedded.llama:LlamaChatEngine", frozenset({Capability.CHAT})),
     "step-audio-tokenizer": EngineKind(
         "engines.step_audio.tokenizer:StepAudioTokenizer", frozenset({Capability.AUDIO_TOKENS})

@@ -32,7 +32,7 @@ T = TypeVar("T")
 _EXHAUSTED = object()
 
 
-class Admission:
+class QueueAdmission:
     """What one request has been let into, shared by every task the request starts.
 
     A queue limit decides whether a request gets in, once per :class:`Gate`: a stream makes
@@ -50,14 +50,14 @@ class Admission:
         self.committed = False
 
 
-_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+_admission: contextvars.ContextVar[QueueAdmission | None] = contextvars.ContextVar(
     "admission", default=None
 )
 
 
 def open_admission() -> contextvars.Token:
     """Give the current request (task) a fresh admission record; reset with the token."""
-    return _admission.set(Admission())
+    return _admission.set(QueueAdmission())
 
 
 def close_admission(token: contextvars.Token) -> None:

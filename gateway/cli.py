@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings, host: str | None, port: int | None) -> int:
     """One process (workers = 1, as tests run it in-process through server_config), or a
-    supervisor and its worker processes (gateway/workers.py)."""
+    supervisor and its worker processes (gateway/processes.py)."""
     import structlog
 
     from .logging import configure_logging
-    from .workers import resolve_workers, serve_workers
+    from .processes import resolve_workers, serve_workers
 
     if host:
         settings.server.host = host

@@ -15,7 +15,7 @@ hears something. This module adds, on the same ``/metrics`` page:
 The request's arrival is carried in a context variable, which the streaming tasks that
 serve the body inherit.
 
-With several worker processes (``server.workers``, :mod:`gateway.workers`) the
+With several worker processes (``server.workers``, :mod:`gateway.processes`) the
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory of the run before the
 workers import this module, so every counter and histogram lives in files there and
 ``/metrics``, whichever worker answers it, adds them up across workers. Gauges say how

@@ -31,7 +31,7 @@ from typing import Mapping
 import structlog
 from prometheus_client import Counter, Gauge
 
-from adapters.state import Admission, Limits, StateBackend, StateUnavailable
+from adapters.state import KeyAdmission, Limits, StateBackend, StateUnavailable
 from adapters.state.base import AUDIO_IN, AUDIO_OUT, REQUESTS, STREAMS, TOKENS
 
 from .auth import ANONYMOUS, _digest_of, owner_id, owner_of
@@ -181,7 +181,7 @@ class Policy:
         owner: str,
         key: KeyLimits | None = None,
         backend: StateBackend | None = None,
-        admission: Admission | None = None,
+        admission: KeyAdmission | None = None,
         *,
         fail_open: bool = False,
     ) -> None:

@@ -52,7 +52,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Connections served at once; above it new requests get 503 (0: no cap).
     max_connections: int = 1000
     # Worker processes sharing the listening socket: a number, or "auto" (see
-    # gateway/workers.py and config/default.toml).
+    # gateway/processes.py and config/default.toml).
     workers: int | str = "auto"
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ A streamed response commits to a 200 with its first byte. Pulling the first item
 the response starts lets failures that happen up front (an unknown voice, a model that
 will not load, undecodable audio, a full queue) still answer with a proper status and
 error envelope. Once that first item exists the request is committed: engine queues
-refuse it nothing more (see engines.workers.Admission), so a stream is never cut off
+refuse it nothing more (see engines.workers.QueueAdmission), so a stream is never cut off
 for being busy.
 
 Litestar stops a streamed response when its client disconnects, but not a handler that

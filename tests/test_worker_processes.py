@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.workers import usable_cores
+from gateway.processes import usable_cores
 from tests.conftest import free_port
 from tests.redis_server import GATEWAY_BIN, ROOT, GatewayProcess, RedisServer
 

@@ -1,6 +1,6 @@
 """Shared state for gateway replicas: see :mod:`adapters.state.base`."""
 
-from .base import Admission, Charge, Limits, StateBackend, StateUnavailable, VoiceRecords
+from .base import KeyAdmission, Charge, Limits, StateBackend, StateUnavailable, VoiceRecords
 from .memory import MemoryBackend
 
 
@@ -17,7 +17,7 @@ def create_backend(
 
 
 __all__ = [
-    "Admission",
+    "KeyAdmission",
     "Charge",
     "Limits",
     "MemoryBackend",

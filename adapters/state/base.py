@@ -7,7 +7,7 @@ key's per-minute budget must be one budget, not one per replica. So the gateway 
 its cloned voices' metadata; the in-memory backend serves one process, the Redis one
 any number of them.
 
-Limits are counted in fixed one-minute windows per owner (the API key's id). Admission is
+Limits are counted in fixed one-minute windows per owner (the API key's id). KeyAdmission is
 one atomic step (check every counter, then count the request and the stream), so
 concurrent requests, on one replica or many, can never be admitted past a limit. Audio
 seconds are kept as integer milliseconds so that counters add exactly.
@@ -45,7 +45,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Admission:
+class KeyAdmission:
     """The outcome of one admission: ``refused`` names the exhausted counter (None when
     admitted); ``used`` holds the window's counters after it; ``reset_ms`` is how long
     until the window turns; ``window`` identifies it for later charges and refunds."""
@@ -78,13 +78,13 @@ class StateBackend(abc.ABC):
     voices: "VoiceRecords"
 
     @abc.abstractmethod
-    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> KeyAdmission:
         """Count one request and (with ``stream``) one open stream for ``owner`` unless a
         counter of the current window is already at its limit (or the streams at theirs).
         A realtime response is a request within a session that already holds its stream."""
 
     @abc.abstractmethod
-    async def release(self, owner: str, admission: Admission, *, refund: bool) -> None:
+    async def release(self, owner: str, admission: KeyAdmission, *, refund: bool) -> None:
         """The request's stream closed; ``refund`` also uncounts the request (it was
         refused before any work)."""
 

@@ -14,7 +14,7 @@ from .base import (
     REQUESTS,
     STREAMS,
     WINDOW_SECONDS,
-    Admission,
+    KeyAdmission,
     Charge,
     Limits,
     StateBackend,
@@ -56,7 +56,7 @@ class MemoryBackend(StateBackend):
             counters = self._windows[(owner, window)] = dict.fromkeys(FIELDS, 0)
         return counters
 
-    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> KeyAdmission:
         now = self._clock()
         window = int(now // WINDOW_SECONDS)
         reset_ms = int((WINDOW_SECONDS - now % WINDOW_SECONDS) * 1000)
@@ -75,9 +75,9 @@ class MemoryBackend(StateBackend):
             counters[REQUESTS] += 1
             self._streams[owner] += int(stream)
         used = {**counters, STREAMS: self._streams[owner]}
-        return Admission(refused, used, reset_ms, window)
+        return KeyAdmission(refused, used, reset_ms, window)
 
-    async def release(self, owner: str, admission: Admission, *, refund: bool) -> None:
+    async def release(self, owner: str, admission: KeyAdmission, *, refund: bool) -> None:
         self._streams[owner] = max(0, self._streams[owner] - 1)
         if refund:
             counters = self._windows.get((owner, admission.window))

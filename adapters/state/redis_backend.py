@@ -1,6 +1,6 @@
 """The shared backend: every replica's limits, audio ids, transcripts and clones in Redis.
 
-Admission, charges and releases are Lua scripts, so each is one atomic step on the Redis
+KeyAdmission, charges and releases are Lua scripts, so each is one atomic step on the Redis
 server whatever number of replicas race; the window is computed from Redis' own clock
 (``TIME``), so replicas with skewed clocks still share one window. Every call has a
 timeout: a Redis that hangs is an outage like one that refuses, and raises
@@ -23,7 +23,7 @@ from .base import (
     FIELDS,
     STREAMS,
     WINDOW_SECONDS,
-    Admission,
+    KeyAdmission,
     Charge,
     Limits,
     StateBackend,
@@ -223,16 +223,16 @@ class RedisBackend(StateBackend):
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable(f"redis: {exc}") from exc
 
-    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> Admission:
+    async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> KeyAdmission:
         args = [WINDOW_SECONDS, *(_limit(limits.of(f)) for f in FIELDS), _limit(limits.streams)]
         args.append(int(stream))
         result = await self._script(self._admit, self._keys(owner), args)
         refused_index, window, reset_ms, *counters = (int(v) for v in result)
         names = (*FIELDS, STREAMS)
         refused = names[refused_index - 1] if refused_index else None
-        return Admission(refused, dict(zip(names, counters)), reset_ms, window)
+        return KeyAdmission(refused, dict(zip(names, counters)), reset_ms, window)
 
-    async def release(self, owner: str, admission: Admission, *, refund: bool) -> None:
+    async def release(self, owner: str, admission: KeyAdmission, *, refund: bool) -> None:
         await self._script(self._release, self._keys(owner), [admission.window, int(refund)])
 
     async def charge(

@@ -8,7 +8,7 @@
 
 from .extract import ToolCallExtractor
 from .prompt import render_messages, tools_system_prompt
-from .router import DEFAULT_THRESHOLD, route, score_tools, tool_vocabulary, words
+from .intent import DEFAULT_THRESHOLD, score_tools, tools_asked_for, tool_vocabulary, words
 from .schema import JSON_OBJECT_SCHEMA, call_schema, calls_schema, sequence_schema
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "call_schema",
     "calls_schema",
     "render_messages",
-    "route",
+    "tools_asked_for",
     "score_tools",
     "sequence_schema",
     "tool_vocabulary",

@@ -22,7 +22,7 @@ How a request is served:
 * **Structured output.** ``json_object`` and ``json_schema`` response formats, and tool
   calls, are generated under a GBNF grammar converted from a JSON schema.
 * **Tools.** Which tool to call is decided by the caller's ``tool_choice``, or for
-  ``"auto"`` by the deterministic router in :mod:`adapters.tools.router` (the 135M model
+  ``"auto"`` by the deterministic tool intent in :mod:`adapters.tools.intent` (the 135M model
   picks wrong tools when left free). The model then writes
   ``{"name": ..., "arguments": {...}}`` under a grammar built from the tools' schemas,
   and the arguments are streamed out while they are generated. With several routed tools
@@ -62,11 +62,11 @@ from adapters.tools import (
     ToolCallExtractor,
     call_schema,
     render_messages,
-    route,
+    tools_asked_for,
     sequence_schema,
     tools_system_prompt,
 )
-from adapters.tools.router import DEFAULT_THRESHOLD
+from adapters.tools.intent import DEFAULT_THRESHOLD
 
 from ..base import EngineError, EngineUnavailable, InvalidInput
 from ..chat import (
@@ -195,7 +195,7 @@ class LlamaChatEngine(ChatEngine):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         top_k: int = 40,
         min_p: float = 0.05,
-        router_threshold: float = DEFAULT_THRESHOLD,
+        tool_intent_threshold: float = DEFAULT_THRESHOLD,
         n_batch: int = 512,
         kv_cache_type: str = "f32",
     ) -> None:
@@ -208,7 +208,7 @@ class LlamaChatEngine(ChatEngine):
         * ``seed``: default sampling seed for requests without one (None: random).
         * ``system_prompt``: system turn used when the messages have none ("" for none).
         * ``top_k``, ``min_p``: llama.cpp samplers applied with temperature and top_p.
-        * ``router_threshold``: score a tool needs to be called under tool_choice "auto".
+        * ``tool_intent_threshold``: score a tool needs to be called under tool_choice "auto".
         * ``n_batch``: most prompt tokens evaluated in one step.
         * ``kv_cache_type``: "f32" (default) or "f16", the type of cached keys and values.
           With f16, llama.cpp's attention rounds differently depending on how many tokens
@@ -225,7 +225,7 @@ class LlamaChatEngine(ChatEngine):
         self.system_prompt = system_prompt
         self.top_k = int(top_k)
         self.min_p = float(min_p)
-        self.router_threshold = float(router_threshold)
+        self.tool_intent_threshold = float(tool_intent_threshold)
         self.n_batch = max(2, int(n_batch))
         if kv_cache_type not in _KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type must be one of {sorted(_KV_CACHE_TYPES)}")
@@ -361,7 +361,7 @@ class LlamaChatEngine(ChatEngine):
         if choice.mode == "function":
             names, tool_mode = [choice.name], True  # type: ignore[list-item]
         elif tools and choice.mode != "none":
-            routed = route(request.messages, tools, threshold=self.router_threshold)
+            routed = tools_asked_for(request.messages, tools, threshold=self.tool_intent_threshold)
             if not request.parallel_tool_calls:
                 routed = routed[:1]
             if routed or choice.mode == "required":

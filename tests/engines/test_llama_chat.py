@@ -21,7 +21,7 @@ from adapters.tools import (
     call_schema,
     calls_schema,
     render_messages,
-    route,
+    tools_asked_for,
     score_tools,
     sequence_schema,
     words,
@@ -84,7 +84,7 @@ def user(text: str) -> list[ChatMessage]:
 
 class TestRouter:
     def route(self, text: str, tools=TOOLS) -> list[str]:
-        return route(user(text), tools)
+        return tools_asked_for(user(text), tools)
 
     def test_weather_question_goes_to_weather_tool(self):
         assert self.route("What's the weather in Berlin?") == ["get_weather"]
@@ -113,7 +113,7 @@ class TestRouter:
             ChatMessage("assistant", None, [ToolCall("call_1", "get_weather", "{}")]),
             ChatMessage("tool", '{"temp": 21}', tool_call_id="call_1"),
         ]
-        assert route(messages, TOOLS) == []
+        assert tools_asked_for(messages, TOOLS) == []
 
     def test_uses_the_last_user_message(self):
         messages = [
@@ -121,17 +121,17 @@ class TestRouter:
             ChatMessage("assistant", "Done."),
             ChatMessage("user", "Thanks, tell me a joke now"),
         ]
-        assert route(messages, TOOLS) == []
+        assert tools_asked_for(messages, TOOLS) == []
 
     def test_no_tools_no_route(self):
-        assert route(user("What's the weather?"), []) == []
+        assert tools_asked_for(user("What's the weather?"), []) == []
 
     def test_camel_and_snake_case_names_are_split(self):
         assert words("getWeatherForecast") == ["weather", "forecast"]
         assert words("send_email-now") == ["send", "email"]
         assert words("What's in the cities?") == ["city"]
         tool = ToolSpec("lookupStockPrice", "", {"type": "object", "properties": {}})
-        assert route(user("What is the stock price of ACME?"), [tool]) == ["lookupStockPrice"]
+        assert tools_asked_for(user("What is the stock price of ACME?"), [tool]) == ["lookupStockPrice"]
 
 
 class TestSchemas:

@@ -11,7 +11,7 @@ from engines.registry import ModelRegistry
 
 from ... import policy
 from ...errors import APIError
-from ...workers import workers_not_ready
+from ...processes import workers_not_ready
 
 
 class Health(msgspec.Struct):

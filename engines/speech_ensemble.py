@@ -22,7 +22,7 @@ from .base import (
 log = structlog.get_logger(__name__)
 
 
-class SpeechRouter(SpeechEngine):
+class SpeechEnsemble(SpeechEngine):
     def __init__(self, name, context, *, members: list[str]) -> None:
         super().__init__(name, context)
         self.member_names = list(members)

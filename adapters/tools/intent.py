@@ -96,7 +96,7 @@ def score_tools(text: str, tools: Sequence[ToolSpec]) -> dict[str, float]:
     return scores
 
 
-def route(
+def tools_asked_for(
     messages: Sequence[ChatMessage],
     tools: Sequence[ToolSpec],
     *,
