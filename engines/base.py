@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 import anyio.to_thread
 import numpy as np
 
+# The error hierarchy lives at the bottom (adapters.errors), shared with the adapters;
+# engines and the gateway import it from here as they always have.
+from adapters.errors import (  # noqa: F401
+    EngineError,
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidInput,
+)
+
 if TYPE_CHECKING:
     from .registry import ModelRegistry
     from .workers import Worker
@@ -27,59 +36,6 @@ class Capability(str, enum.Enum):
     SPEECH = "speech"
     CHAT = "chat"
     AUDIO_TOKENS = "audio_tokens"  # speech -> discrete codes (the Step-Audio tokenizer)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class EngineError(Exception):
-    """The service's one error type, raised by engines (which know nothing of HTTP) and by
-    the gateway alike: what went wrong, the status and OpenAI ``code`` a client gets for
-    it, and ``param``, the offending input, if any. ``type`` (OpenAI's error type) is left
-    to the gateway to derive from the status unless set; ``headers`` go on the response."""
-
-    status_code = 500
-    code: str | None = "engine_error"
-    type: str | None = None
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        status_code: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
-        self.headers = dict(headers or {})
-
-
-class InvalidInput(EngineError):
-    """The input is well-formed but this engine cannot use it (bad voice, bad audio)."""
-
-    status_code = 400
-    code = "invalid_value"
-
-
-class EngineOverloaded(EngineError):
-    """Too many requests are waiting for this engine; the client should retry later."""
-
-    status_code = 429
-    code = "engine_overloaded"
-
-
-class EngineUnavailable(EngineError):
-    """The engine could not be loaded (missing package, bad weights)."""
-
-    status_code = 503
-    code = "engine_unavailable"
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -25,47 +25,25 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import AsyncIterator, ClassVar, NamedTuple, Union
+from typing import AsyncIterator, ClassVar
+
+from adapters.chat.events import (  # noqa: F401 - the engine interface's vocabulary
+    ChatEvent,
+    Finish,
+    TextDelta,
+    TokenLogprob,
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallEvent,
+    ToolCallStart,
+    TopLogprob,
+    new_tool_call_id,
+)
+from adapters.chat.messages import ChatMessage, ToolCall, ToolSpec  # noqa: F401
 
 from .base import Engine, InvalidInput
 
 # --------------------------------------------------------------------------- request
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A call the assistant made; ``arguments`` is the JSON text of the arguments object."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One turn. ``role`` is ``system``, ``user``, ``assistant`` or ``tool``.
-
-    ``content`` may be None on an assistant turn that only calls tools. A ``tool`` turn
-    carries the result of the call named by ``tool_call_id``. ``audio_tokens`` is set on the
-    current user turn for engines that read speech as discrete tokens
-    (:attr:`ChatEngine.accepts_audio_tokens`); ``content`` then holds its transcript, if known.
-    """
-
-    role: str
-    content: str | None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    tool_call_id: str | None = None
-    name: str | None = None
-    audio_tokens: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A function the model may call; ``parameters`` is the JSON schema of its arguments."""
-
-    name: str
-    description: str = ""
-    parameters: dict = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 @dataclass(frozen=True)
@@ -170,75 +148,6 @@ class ChatRequest:
 # --------------------------------------------------------------------------- events
 
 
-class TopLogprob(NamedTuple):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token: its text, log probability, UTF-8 bytes and the likeliest
-    alternatives (``top``, most likely first, at most ``top_logprobs`` of them)."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-    top: list[TopLogprob] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """The next piece of the answer, as soon as it exists. ``logprobs`` (when requested)
-    covers the tokens that produced this piece."""
-
-    text: str
-    logprobs: list[TokenLogprob] | None = None
-
-
-@dataclass(frozen=True)
-class ToolCallStart:
-    """A call's name is known. ``index`` counts the answer's calls from 0."""
-
-    index: int
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class ToolCallArgsDelta:
-    """The next piece of a call's arguments; the pieces concatenate to its JSON text."""
-
-    index: int
-    fragment: str
-
-
-@dataclass(frozen=True)
-class ToolCallEnd:
-    """A call is over. ``error`` is None when ``arguments`` is usable, else why not (a
-    parser cannot know before the end); ``closed`` is False when the output ended inside
-    the call's markup."""
-
-    index: int
-    name: str
-    arguments: str
-    closed: bool = True
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Finish:
-    """The last event. ``reason`` is ``"stop"``, ``"length"`` or ``"tool_calls"``."""
-
-    reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-ChatEvent = Union[TextDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Finish]
-ToolCallEvent = Union[ToolCallStart, ToolCallArgsDelta, ToolCallEnd]
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -268,11 +177,3 @@ class ChatEngine(Engine):
         Async: a model served elsewhere (Step-Audio-Chat in vLLM) has its tokenizer there."""
 
 
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def new_tool_call_id() -> str:
-    """A fresh id in OpenAI's shape (``call_`` and 24 letters and digits)."""
-    import secrets
-
-    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from adapters.step_audio.tools import (
     CALL_CLOSE,
     CALL_OPEN,
-    ToolCallParser,
+    MarkupToolCallParser,
     render_tool_call,
 )
-from adapters.tools.extract import ToolCallExtractor
+from adapters.tools.extract import JsonToolCallParser
 from engines.chat import TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from tests.cuts import cut
 
@@ -69,7 +69,7 @@ def json_documents(draw):
 @settings(max_examples=400)
 def test_json_calls_stream_out_exactly_as_written(document, cuts):
     calls, text = document
-    extractor = ToolCallExtractor()
+    extractor = JsonToolCallParser()
     events = [event for chunk in cut(text, cuts) for event in extractor.feed(chunk)]
     assert extractor.done
 
@@ -93,7 +93,7 @@ def test_json_calls_stream_out_exactly_as_written(document, cuts):
 @settings(max_examples=200)
 def test_json_extraction_does_not_depend_on_the_split(document, cuts):
     _, text = document
-    whole, streamed = ToolCallExtractor(), ToolCallExtractor()
+    whole, streamed = JsonToolCallParser(), JsonToolCallParser()
     whole.feed(text)
     for chunk in cut(text, cuts):
         streamed.feed(chunk)
@@ -139,7 +139,7 @@ def test_step_audio_calls_and_text_come_out_as_written(segments, cuts):
     calls = [s for s in segments if s[0] == "call"]
     # The markup tags occur only where calls were written (and no argument holds a tag).
     assume(output.count(CALL_OPEN) == len(calls) and output.count(CALL_CLOSE) == len(calls))
-    parser = ToolCallParser(TOOLS)
+    parser = MarkupToolCallParser(TOOLS)
     events = [e for chunk in cut(output, cuts) for e in parser.feed(chunk)] + parser.close()
 
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
@@ -166,7 +166,7 @@ def test_any_output_parses_the_same_however_it_is_cut(text, cuts):
     stray tag may still spell one when joined: "<</tool_call>tool_call>" says "<" and
     "tool_call>", none of it markup.)"""
     def run(chunks):
-        parser = ToolCallParser(TOOLS)
+        parser = MarkupToolCallParser(TOOLS)
         events = [e for chunk in chunks for e in parser.feed(chunk)] + parser.close()
         texts = [e.text for e in events if isinstance(e, TextDelta)]
         for piece in texts:

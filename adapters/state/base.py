@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from adapters.chat.audio_store import AudioStore
 from adapters.chat.transcripts import TranscriptCache
-from engines.base import EngineError
+from adapters.errors import EngineError
 
 WINDOW_SECONDS = 60
 

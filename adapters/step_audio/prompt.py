@@ -46,7 +46,7 @@ import enum
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from engines.chat import ChatMessage, ToolSpec
+from adapters.chat.messages import ChatMessage, ToolSpec
 
 from .audio_tokens import split_audio_tokens
 from .special_tokens import EOT, neutralise, open_turn, turn

@@ -15,7 +15,7 @@ convention from StepFun's vLLM fork, the best available guess for the
   ``<|BOT|>input\\n{content}<|EOT|>`` (StepFun's own Step-Audio2 example): a
   :class:`ToolResultFormat` picks one.
 
-:class:`ToolCallParser` reads the model's output as it streams. It reports the text
+:class:`MarkupToolCallParser` reads the model's output as it streams. It reports the text
 outside the markup (never a character of the markup, even a ``<tool_call>`` split across
 fragments: a possible partial tag at the end of a fragment is held back until the next one
 settles it), each call's name as soon as its line is complete, the arguments as they
@@ -23,7 +23,7 @@ arrive, and the end of each call, as the project's one set of events (``TextDelt
 ``ToolCallStart``, ``ToolCallArgsDelta``, ``ToolCallEnd`` from :mod:`engines.chat`). Its results do not depend on how the output is split.
 Calls are dropped, as by the fork's parser, when their name is not among the request's
 tools or the header has no name line; dropped calls produce no events at all and are
-listed in :attr:`ToolCallParser.dropped`. Invalid JSON arguments cannot be known until the
+listed in :attr:`MarkupToolCallParser.dropped`. Invalid JSON arguments cannot be known until the
 call ends, so :class:`ToolCallEnd` carries an ``error`` instead.
 """
 
@@ -33,15 +33,14 @@ import json
 from dataclasses import dataclass
 from typing import Collection, Sequence, Union
 
-from engines.chat import (
+from adapters.chat.events import (
     TextDelta,
-    ToolCall,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
-    ToolSpec,
     new_tool_call_id,
 )
+from adapters.chat.messages import ToolCall, ToolSpec
 
 from ..text.holdback import partial_marker_length
 from .special_tokens import turn
@@ -148,7 +147,7 @@ def _arguments_error(arguments: str) -> str | None:
     return None
 
 
-class ToolCallParser:
+class MarkupToolCallParser:
     """Feed streamed output with :meth:`feed`, then call :meth:`close` once at the end.
 
     ``tool_names``: the request's tools; a call to any other name is dropped. None
@@ -324,7 +323,7 @@ def parse_tool_calls(
     text: str, tool_names: Collection[str] | None = None
 ) -> tuple[str, list[ToolCallEnd]]:
     """A whole completion as (text outside the markup, calls whose ``error`` is None)."""
-    parser = ToolCallParser(tool_names)
+    parser = MarkupToolCallParser(tool_names)
     events = parser.feed(text) + parser.close()
     content = "".join(event.text for event in events if isinstance(event, TextDelta))
     return content, [call for call in parser.calls if call.error is None]

@@ -6,7 +6,7 @@
 * :mod:`.prompt`: tool turns and tool lists written as plain chat text.
 """
 
-from .extract import ToolCallExtractor
+from .extract import JsonToolCallParser
 from .prompt import render_messages, tools_system_prompt
 from .intent import DEFAULT_THRESHOLD, score_tools, tools_asked_for, tool_vocabulary, words
 from .schema import JSON_OBJECT_SCHEMA, call_schema, calls_schema, sequence_schema
@@ -14,7 +14,7 @@ from .schema import JSON_OBJECT_SCHEMA, call_schema, calls_schema, sequence_sche
 __all__ = [
     "DEFAULT_THRESHOLD",
     "JSON_OBJECT_SCHEMA",
-    "ToolCallExtractor",
+    "JsonToolCallParser",
     "call_schema",
     "calls_schema",
     "render_messages",

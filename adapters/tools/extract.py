@@ -1,7 +1,7 @@
 """Pull tool calls out of JSON text while it is still being generated.
 
 The model writes ``{"name": "get_weather", "arguments": {"city": "Berlin"}}`` (or an array
-of such objects) a token at a time. :class:`ToolCallExtractor` scans the text as it
+of such objects) a token at a time. :class:`JsonToolCallParser` scans the text as it
 arrives and reports, for each call object, the tool name as soon as its string is
 complete (:class:`~engines.chat.ToolCallStart`), then the raw text of the ``arguments``
 value piece by piece, exactly as generated (:class:`~engines.chat.ToolCallArgsDelta`: the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from engines.chat import (
+from adapters.chat.events import (
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallEvent,
@@ -41,7 +41,7 @@ class _Call:
     held: list[str] = field(default_factory=list)
 
 
-class ToolCallExtractor:
+class JsonToolCallParser:
     def __init__(self) -> None:
         self._stack: list[str] = []
         self._in_string = False
@@ -69,6 +69,12 @@ class ToolCallExtractor:
         self._flush_piece()
         events, self._events = self._events, []
         return events
+
+    def close(self) -> list[ToolCallEvent]:
+        """The output is complete. JSON holds nothing back, so nothing is left to settle:
+        whether the document ended (``done``) is the caller's to judge, since only it
+        knows whether the model stopped or was cut off."""
+        return []
 
     # ------------------------------------------------------------------ scanning
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from engines.chat import ChatMessage, ToolSpec
+from adapters.chat.messages import ChatMessage, ToolSpec
 
 DEFAULT_THRESHOLD = 2.0
 

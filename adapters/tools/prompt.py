@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from engines.chat import ChatMessage, ToolSpec
+from adapters.chat.messages import ChatMessage, ToolSpec
 
 
 def tools_system_prompt(tools: Sequence[ToolSpec]) -> str:

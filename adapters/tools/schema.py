@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Iterable, Sequence
 
-from engines.chat import ToolSpec
+from adapters.chat.messages import ToolSpec
 
 #: A schema accepting any JSON object, for ``response_format={"type": "json_object"}``.
 JSON_OBJECT_SCHEMA: dict = {"type": "object"}

@@ -59,7 +59,7 @@ from adapters.limits import min_prompt_tokens
 from adapters.text.holdback import partial_marker_length
 from adapters.tools import (
     JSON_OBJECT_SCHEMA,
-    ToolCallExtractor,
+    JsonToolCallParser,
     call_schema,
     render_messages,
     tools_asked_for,
@@ -327,9 +327,10 @@ class LlamaChatEngine(ChatEngine):
                         yield item
 
     async def _tool_events(self, tokens, n_prompt: int) -> AsyncIterator[ChatEvent]:
-        extractor = ToolCallExtractor()
+        extractor = JsonToolCallParser()
         async for item in tokens:
             if isinstance(item, _End):
+                extractor.close()
                 if item.reason == "length":  # cut inside the JSON: the calls are partial
                     yield Finish("length", n_prompt, item.completion_tokens)
                 elif extractor.done and all(_is_json(call.arguments) for call in extractor.calls):

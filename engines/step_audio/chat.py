@@ -44,7 +44,7 @@ from adapters.step_audio.special_tokens import (
     TOKENIZER_PROBE,
     TOKENIZER_PROBE_IDS,
 )
-from adapters.step_audio.tools import FUNCTION_OUTPUT, ToolCallParser, ToolResultFormat
+from adapters.step_audio.tools import FUNCTION_OUTPUT, MarkupToolCallParser, ToolResultFormat
 
 from ..base import EngineError, EngineUnavailable, InvalidInput
 from ..chat import (
@@ -189,7 +189,7 @@ class StepAudioChatEngine(ChatEngine):
         pool = self._started()
         prompt, forced, extra = self._prompt(request)
         names = {t.name for t in request.tools}
-        parser = ToolCallParser(tool_names=names)
+        parser = MarkupToolCallParser(tool_names=names)
         pending = ""
         if forced is not None:
             pending = f"{_CALL_OPEN}{forced}\n"

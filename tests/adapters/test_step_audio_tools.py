@@ -16,7 +16,7 @@ import pytest
 from adapters.step_audio.tools import (
     FUNCTION_OUTPUT,
     INPUT,
-    ToolCallParser,
+    MarkupToolCallParser,
     ToolResultFormat,
     parse_tool_calls,
     render_tool_call,
@@ -63,7 +63,7 @@ EXPECTED = [
 
 
 def run(fragments, tool_names=("get_weather", "get_time")):
-    parser = ToolCallParser(tool_names)
+    parser = MarkupToolCallParser(tool_names)
     events = []
     for fragment in fragments:
         events += parser.feed(fragment)
@@ -185,7 +185,7 @@ def test_text_is_released_as_soon_as_it_cannot_be_markup():
         e.text for e in EXPECTED if isinstance(e, TextDelta)
     ]
     for cut in range(len(COMPLETION) + 1):
-        parser = ToolCallParser({"get_weather"})
+        parser = MarkupToolCallParser({"get_weather"})
         so_far = "".join(e.text for e in parser.feed(COMPLETION[:cut]) if isinstance(e, TextDelta))
         certain = "".join(COMPLETION[a : min(b, cut)] for a, b in text_spans if a < cut)
         assert certain.startswith(so_far), cut
@@ -198,7 +198,7 @@ def test_text_is_released_as_soon_as_it_cannot_be_markup():
 
 def test_name_comes_before_arguments_and_arguments_stream():
     # §4.2 "Streaming: the name is emitted first, then argument diffs."
-    parser = ToolCallParser()
+    parser = MarkupToolCallParser()
     assert parser.feed("<tool_call>function\nget_wea") == []
     assert parser.feed("ther\n") == [started(0, "get_weather")]
     assert parser.feed('{"city": ') == [ToolCallArgsDelta(0, '{"city":')]
@@ -262,7 +262,7 @@ def test_partial_tags_that_never_complete_are_text():
     assert merged(events) == [TextDelta("a <tool_call")]
     events, _ = run(["x <", "y"])
     assert merged(events) == [TextDelta("x <y")]
-    parser = ToolCallParser()
+    parser = MarkupToolCallParser()
     assert parser.feed("see <tool_c") == [TextDelta("see ")]
     assert parser.close() == [TextDelta("<tool_c")]
 
@@ -289,7 +289,7 @@ def test_strip_tool_markup_for_tts():
 
 
 def test_feed_after_close_is_an_error():
-    parser = ToolCallParser()
+    parser = MarkupToolCallParser()
     parser.close()
     assert parser.close() == []
     with pytest.raises(RuntimeError):

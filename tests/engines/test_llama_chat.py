@@ -17,7 +17,7 @@ import llama_cpp  # noqa: E402
 import pytest
 
 from adapters.tools import (
-    ToolCallExtractor,
+    JsonToolCallParser,
     call_schema,
     calls_schema,
     render_messages,
@@ -218,8 +218,8 @@ class TestSchemas:
         assert "root ::=" in grammar and '\\"name\\"' in grammar
 
 
-def run_extractor(pieces: list[str]) -> tuple[list, ToolCallExtractor]:
-    extractor = ToolCallExtractor()
+def run_extractor(pieces: list[str]) -> tuple[list, JsonToolCallParser]:
+    extractor = JsonToolCallParser()
     events = []
     for piece in pieces:
         events.extend(extractor.feed(piece))
