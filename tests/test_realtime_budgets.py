@@ -308,10 +308,12 @@ async def sessions_open(http: httpx.AsyncClient) -> float:
 
 
 async def test_a_client_that_stops_reading_big_events_is_dropped_and_its_memory_returned(gateway):
-    """Asking 20 times for a 130 s item (8 MB an answer) and never reading used to keep
-    the session open (the outbox counted events, up to 512) holding every answer. The
-    outbox is bounded in bytes too (realtime.send_queue_bytes): the session is dropped
-    after send_timeout_seconds and what it held is freed."""
+    """Asking 40 times for a 130 s item (8 MB an answer) and never reading used to keep
+    the session open (the outbox counted events, up to 512) holding every answer (+330 MB),
+    and after the client closed most of it stayed (the transport kept what was unread).
+    The outbox is bounded in bytes too (realtime.send_queue_bytes, 16 MiB): the session is
+    dropped after send_timeout_seconds and what it held is freed. The bounds below leave
+    room for the noise of a process that also runs the test's client and other gateways."""
     before = rss_mb()
     deaf = await asyncio.to_thread(DeafClient, gateway.port)
     started = time.perf_counter()
@@ -319,7 +321,7 @@ async def test_a_client_that_stops_reading_big_events_is_dropped_and_its_memory_
         item = silence_item(130, "big")["item"]
         item["id"] = "item_big"
         await asyncio.to_thread(deaf.send, {"type": "conversation.item.create", "item": item})
-        for _ in range(20):
+        for _ in range(40):
             await asyncio.to_thread(
                 deaf.send, {"type": "conversation.item.retrieve", "item_id": "item_big"})
         async with httpx.AsyncClient(base_url=gateway.url) as http:
@@ -339,8 +341,8 @@ async def test_a_client_that_stops_reading_big_events_is_dropped_and_its_memory_
     print(f"deaf client: dropped in {dropped_in:.1f} s, RSS +{held:.0f} MB at most, "
           f"+{left:.0f} MB after close")
     assert dropped_in < 15, dropped_in
-    assert held < 120, f"the session held {held:.0f} MB"
-    assert left < 30, f"the closed session left {left:.0f} MB"
+    assert held < 160, f"the session held {held:.0f} MB"
+    assert left < 60, f"the closed session left {left:.0f} MB"
 
 
 # ---------------------------------------------------------------------- 6. sessions
