@@ -29,6 +29,13 @@ first check that finds it over (else a ``100 Continue`` sent just before a check
 leave it no time to start its body). An expired request that has sent something and got
 no response yet is answered ``408`` with the error envelope, then the connection is closed.
 
+Upgraded WebSockets run on :class:`GatewayWebSocketProtocol`, uvicorn's own with one
+change: when the app has finished with a connection whose client is not reading (its
+write buffer is over the high-water mark), the connection is aborted, not closed. A
+close waits for the buffer to drain, so a client that keeps the socket open and never
+reads would otherwise keep the megabytes queued for it (a realtime session's answers)
+for as long as it likes.
+
 The deadlines travel on the uvicorn ``Config`` (``gateway_deadlines``), not in a class
 made per configuration, so the protocol classes stay importable by name and a config
 pickled into worker processes keeps them.
@@ -45,6 +52,7 @@ import msgspec
 import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .settings import Settings
 from .streaming import DISCONNECT_WATCH, DisconnectWatch
@@ -242,6 +250,16 @@ class DeadlineMixin:
         self.transport.close()
 
 
+class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol; a finished connection whose client stopped reading
+    is aborted, freeing what was queued for it (see the module notes)."""
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        if not self.writable.is_set():  # paused: the client has not read what was sent
+            self.transport.abort()
+
+
 class DeadlineH11Protocol(DeadlineMixin, H11Protocol):
     """The fallback where httptools is not installed."""
 
@@ -268,6 +286,7 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         host=server.host,
         port=server.port,
         http=protocol_class(),
+        ws=GatewayWebSocketProtocol,
         loop="uvloop" if HAS_UVLOOP else "asyncio",
         timeout_keep_alive=server.keep_alive_timeout_seconds,
         limit_concurrency=server.max_connections or None,

@@ -233,10 +233,26 @@ class RealtimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_event_bytes: int = 8 * 1024 * 1024
     max_buffer_seconds: float = 120.0
     max_items: int = 500
-    # Events queued for a client that is not reading; when the queue stays full this
-    # long, the session is closed and its engines freed.
+    # A client with more than this many events or bytes waiting for it, or whose socket
+    # takes no event for send_timeout_seconds, has stopped reading: it is dropped.
     send_queue_events: int = 512
     send_timeout_seconds: float = 10.0
+    send_queue_bytes: int = 16 * 1024 * 1024
+    # Open sessions in this process; kept below server.max_connections so plain HTTP
+    # requests always find a connection slot.
+    max_sessions: int = 100
+    # Input audio a session holds: its input buffer and its items' audio together.
+    max_audio_seconds_held: float = 600.0
+    # Committed audio items awaiting transcription; more are refused, so one session
+    # cannot keep the recogniser busy for everyone else.
+    max_pending_transcriptions: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.max_sessions, self.max_pending_transcriptions, self.send_queue_bytes) < 1:
+            raise ValueError(
+                "realtime.max_sessions, max_pending_transcriptions and send_queue_bytes"
+                " must be >= 1"
+            )
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -251,6 +267,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     voices: dict[str, list[str]] = {}
 
     def __post_init__(self) -> None:
+        slots = self.server.max_connections
+        if slots and self.realtime.max_sessions >= slots:
+            raise ValueError(
+                f"realtime.max_sessions ({self.realtime.max_sessions}) must be below"
+                f" server.max_connections ({slots}): sessions that took every connection"
+                " would leave none for HTTP requests"
+            )
         workers = self.server.workers
         if workers == "auto" or workers == 1:
             return

@@ -16,7 +16,6 @@ prefix and its references are rewritten to match.
 
 from __future__ import annotations
 
-import copy
 from typing import Iterable, Sequence
 
 from adapters.chat.messages import ToolSpec
@@ -107,32 +106,44 @@ def _with_defs(schema: dict, defs: dict) -> dict:
 
 def _hoist_defs(parameters: dict, prefix: str) -> tuple[dict, dict]:
     """Copy ``parameters`` with its local definitions moved out under ``prefix``."""
-    parameters = copy.deepcopy(parameters)
     if not isinstance(parameters, dict):
-        return parameters, {}
-    local: dict = {}
-    for key in _DEF_KEYS:
-        for def_name, definition in (parameters.pop(key, None) or {}).items():
-            local[f"{key}/{def_name}"] = definition
-    if not local:
-        return parameters, {}
+        return _copy(parameters, {}), {}
+    local = {
+        f"{key}/{def_name}": definition
+        for key in _DEF_KEYS
+        if isinstance(parameters.get(key), dict)
+        for def_name, definition in parameters[key].items()
+    }
+    renamed = {
+        f"#/{path}": f"#/$defs/{prefix}{path.split('/', 1)[1]}" for path in local
+    }
+    body = {key: value for key, value in parameters.items() if key not in _DEF_KEYS}
+    hoisted = {
+        f"{prefix}{path.split('/', 1)[1]}": _copy(definition, renamed)
+        for path, definition in local.items()
+    }
+    return _copy(body, renamed), hoisted
 
-    def rewrite(node):
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/"):
-                target = ref[2:]
-                if target in local:
-                    node["$ref"] = f"#/$defs/{prefix}{target.split('/', 1)[1]}"
-            for value in node.values():
-                rewrite(value)
-        elif isinstance(node, list):
-            for value in node:
-                rewrite(value)
 
-    rewrite(parameters)
-    hoisted = {}
-    for path, definition in local.items():
-        rewrite(definition)
-        hoisted[f"{prefix}{path.split('/', 1)[1]}"] = definition
-    return parameters, hoisted
+def _copy(node: object, renamed: dict[str, str]) -> object:
+    """A deep copy of the JSON value ``node`` with each ``$ref`` in ``renamed`` rewritten.
+
+    Iterative, not recursive: a schema nested deeper than Python's recursion limit (a
+    client's, before or without the budget of adapters/limits.py) must not raise
+    RecursionError here."""
+    holder: list = [None]
+    stack: list[tuple[object, object, object]] = [(node, holder, 0)]
+    while stack:
+        value, parent, key = stack.pop()
+        if isinstance(value, dict):
+            copied: object = dict.fromkeys(value)
+            stack.extend((child, copied, name) for name, child in value.items())
+        elif isinstance(value, list):
+            copied = [None] * len(value)
+            stack.extend((child, copied, i) for i, child in enumerate(value))
+        elif key == "$ref" and isinstance(value, str) and isinstance(parent, dict):
+            copied = renamed.get(value, value)
+        else:
+            copied = value
+        parent[key] = copied  # type: ignore[index]
+    return holder[0]

@@ -22,6 +22,13 @@ from ...errors import InvalidRequest
 from ..tool_choice import choose_tools
 from . import protocol as p
 
+_S16_SCALE = 32767.0  # adapters.audio.pcm's scale
+
+
+def float_to_s16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * _S16_SCALE).round().astype(np.int16)
+
+
 DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short."
 
 
@@ -45,11 +52,22 @@ class Item:
     name: str | None = None
     arguments: str | None = None
     output: str | None = None
-    audio: np.ndarray | None = None  # user speech, 16 kHz float32
+    audio: np.ndarray | None = None  # user speech, 16 kHz int16: see keep_audio
     out_audio: bytearray = field(default_factory=bytearray)  # assistant speech, wire bytes
     marks: list[tuple[int, str]] = field(default_factory=list)
     transcription: asyncio.Task | None = None
     format: str = "audio/pcm"  # the wire format of out_audio
+    chars: int = 0  # the text a client sent in it (see RealtimeSession._check_text_held)
+
+    def keep_audio(self, samples: np.ndarray) -> None:
+        """Hold user speech (16 kHz float32) as int16: half the memory of float32 for a
+        session's minutes of audio, and no loss the 16-bit wire had not already made."""
+        self.audio = float_to_s16(samples)
+
+    def samples(self) -> np.ndarray:
+        """The held speech as float32 again, for the recogniser and the wire."""
+        assert self.audio is not None
+        return self.audio.astype(np.float32) / _S16_SCALE
 
     def wire(self) -> dict:
         item: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type}
@@ -96,6 +114,8 @@ def item_from_wire(wire: p.Item) -> Item:
         if wire.call_id is None:
             raise InvalidRequest("A function_call_output item needs a call_id.", param="item.call_id")
         item.call_id, item.output = wire.call_id, wire.output or ""
+    item.chars = sum(len(c["text"] or "") + len(c["transcript"] or "") for c in item.content)
+    item.chars += len(item.arguments or "") + len(item.output or "")
     return item
 
 

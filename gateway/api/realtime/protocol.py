@@ -4,20 +4,32 @@ Decoding each event into these structs is the validation: a wrong type, an unkno
 or a missing field becomes an ``error`` server event naming the field, and the session
 goes on. Unknown fields are ignored, as OpenAI ignores them, so newer SDKs keep working.
 Server events are plain dicts built in :mod:`.events`.
+
+Numeric fields carry the ranges OpenAI's spec gives them (``msgspec.Meta``), so an
+out-of-range value is refused at decoding with an error naming its field. What the spec
+leaves open (VAD durations) is bounded here by what a turn can sensibly last.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
+from msgspec import Meta
+
+from adapters.limits import BudgetExceeded, cap_schemas
 
 AudioFormatType = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
+
+# A minute of padding or of silence is far past any turn; larger values only pile audio up.
+_Milliseconds = Annotated[int, Meta(ge=0, le=60_000)]
+# The spec: "between 1 and 4096 tokens ... or inf".
+MaxOutputTokens = Union[Annotated[int, Meta(ge=1, le=4096)], Literal["inf"]]
 
 
 class AudioFormat(msgspec.Struct, kw_only=True):
     type: AudioFormatType = "audio/pcm"
-    rate: int | None = None
+    rate: Annotated[int, Meta(gt=0)] | None = None
 
 
 class Transcription(msgspec.Struct, kw_only=True):
@@ -28,13 +40,13 @@ class Transcription(msgspec.Struct, kw_only=True):
 
 class TurnDetection(msgspec.Struct, kw_only=True):
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float | None = msgspec.field(default=None)
-    prefix_padding_ms: int | None = None
-    silence_duration_ms: int | None = None
+    threshold: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    prefix_padding_ms: _Milliseconds | None = None
+    silence_duration_ms: _Milliseconds | None = None
     create_response: bool | None = None
     interrupt_response: bool | None = None
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
-    idle_timeout_ms: int | None = None
+    idle_timeout_ms: Annotated[int, Meta(ge=5_000, le=30_000)] | None = None
 
 
 class AudioInput(msgspec.Struct, kw_only=True):
@@ -47,7 +59,7 @@ class AudioInput(msgspec.Struct, kw_only=True):
 class AudioOutput(msgspec.Struct, kw_only=True):
     format: AudioFormat | None = None
     voice: str | None = None
-    speed: float | None = None
+    speed: Annotated[float, Meta(ge=0.25, le=1.5)] | None = None
 
 
 class AudioConfig(msgspec.Struct, kw_only=True):
@@ -78,11 +90,18 @@ class SessionConfig(msgspec.Struct, kw_only=True):
     audio: AudioConfig | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: MaxOutputTokens | None = None
     tracing: Any = None
     include: list[str] | None = None
     truncation: Any = None
     prompt: Any = None
+
+    def check_input(self, limits, at: str = "session") -> None:
+        _check_text(self.instructions, f"{at}.instructions", limits)
+        transcription = self.audio.input.transcription if self.audio and self.audio.input else None
+        if isinstance(transcription, Transcription):
+            _check_text(transcription.prompt, f"{at}.audio.input.transcription.prompt", limits)
+        _check_tools(self.tools, f"{at}.tools", limits)
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -104,6 +123,13 @@ class Item(msgspec.Struct, kw_only=True):
     arguments: str | None = None
     output: str | None = None
 
+    def check_input(self, limits, at: str = "item") -> None:
+        for i, part in enumerate(self.content or ()):
+            _check_text(part.text, f"{at}.content[{i}].text", limits)
+            _check_text(part.transcript, f"{at}.content[{i}].transcript", limits)
+        _check_text(self.arguments, f"{at}.arguments", limits)
+        _check_text(self.output, f"{at}.output", limits)
+
 
 class ResponseConfig(msgspec.Struct, kw_only=True):
     instructions: str | None = None
@@ -111,10 +137,40 @@ class ResponseConfig(msgspec.Struct, kw_only=True):
     audio: AudioConfig | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: MaxOutputTokens | None = None
     conversation: Literal["auto", "none"] | str | None = None
     input: list[Item] | None = None
     metadata: dict[str, str] | None = None
+
+    def check_input(self, limits, at: str = "response") -> None:
+        _check_text(self.instructions, f"{at}.instructions", limits)
+        for i, item in enumerate(self.input or ()):
+            item.check_input(limits, f"{at}.input[{i}]")
+        _check_tools(self.tools, f"{at}.tools", limits)
+
+
+def _check_text(text: str | None, param: str, limits) -> None:
+    """The text-length budget HTTP chat applies to each message (see chat's protocol)."""
+    if text is not None and len(text) > limits.max_text_chars:
+        raise BudgetExceeded(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{limits.max_text_chars}, but got a string with length {len(text)} instead.",
+            param,
+            "string_above_max_length",
+        )
+
+
+def _check_tools(tools: list[FunctionTool] | None, at: str, limits) -> None:
+    """Chat's schema budget for the tools' parameters (they become one grammar), capped in
+    place as chat caps them; each refusal names the tool's field."""
+    if not tools:
+        return
+    for i, tool in enumerate(tools):
+        _check_text(tool.description, f"{at}[{i}].description", limits)
+    listed = [(t, f"{at}[{i}].parameters") for i, t in enumerate(tools) if t.parameters is not None]
+    capped = cap_schemas([(t.parameters, where) for t, where in listed], limits.schema_budget(), at)
+    for (tool, _), parameters in zip(listed, capped):
+        tool.parameters = parameters
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="type"):
@@ -123,6 +179,9 @@ class _Event(msgspec.Struct, kw_only=True, tag_field="type"):
 
 class SessionUpdate(_Event, tag="session.update"):
     session: SessionConfig
+
+    def check_input(self, limits) -> None:
+        self.session.check_input(limits)
 
 
 class AudioAppend(_Event, tag="input_audio_buffer.append"):
@@ -145,6 +204,9 @@ class ItemCreate(_Event, tag="conversation.item.create"):
     item: Item
     previous_item_id: str | None = None
 
+    def check_input(self, limits) -> None:
+        self.item.check_input(limits)
+
 
 class ItemRetrieve(_Event, tag="conversation.item.retrieve"):
     item_id: str
@@ -156,12 +218,16 @@ class ItemDelete(_Event, tag="conversation.item.delete"):
 
 class ItemTruncate(_Event, tag="conversation.item.truncate"):
     item_id: str
-    content_index: int
-    audio_end_ms: int
+    content_index: Annotated[int, Meta(ge=0)]
+    audio_end_ms: Annotated[int, Meta(ge=0)]
 
 
 class ResponseCreate(_Event, tag="response.create"):
     response: ResponseConfig | None = None
+
+    def check_input(self, limits) -> None:
+        if self.response is not None:
+            self.response.check_input(limits)
 
 
 class ResponseCancel(_Event, tag="response.cancel"):

@@ -335,7 +335,7 @@ class ResponseRun:
             if not engine.accepts_audio_tokens:
                 return messages
         async with session.registry.audio_tokens(session.settings.chat.input_audio_tokenizer) as tok:
-            tokens = await tok.tokenize(item.audio, RATE)
+            tokens = await tok.tokenize(item.samples(), RATE)
         messages = list(messages)
         messages[index] = ChatMessage("user", None, audio_tokens=tokens.text)
         return messages

@@ -2,17 +2,26 @@
 
 Keys are checked before the upgrade by the app's key middleware (``Authorization``, or
 the ``openai-insecure-api-key.<key>`` subprotocol browsers send); the ``realtime``
-subprotocol a browser offers is answered. The key's per-key policy (gateway.policy) is
-applied at the handshake: a model it may not use is refused as an unknown one, and the
-open session holds one of its concurrent streams. The socket is read by one task and written by
-another through a bounded queue: a client that stops reading fills it, and after
-``send_timeout_seconds`` the session is closed and every engine it held is freed.
+subprotocol a browser offers is answered. The key's policy (gateway.policy) is applied at
+the handshake as HTTP applies it per request: a model it may not use is refused as an
+unknown one, and the open session holds one of its concurrent streams until it closes.
+At most ``realtime.max_sessions`` sessions are
+open at once (below ``server.max_connections``, so idle sessions can never take the
+connection slots HTTP requests need); one more is answered with an ``error`` event and
+closed with 1013 (try again later).
+
+The socket is read by one task and written by another through an :class:`Outbox`, the
+project's one pump (gateway.pump): the session never waits on its client. A client whose
+unread events pass ``send_queue_bytes``, or whose socket takes no event for
+``send_timeout_seconds``, has stopped reading: the session is closed and every engine it
+held is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 import anyio
 import msgspec
@@ -26,79 +35,133 @@ from ... import metrics
 from ...auth import owner_of
 from ...errors import error_from_engine
 from ...policy import Policy
+from ...pump import Pump
+from ...settings import RealtimeSettings
 from .serving import RealtimeSession, SessionClosed
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_MODEL = "gpt-realtime"
+_OPEN = "realtime_sessions_open"  # app state: sessions open in this process
+_TRY_AGAIN_LATER = 1013
 _encoder = msgspec.json.Encoder()
+
+
+class Outbox:
+    """Encoded server events on their way to the socket (see the module notes)."""
+
+    def __init__(self, limits: RealtimeSettings) -> None:
+        self.limits = limits
+        self.pump: Pump[str] = Pump(limits.send_queue_bytes)
+        self.stalled = asyncio.Event()
+
+    async def put(self, event: dict) -> None:
+        if self.stalled.is_set():
+            raise SessionClosed("the client stopped reading")
+        text = _encoder.encode(event).decode()
+        room = self.pump.put(text, len(text))
+        if not room or len(self.pump.items) > self.limits.send_queue_events:
+            self._stall()
+
+    def _stall(self) -> None:
+        self.stalled.set()
+        self.pump.take()  # what it will never read is let go at once
+        self.pump.wake()
+        raise SessionClosed("the client stopped reading")
+
+    async def write_to(self, socket: WebSocket) -> None:
+        while not self.stalled.is_set():
+            if self.pump.items:
+                await self._send(socket, self.pump.take())
+            else:
+                await self.pump.wait()
+
+    async def _send(self, socket: WebSocket, texts: deque[str]) -> None:
+        """Send, each within ``send_timeout_seconds``: a send that makes no progress that
+        long means the client stopped reading. (Returns holding no event.)"""
+        while texts:
+            try:
+                async with asyncio.timeout(self.limits.send_timeout_seconds):
+                    await socket.send_text(texts.popleft())
+            except TimeoutError:
+                self.stalled.set()
+                return
+
+
+async def _refuse(socket: WebSocket, error: EngineError, code: int, reason: str) -> None:
+    event = {
+        "type": "error",
+        "event_id": "event_refused",
+        "error": {"type": error.type, "code": error.code, "message": error.message,
+                  "param": error.param, "event_id": None},
+    }
+    await socket.send_text(_encoder.encode(event).decode())
+    await socket.close(code=code, reason=reason)
+
+
+class SessionLimitReached(EngineError):
+    status_code = 503
+    type = "server_error"
+    code = "session_limit_reached"
+
+
+async def _admit(socket: WebSocket, policy: Policy) -> EngineError | None:
+    """Why this session may not open (too many open, a model unknown or not the key's, the
+    key's limits), or None: then the session holds one of its key's concurrent streams."""
+    settings = socket.app.state["settings"]
+    limit = settings.realtime.max_sessions
+    if socket.app.state.get(_OPEN, 0) >= limit:
+        return SessionLimitReached(
+            f"This gateway serves at most {limit} realtime sessions at once; try again later."
+        )
+    try:
+        socket.app.state["registry"].check(_model(socket), Capability.CHAT)
+        policy.check_model(_model(socket))
+        await policy.admit(stream=True)
+    except EngineError as exc:
+        error = error_from_engine(exc)
+        if error.status_code == 404:
+            error.param = "model"
+        return error
+    return None
+
+
+def _model(socket: WebSocket) -> str:
+    return socket.query_params.get("model") or DEFAULT_MODEL
 
 
 @websocket("/v1/realtime", include_in_schema=False)
 async def realtime(socket: WebSocket) -> None:
-    registry = socket.app.state["registry"]
-    settings = socket.app.state["settings"]
     offered = socket.scope.get("subprotocols") or []
     await socket.accept(subprotocols="realtime" if "realtime" in offered else None)
-    model = socket.query_params.get("model") or DEFAULT_MODEL
-    # The key's policy, as HTTP builds one per request: a model it may not use reads as
-    # unknown, and an open session holds one of its concurrent streams until it closes.
     policy = socket.app.state["policies"].of(owner_of(socket.scope))
-    try:
-        registry.check(model, Capability.CHAT)
-        policy.check_model(model)
-        await policy.admit(stream=True)
-    except EngineError as exc:
-        await _refuse(socket, exc)
+    refusal = await _admit(socket, policy)
+    if refusal is not None:
+        # 1008 for what the key may not do; 1013 "try again later" for a limit or outage.
+        retry = refusal.status_code == 429 or refusal.status_code >= 500
+        await _refuse(socket, refusal, _TRY_AGAIN_LATER if retry else 1008,
+                      (refusal.code or "refused")[:120])
         return
+    state = socket.app.state
+    state[_OPEN] = state.get(_OPEN, 0) + 1
+    metrics.REALTIME_SESSIONS.inc()
     try:
-        await _serve(socket, registry, settings, model, policy)
+        await _serve(socket, policy)
     finally:
+        state[_OPEN] -= 1
+        metrics.REALTIME_SESSIONS.dec()
         with anyio.CancelScope(shield=True):  # a session that broke still frees its stream
             await policy.release(refund=False)
 
 
-async def _refuse(socket: WebSocket, exc: EngineError) -> None:
-    """The handshake's refusal: an ``error`` event the SDKs raise, then the close (1008
-    for what the key may not do, 1013 "try again later" for a limit or an outage)."""
-    error = error_from_engine(exc)
-    await socket.send_text(
-        _encoder.encode(
-            {
-                "type": "error",
-                "event_id": "event_handshake",
-                "error": {"type": error.type, "code": error.code, "message": error.message,
-                          "param": error.param, "event_id": None},
-            }
-        ).decode()
+async def _serve(socket: WebSocket, policy: Policy) -> None:
+    settings = socket.app.state["settings"]
+    outbox = Outbox(settings.realtime)
+    session = RealtimeSession(
+        socket.app.state["registry"], settings, _model(socket), outbox.put, policy
     )
-    retry = error.status_code == 429 or error.status_code >= 500
-    await socket.close(code=1013 if retry else 1008, reason=(error.code or "refused")[:120])
-
-
-async def _serve(socket: WebSocket, registry, settings, model: str, policy: Policy) -> None:
-    limits = settings.realtime
-    outbox: asyncio.Queue[dict | None] = asyncio.Queue(maxsize=limits.send_queue_events)
-
-    stalled = asyncio.Event()
-
-    async def send(event: dict) -> None:
-        if stalled.is_set():
-            raise SessionClosed("the client stopped reading")
-        try:
-            await asyncio.wait_for(outbox.put(event), limits.send_timeout_seconds)
-        except asyncio.TimeoutError:
-            stalled.set()
-            raise SessionClosed("the client stopped reading") from None
-
-    async def writer() -> None:
-        while (event := await outbox.get()) is not None:
-            await socket.send_text(_encoder.encode(event).decode())
-
-    session = RealtimeSession(registry, settings, model, send, policy)
-    metrics.REALTIME_SESSIONS.inc()
-    writing = asyncio.create_task(writer())
-    stalling = asyncio.create_task(stalled.wait())
+    writing = asyncio.create_task(outbox.write_to(socket))
+    stalling = asyncio.create_task(outbox.stalled.wait())
     try:
         await session.start()
         while True:
@@ -119,11 +182,12 @@ async def _serve(socket: WebSocket, registry, settings, model: str, policy: Poli
     except (WebSocketDisconnect, SessionClosed):
         pass
     finally:
-        metrics.REALTIME_SESSIONS.dec()
         await session.close()
         writing.cancel()
         stalling.cancel()
         with contextlib.suppress(BaseException):
             await writing
         with contextlib.suppress(BaseException):
-            await socket.close()
+            # Bounded: a close frame waits behind what a client that stopped reading
+            # left unread (the server then aborts the connection: gateway/server.py).
+            await asyncio.wait_for(socket.close(), 1.0)

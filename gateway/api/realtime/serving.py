@@ -23,6 +23,7 @@ import numpy as np
 import structlog
 
 from adapters.audio.pcm import resample
+from adapters.limits import BudgetExceeded, json_depth
 from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wire, wire_rate
 from adapters.realtime.vad import (
     RATE,
@@ -100,6 +101,7 @@ class RealtimeSession:
         self.items: dict[str, Item] = {}
         self.response: Response | None = None
         self.expires_at = int(time.time()) + 3600
+        self._transcribing: set[asyncio.Task] = set()  # items' transcriptions not yet done
         self._reset_input()
         self._speech_stopped_at: float | None = None
 
@@ -155,7 +157,7 @@ class RealtimeSession:
 
     async def close(self) -> None:
         """The socket is gone: stop every task so no engine stays held for it."""
-        tasks = [i.transcription for i in self.items.values() if i.transcription]
+        tasks = list(self._transcribing)
         if self._speculation is not None:
             tasks.append(self._speculation)
         if self.response is not None and self.response.task is not None:
@@ -172,29 +174,53 @@ class RealtimeSession:
 
     async def handle(self, frame: str | bytes) -> None:
         """One client event. Bad events get an ``error`` naming them; nothing ends the session."""
-        size = len(frame.encode() if isinstance(frame, str) else frame)
-        if size > self.limits.max_event_bytes:
-            await self.error(
-                InvalidRequest(
-                    f"The event is {size} bytes; the limit is {self.limits.max_event_bytes}.",
-                    code="event_too_large",
-                )
-            )
-            return
-        try:
-            event = p.decoder.decode(frame)
-        except msgspec.ValidationError as exc:
-            await self.error(error_from_msgspec(exc), event_id_of(frame))
-            return
-        except msgspec.DecodeError:
-            await self.error(
-                InvalidRequest("The event is not valid JSON.", code="invalid_json"), None
-            )
+        event = await self._decode(frame.encode() if isinstance(frame, str) else frame)
+        if event is None:
             return
         try:
             await self._dispatch(event)
         except EngineError as exc:
             await self.error(exc, event.event_id)
+
+    async def _decode(self, data: bytes) -> Any | None:
+        """The event, or None once an ``error`` has said why not. The same order and budgets
+        as an HTTP body (gateway/json_body.py): size and nesting on the raw bytes, then
+        shape, then the struct's own ``check_input`` (text lengths, tool schemas)."""
+        try:
+            self._check_frame(data)
+            event = p.decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            await self.error(error_from_msgspec(exc), event_id_of(data))
+            return None
+        except (msgspec.DecodeError, RecursionError):
+            await self.error(InvalidRequest("The event is not valid JSON.", code="invalid_json"))
+            return None
+        except InvalidRequest as exc:
+            await self.error(exc)
+            return None
+        check = getattr(event, "check_input", None)
+        try:
+            if check is not None:
+                check(self.settings.limits)
+        except BudgetExceeded as exc:
+            refusal = InvalidRequest(exc.message, param=exc.param, code=exc.code)
+            await self.error(refusal, event.event_id)
+            return None
+        return event
+
+    def _check_frame(self, data: bytes) -> None:
+        if len(data) > self.limits.max_event_bytes:
+            raise InvalidRequest(
+                f"The event is {len(data)} bytes; the limit is {self.limits.max_event_bytes}.",
+                code="event_too_large",
+            )
+        depth = self.settings.limits.max_json_depth
+        # Checked before decoding: a deeply nested frame would recurse in the decoder.
+        if json_depth(data, depth) > depth:
+            raise InvalidRequest(
+                f"The event nests arrays and objects more than {depth} levels deep.",
+                code="invalid_json",
+            )
 
     async def _dispatch(self, event: Any) -> None:
         if isinstance(event, p.SessionUpdate):
@@ -250,7 +276,7 @@ class RealtimeSession:
     def _item_audio(self, item: Item) -> bytes:
         if item.audio is not None:
             fmt = self.config.input_format
-            return encode_wire(fmt, resample(item.audio, RATE, wire_rate(fmt)))
+            return encode_wire(fmt, resample(item.samples(), RATE, wire_rate(fmt)))
         return bytes(item.out_audio)
 
     # ------------------------------------------------------------------ session.update
@@ -346,6 +372,7 @@ class RealtimeSession:
             data = base64.b64decode(data_b64, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest("The audio is not valid base64.", param="audio") from None
+        self._check_audio_held(len(data), "audio")
         samples = self.converter.push(data)
         limit = int(self.limits.max_buffer_seconds * RATE)
         if self.buffered + len(samples) > limit:
@@ -361,41 +388,109 @@ class RealtimeSession:
         if self.config.turn_detection is None:
             return
         for turn in self.detector.push(samples):
-            if isinstance(turn, SpeechStarted):
-                await self.send(
-                    "input_audio_buffer.speech_started",
-                    audio_start_ms=turn.audio_start_ms,
-                    item_id=self._pending_item,
-                )
-                self._trim_to(turn.audio_start_ms * RATE // 1000)
-                if self.response is not None and self.config.turn_detection.interrupt_response is not False:
-                    metrics.REALTIME_BARGE_INS.inc()
-                    await self.cancel_response("turn_detected")
-            elif isinstance(turn, Paused):
-                # Step-Audio's scheme: start hearing the turn at the first pause; kept only
-                # if the silence lasts (speech_stopped), dropped if the user goes on.
-                self._drop_speculation()
-                if self.buffer:
-                    heard = np.concatenate(self.buffer)
-                    self._speculation = asyncio.create_task(self._recognise(heard))
-            elif isinstance(turn, Resumed):
-                self._drop_speculation()
-            elif isinstance(turn, SpeechStopped):
-                self._speech_stopped_at = time.perf_counter()
-                await self.send(
-                    "input_audio_buffer.speech_stopped",
-                    audio_end_ms=turn.audio_end_ms,
-                    item_id=self._pending_item,
-                )
-                heard, self._speculation = self._speculation, None
-                item = await self._commit(manual=False, heard=heard)
-                if item is None and heard is not None:
-                    heard.cancel()
-                if item is not None and self.config.turn_detection.create_response is not False:
-                    await self.create_response(None)
+            await self._on_turn(turn)
         if not self.detector.speaking:  # silence: keep only what a prefix may need
             keep = int(self.config.vad().prefix_padding_ms * RATE / 1000) + 2 * 512
             self._trim_to(self.heard - keep)
+
+    async def _on_turn(self, turn: Any) -> None:
+        """What the turn detector heard in the audio just appended."""
+        if isinstance(turn, SpeechStarted):
+            await self.send(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=turn.audio_start_ms,
+                item_id=self._pending_item,
+            )
+            self._trim_to(turn.audio_start_ms * RATE // 1000)
+            interrupts = self.config.turn_detection.interrupt_response is not False
+            if self.response is not None and interrupts:
+                metrics.REALTIME_BARGE_INS.inc()
+                await self.cancel_response("turn_detected")
+        elif isinstance(turn, Paused):
+            # Step-Audio's scheme: start hearing the turn at the first pause; kept only
+            # if the silence lasts (speech_stopped), dropped if the user goes on. Not
+            # while the recogniser already has this session's full share of work.
+            self._drop_speculation()
+            room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
+            if self.buffer and room:
+                heard = np.concatenate(self.buffer)
+                self._speculation = asyncio.create_task(self._recognise(heard))
+        elif isinstance(turn, Resumed):
+            self._drop_speculation()
+        elif isinstance(turn, SpeechStopped):
+            await self._on_speech_stopped(turn)
+
+    async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
+        self._speech_stopped_at = time.perf_counter()
+        await self.send(
+            "input_audio_buffer.speech_stopped",
+            audio_end_ms=turn.audio_end_ms,
+            item_id=self._pending_item,
+        )
+        heard, self._speculation = self._speculation, None
+        item = None
+        try:
+            item = await self._commit(manual=False, heard=heard)
+        except InvalidRequest:
+            # A turn that cannot be kept (a budget is spent) is dropped, not left to grow
+            # the buffer: the error event says why.
+            self._clear_buffer()
+            raise
+        finally:
+            if item is None and heard is not None:
+                heard.cancel()
+        if item is not None and self.config.turn_detection.create_response is not False:
+            await self.create_response(None)
+
+    def _check_audio_held(self, n_bytes: int, param: str) -> None:
+        """Refuse ``n_bytes`` more of wire audio when the session would hold more than
+        ``max_audio_seconds_held`` of input (buffer and items), before decoding it."""
+        incoming = n_bytes * RATE // bytes_per_second(self.config.input_format)
+        held = self.buffered + sum(len(i.audio) for i in self.items.values() if i.audio is not None)
+        limit = self.limits.max_audio_seconds_held
+        if held + incoming > limit * RATE:
+            raise InvalidRequest(
+                f"The session holds {held / RATE:.1f} s of input audio; with this "
+                f"{incoming / RATE:.1f} s it would pass its limit of {limit:g} s. Delete "
+                "conversation items or clear the input buffer.",
+                param=param,
+                code="session_audio_limit",
+            )
+
+    def _check_text_held(self, item: Item) -> None:
+        """The text clients put in a conversation is, all together, at most what chat
+        takes in one message (limits.max_text_chars): 500 items of an 8 MB event each
+        would otherwise be gigabytes, and all of it becomes the next prompt."""
+        limit = self.settings.limits.max_text_chars
+        held = sum(i.chars for i in self.items.values())
+        if held + item.chars > limit:
+            raise InvalidRequest(
+                f"The conversation holds {held} characters of client text; with this item's "
+                f"{item.chars} it would pass its limit of {limit}. Delete conversation items.",
+                param="item",
+                code="session_text_limit",
+            )
+
+    def _transcriptions_pending(self) -> int:
+        return len(self._transcribing)
+
+    def _check_transcription_room(self) -> None:
+        """One session may keep at most ``max_pending_transcriptions`` items waiting for
+        the recogniser, which every key shares."""
+        limit = self.limits.max_pending_transcriptions
+        if self._transcriptions_pending() >= limit:
+            raise InvalidRequest(
+                f"{self._transcriptions_pending()} audio items are still being transcribed; "
+                f"a session may have at most {limit} waiting. Try again when one is done.",
+                code="too_many_pending_transcriptions",
+            )
+
+    def _start_transcription(self, item: Item, heard: asyncio.Task | None = None) -> None:
+        """Counted until it ends, even if its item is deleted: the work goes on."""
+        task = asyncio.create_task(self._transcribe(item, heard))
+        item.transcription = task
+        self._transcribing.add(task)
+        task.add_done_callback(self._transcribing.discard)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -421,25 +516,29 @@ class RealtimeSession:
                 )
             return None
         self._check_items_budget()
+        self._check_transcription_room()
         audio = np.concatenate(self.buffer)
         try:  # heard audio is charged whole on commit, or refused charging nothing
             await self.policy.charge_audio_in(len(audio) / RATE)
         except EngineError:
-            self.buffer, self.buffered = [], 0
-            self.buffer_start = self.heard
+            self._clear_buffer()
             raise
-        item = Item(id=self._pending_item, type="message", role="user", audio=audio)
+        item = Item(id=self._pending_item, type="message", role="user")
+        item.keep_audio(audio)
         item.content.append({"type": "input_audio", "transcript": None})
-        self.buffer, self.buffered = [], 0
-        self.buffer_start = self.heard
-        self._pending_item = _id("item")
+        self._clear_buffer()
         previous = self._last_id()
         self.items[item.id] = item
         await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
         await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
-        item.transcription = asyncio.create_task(self._transcribe(item, heard))
+        self._start_transcription(item, heard)
         return item
+
+    def _clear_buffer(self) -> None:
+        self.buffer, self.buffered = [], 0
+        self.buffer_start = self.heard
+        self._pending_item = _id("item")
 
     def _last_id(self) -> str | None:
         return next(reversed(self.items), None) if self.items else None
@@ -480,7 +579,7 @@ class RealtimeSession:
                     if asyncio.current_task().cancelling():
                         raise
             if pieces is None:
-                pieces = await self._recognise(item.audio)
+                pieces = await self._recognise(item.samples())
             transcript = "".join(pieces).strip()
             if announce:
                 for i, piece in enumerate(p for p in pieces if p.strip()):
@@ -519,14 +618,15 @@ class RealtimeSession:
         item = item_from_wire(event.item)
         if item.id in self.items:
             raise InvalidRequest(f"Item '{item.id}' already exists.", param="item.id")
-        for part in event.item.content or []:
-            if part.type == "input_audio" and part.audio is not None:
-                try:
-                    raw = base64.b64decode(part.audio, validate=True)
-                except (binascii.Error, ValueError):
-                    raise InvalidRequest("The audio is not valid base64.", param="item.content.audio") from None
-                item.audio = InputConverter(self.config.input_format).push(raw)
-        if item.audio is not None:
+        self._check_text_held(item)
+        audio = [(i, part.audio) for i, part in enumerate(event.item.content or [])
+                 if part.type == "input_audio" and part.audio is not None]
+        transcribe = bool(audio) and item.role == "user" and not item.text()
+        if transcribe:  # before decoding anything: the cheap refusal first
+            self._check_transcription_room()
+        for i, data in audio:
+            item.keep_audio(self._item_audio_of(data, f"item.content[{i}].audio"))
+        if item.audio is not None:  # heard audio: charged whole, or refused charging nothing
             await self.policy.charge_audio_in(len(item.audio) / RATE)
         previous = self._last_id()
         if event.previous_item_id is not None and event.previous_item_id != "root":
@@ -544,8 +644,17 @@ class RealtimeSession:
             previous = event.previous_item_id if event.previous_item_id != "root" else None
         await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
         await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
-        if item.audio is not None and item.role == "user" and not item.text():
-            item.transcription = asyncio.create_task(self._transcribe(item))
+        if transcribe:
+            self._start_transcription(item)
+
+    def _item_audio_of(self, data_b64: str, param: str) -> np.ndarray:
+        """An item's base64 audio as 16 kHz samples, within the session's audio budget."""
+        try:
+            raw = base64.b64decode(data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("The audio is not valid base64.", param=param) from None
+        self._check_audio_held(len(raw), param)
+        return InputConverter(self.config.input_format).push(raw)
 
     async def _truncate(self, event: p.ItemTruncate) -> None:
         item = self._item(event.item_id)
