@@ -36,10 +36,11 @@ from engines.chat import (
 from engines.workers import commit_admission, open_admission
 
 from ... import metrics
-from ...errors import error_from_engine
+from ...errors import InvalidRequest, error_from_engine
 from ...turn import AudioBytes, run_turn
 from ..chat.voice import SpokenReply
-from .conversation import Item, Response, new_id, tool_choice_of
+from . import protocol as p
+from .conversation import Item, Response, check_rate, item_from_wire, new_id, tool_choice_of
 from .speech import heard_transcript, realtime_speech
 
 if TYPE_CHECKING:
@@ -356,3 +357,90 @@ def _last_user(messages: list[ChatMessage]) -> int | None:
 def _without_empty(messages: list[ChatMessage]) -> list[ChatMessage]:
     """A spoken turn heard as nothing (no transcript, no tokens) says nothing."""
     return [m for m in messages if m.content or m.tool_calls or m.audio_tokens or m.role == "tool"]
+
+
+class Responses:
+    """The session's side of responses (a part of :class:`~.serving.RealtimeSession`):
+    ``response.create`` checked and started as a :class:`ResponseRun` task, and
+    ``response.cancel`` (or a barge-in) ending it."""
+
+    async def create_response(self, event: p.ResponseCreate | None = None) -> None:
+        wire = event.response if event is not None else None
+        if self.response is not None:
+            raise InvalidRequest(
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+            )
+        c = self.config
+        w = wire or p.ResponseConfig()
+        out = w.audio.output if w.audio and w.audio.output else None
+        if out is not None and out.voice is not None:
+            await self._check_voice(out.voice, "response.audio.output.voice")
+        if out is not None and out.format is not None:
+            check_rate(out.format, "response.audio.output.format.rate")
+        tools = list(w.tools) if w.tools is not None else c.tools
+        choice = w.tool_choice if w.tool_choice is not None else c.tool_choice
+        tool_choice_of(choice, tools)
+        extra = [item_from_wire(i) for i in w.input] if w.input is not None else None
+        await self.policy.admit_turn()  # a response is one request of the key
+        response = Response(
+            id=new_id("resp"),
+            modalities=list(w.output_modalities or c.output_modalities),
+            voice=(out.voice if out and out.voice else c.voice),
+            speed=(out.speed if out and out.speed is not None else c.speed),
+            output_format=(out.format.type if out and out.format else c.output_format),
+            instructions=w.instructions if w.instructions is not None else c.instructions,
+            tools=tools,
+            tool_choice=choice,
+            max_output_tokens=w.max_output_tokens if w.max_output_tokens is not None else c.max_output_tokens,
+            conversation=w.conversation != "none",
+            extra_input=extra,
+            metadata=w.metadata,
+            speech_stopped_at=self._speech_stopped_at,
+        )
+        self._speech_stopped_at = None
+        self.response = response
+        await self.send("response.created", response=response.wire())
+        await self.send(
+            "rate_limits.updated",
+            rate_limits=[self._queue_room()],
+        )
+        response.task = asyncio.create_task(ResponseRun(self, response).run())
+
+    def _queue_room(self) -> dict:
+        """There are no rate limits here; what runs out is room in the chat engine's
+        queue (a full one refuses with engine_overloaded), so that is what is reported."""
+        limit = self.settings.engines.max_queue
+        model = self.registry.canonical(self.config.model)
+        waiting = next((st.waiting for st in self.registry.states() if st.id == model), 0)
+        return {"name": "requests", "limit": limit, "remaining": max(0, limit - waiting),
+                "reset_seconds": 0.0}
+
+    async def cancel_response(self, reason: str) -> None:
+        response = self.response
+        if response is None or response.task is None:
+            return
+        if not response.finishing:  # its closing events are already on their way
+            response.cancel_reason = reason
+            response.task.cancel()
+        try:
+            await response.task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # we ourselves are being cancelled
+                raise
+        if self.response is response:
+            self.response = None
+
+    async def _cancel(self, event: p.ResponseCancel) -> None:
+        if self.response is None or (
+            event.response_id is not None and event.response_id != self.response.id
+        ):
+            raise InvalidRequest(
+                "There is no active response to cancel.", code="response_cancel_not_active"
+            )
+        await self.cancel_response("client_cancelled")
+
+    async def _clear_output(self, event: p.OutputAudioClear) -> None:
+        await self.cancel_response("client_cancelled")
+

@@ -13,61 +13,29 @@ by ``response.cancel`` or by the user speaking over it (barge-in).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from typing import Any, Awaitable, Callable
 
 import msgspec
-import numpy as np
 import structlog
 
-from adapters.audio.pcm import resample
 from adapters.limits import BudgetExceeded, json_depth
-from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wire, wire_rate
-from adapters.realtime.vad import (
-    RATE,
-    Paused,
-    Resumed,
-    SpeechStarted,
-    SpeechStopped,
-    TurnDetector,
-    VadSettings,
-)
-from adapters.voice_owners import is_clone_id
-from engines.base import (
-    Capability,
-    EngineError,
-    TranscriptionOptions,
-)
+from engines.base import EngineError
 from engines.registry import ModelRegistry
 
-from ... import metrics
 from ...errors import InvalidRequest, error_from_engine, error_from_msgspec
 from ...policy import UNLIMITED, Policy
 from ...settings import Settings
 from . import protocol as p
-from .conversation import (
-    Config,
-    Item,
-    Response,
-    check_rate,
-    event_id_of,
-    format_wire,
-    item_from_wire,
-    new_id,
-    tool_choice_of,
-    tool_choice_wire,
-    tool_wire,
-    transcription_wire,
-)
-from .response import ResponseRun
-from .speech import heard_transcript
+from .conversation import Config, Item, Response, event_id_of, new_id
+from .input_audio import InputAudio
+from .items import ConversationItems
+from .response import Responses
+from .session_config import SessionConfigEvents
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
-
 
 
 _id = new_id
@@ -80,7 +48,10 @@ class SessionClosed(Exception):
 # ---------------------------------------------------------------------- the session
 
 
-class RealtimeSession:
+class RealtimeSession(SessionConfigEvents, InputAudio, ConversationItems, Responses):
+    """The session's state, and the dispatch of client events to the modules that
+    handle each family (session_config, input_audio, items, response)."""
+
     def __init__(
         self,
         registry: ModelRegistry,
@@ -123,34 +94,6 @@ class RealtimeSession:
             },
         )
 
-    def session_wire(self) -> dict:
-        c = self.config
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.id,
-            "model": c.model,
-            "output_modalities": c.output_modalities,
-            "instructions": c.instructions,
-            "tools": [tool_wire(t) for t in c.tools],
-            "tool_choice": tool_choice_wire(c.tool_choice),
-            "max_output_tokens": c.max_output_tokens,
-            "tracing": None,
-            "expires_at": self.expires_at,
-            "audio": {
-                "input": {
-                    "format": format_wire(c.input_format),
-                    # the spec types these as objects: "off" is their absence, not null
-                    **(
-                        {}
-                        if c.transcription is None
-                        else {"transcription": transcription_wire(c.transcription)}
-                    ),
-                    "turn_detection": c.turn_detection_wire(),
-                },
-                "output": {"format": format_wire(c.output_format), "voice": c.voice, "speed": c.speed},
-            },
-        }
 
     async def start(self) -> None:
         await self.send("session.created", session=self.session_wire())
@@ -223,533 +166,24 @@ class RealtimeSession:
             )
 
     async def _dispatch(self, event: Any) -> None:
-        if isinstance(event, p.SessionUpdate):
-            await self._update(event.session)
-        elif isinstance(event, p.AudioAppend):
-            await self._append(event.audio)
-        elif isinstance(event, p.AudioCommit):
-            if self.config.turn_detection is not None and self.detector.speaking:
-                self.detector.speaking = False
-            await self._commit(manual=True)
-        elif isinstance(event, p.AudioClear):
-            self._reset_input()
-            await self.send("input_audio_buffer.cleared")
-        elif isinstance(event, p.OutputAudioClear):
-            await self.cancel_response("client_cancelled")
-        elif isinstance(event, p.ItemCreate):
-            await self._create_item(event)
-        elif isinstance(event, p.ItemRetrieve):
-            item = self._item(event.item_id)
-            wire = item.wire()
-            if item.audio is not None or item.out_audio:
-                for part in wire["content"]:
-                    if part["type"] in ("input_audio", "output_audio"):
-                        part["audio"] = base64.b64encode(self._item_audio(item)).decode()
-            await self.send("conversation.item.retrieved", item=wire)
-        elif isinstance(event, p.ItemDelete):
-            item = self._item(event.item_id)
-            if self.response and any(i.id == item.id for i in self.response.output):
-                raise InvalidRequest("The item belongs to the response in progress.", param="item_id")
-            del self.items[item.id]
-            await self.send("conversation.item.deleted", item_id=item.id)
-        elif isinstance(event, p.ItemTruncate):
-            await self._truncate(event)
-        elif isinstance(event, p.ResponseCreate):
-            await self.create_response(event.response)
-        elif isinstance(event, p.ResponseCancel):
-            if self.response is None or (
-                event.response_id is not None and event.response_id != self.response.id
-            ):
-                raise InvalidRequest(
-                    "There is no active response to cancel.", code="response_cancel_not_active"
-                )
-            await self.cancel_response("client_cancelled")
+        """Each client event to the module of its family."""
+        handlers = {
+            p.SessionUpdate: self._update,
+            p.AudioAppend: self._append,
+            p.AudioCommit: self._commit_manually,
+            p.AudioClear: self._clear_input,
+            p.OutputAudioClear: self._clear_output,
+            p.ItemCreate: self._create_item,
+            p.ItemRetrieve: self._retrieve_item,
+            p.ItemDelete: self._delete_item,
+            p.ItemTruncate: self._truncate,
+            p.ResponseCreate: self.create_response,
+            p.ResponseCancel: self._cancel,
+        }
+        await handlers[type(event)](event)
 
-    def _item(self, item_id: str) -> Item:
-        try:
-            return self.items[item_id]
-        except KeyError:
-            raise InvalidRequest(
-                f"Item with item_id '{item_id}' not found.", param="item_id", code="item_not_found"
-            ) from None
-
-    def _item_audio(self, item: Item) -> bytes:
-        if item.audio is not None:
-            fmt = self.config.input_format
-            return encode_wire(fmt, resample(item.samples(), RATE, wire_rate(fmt)))
-        return bytes(item.out_audio)
-
-    # ------------------------------------------------------------------ session.update
-
-    async def _update(self, new: p.SessionConfig) -> None:
-        c = self.config
-        if new.model is not None:
-            self.registry.check(new.model, Capability.CHAT)
-            self.policy.check_model(new.model)
-        audio = new.audio or p.AudioConfig()
-        if audio.input is not None:
-            fmt = audio.input.format
-            if fmt is not None:
-                check_rate(fmt, "session.audio.input.format.rate")
-            if isinstance(audio.input.transcription, p.Transcription):
-                named = audio.input.transcription.model
-                self.registry.check(named or self.settings.chat.input_audio_model,
-                                    Capability.TRANSCRIPTION)
-                if named is not None:  # one the client chose is held to the key's list
-                    self.policy.check_model(named)
-        if audio.output is not None:
-            if audio.output.format is not None:
-                check_rate(audio.output.format, "session.audio.output.format.rate")
-            if audio.output.voice is not None:
-                await self._check_voice(audio.output.voice, "session.audio.output.voice")
-        if new.tool_choice is not None or new.tools is not None:
-            # The pair as it will be: new tools can leave a kept choice nothing to call.
-            tool_choice_of(
-                new.tool_choice if new.tool_choice is not None else c.tool_choice,
-                new.tools if new.tools is not None else c.tools,
-            )
-        # everything checked: apply
-        if new.model is not None:
-            c.model = new.model
-        if new.instructions is not None:
-            c.instructions = new.instructions
-        if new.output_modalities:
-            c.output_modalities = list(new.output_modalities)
-        if new.tools is not None:
-            c.tools = list(new.tools)
-        if new.tool_choice is not None:
-            c.tool_choice = new.tool_choice
-        if new.max_output_tokens is not None:
-            c.max_output_tokens = new.max_output_tokens
-        if audio.input is not None:
-            if audio.input.format is not None and audio.input.format.type != c.input_format:
-                c.input_format = audio.input.format.type
-                self._reset_input()
-            if audio.input.transcription is not msgspec.UNSET:
-                c.transcription = audio.input.transcription
-            if audio.input.turn_detection is not msgspec.UNSET:
-                c.turn_detection = audio.input.turn_detection
-                self._reset_input()
-        if audio.output is not None:
-            if audio.output.format is not None:
-                c.output_format = audio.output.format.type
-            if audio.output.voice is not None:
-                c.voice = audio.output.voice
-            if audio.output.speed is not None:
-                c.speed = audio.output.speed
-        await self.send("session.updated", session=self.session_wire())
-
-    async def _check_voice(self, voice: str, param: str) -> None:
-        async with self.registry.speech(self.settings.chat.speech_model) as engine:
-            # A cloned voice's engine id is never a name a session may use (see
-            # adapters.voice_owners): it would reach another key's clone.
-            known = {v.id for v in engine.voices() if not is_clone_id(v.id)}
-            known |= set(engine.context.voices)
-        if voice not in known:
-            raise InvalidRequest(
-                f"Voice '{voice}' is not available. Available voices: {', '.join(sorted(known))}.",
-                param=param,
-            )
 
     # ------------------------------------------------------------------ input audio
 
-    def _reset_input(self) -> None:
-        self.converter = InputConverter(self.config.input_format)
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0  # samples in buffer
-        self.buffer_start = getattr(self, "heard", 0)  # session sample index of buffer[0]
-        self.heard = getattr(self, "heard", 0)  # 16 kHz samples heard this session
-        self.detector = TurnDetector(
-            self.config.vad() if self.config.turn_detection else VadSettings(), self.heard
-        )
-        self._pending_item = _id("item")
-        if getattr(self, "_speculation", None) is not None:
-            self._speculation.cancel()
-        self._speculation: asyncio.Task | None = None
-
-    async def _append(self, data_b64: str) -> None:
-        try:
-            data = base64.b64decode(data_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("The audio is not valid base64.", param="audio") from None
-        self._check_audio_held(len(data), "audio")
-        samples = self.converter.push(data)
-        limit = int(self.limits.max_buffer_seconds * RATE)
-        if self.buffered + len(samples) > limit:
-            raise InvalidRequest(
-                f"The input audio buffer holds at most {self.limits.max_buffer_seconds:g} s; "
-                "commit or clear it.",
-                param="audio",
-                code="input_audio_buffer_full",
-            )
-        self.buffer.append(samples)
-        self.buffered += len(samples)
-        self.heard += len(samples)
-        if self.config.turn_detection is None:
-            return
-        for turn in self.detector.push(samples):
-            await self._on_turn(turn)
-        if not self.detector.speaking:  # silence: keep only what a prefix may need
-            keep = int(self.config.vad().prefix_padding_ms * RATE / 1000) + 2 * 512
-            self._trim_to(self.heard - keep)
-
-    async def _on_turn(self, turn: Any) -> None:
-        """What the turn detector heard in the audio just appended."""
-        if isinstance(turn, SpeechStarted):
-            await self.send(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=turn.audio_start_ms,
-                item_id=self._pending_item,
-            )
-            self._trim_to(turn.audio_start_ms * RATE // 1000)
-            interrupts = self.config.turn_detection.interrupt_response is not False
-            if self.response is not None and interrupts:
-                metrics.REALTIME_BARGE_INS.inc()
-                await self.cancel_response("turn_detected")
-        elif isinstance(turn, Paused):
-            # Step-Audio's scheme: start hearing the turn at the first pause; kept only
-            # if the silence lasts (speech_stopped), dropped if the user goes on. Not
-            # while the recogniser already has this session's full share of work.
-            self._drop_speculation()
-            room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
-            if self.buffer and room:
-                heard = np.concatenate(self.buffer)
-                self._speculation = asyncio.create_task(self._recognise(heard))
-        elif isinstance(turn, Resumed):
-            self._drop_speculation()
-        elif isinstance(turn, SpeechStopped):
-            await self._on_speech_stopped(turn)
-
-    async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
-        self._speech_stopped_at = time.perf_counter()
-        await self.send(
-            "input_audio_buffer.speech_stopped",
-            audio_end_ms=turn.audio_end_ms,
-            item_id=self._pending_item,
-        )
-        heard, self._speculation = self._speculation, None
-        item = None
-        try:
-            item = await self._commit(manual=False, heard=heard)
-        except InvalidRequest:
-            # A turn that cannot be kept (a budget is spent) is dropped, not left to grow
-            # the buffer: the error event says why.
-            self._clear_buffer()
-            raise
-        finally:
-            if item is None and heard is not None:
-                heard.cancel()
-        if item is not None and self.config.turn_detection.create_response is not False:
-            await self.create_response(None)
-
-    def _check_audio_held(self, n_bytes: int, param: str) -> None:
-        """Refuse ``n_bytes`` more of wire audio when the session would hold more than
-        ``max_audio_seconds_held`` of input (buffer and items), before decoding it."""
-        incoming = n_bytes * RATE // bytes_per_second(self.config.input_format)
-        held = self.buffered + sum(len(i.audio) for i in self.items.values() if i.audio is not None)
-        limit = self.limits.max_audio_seconds_held
-        if held + incoming > limit * RATE:
-            raise InvalidRequest(
-                f"The session holds {held / RATE:.1f} s of input audio; with this "
-                f"{incoming / RATE:.1f} s it would pass its limit of {limit:g} s. Delete "
-                "conversation items or clear the input buffer.",
-                param=param,
-                code="session_audio_limit",
-            )
-
-    def _check_text_held(self, item: Item) -> None:
-        """The text clients put in a conversation is, all together, at most what chat
-        takes in one message (limits.max_text_chars): 500 items of an 8 MB event each
-        would otherwise be gigabytes, and all of it becomes the next prompt."""
-        limit = self.settings.limits.max_text_chars
-        held = sum(i.chars for i in self.items.values())
-        if held + item.chars > limit:
-            raise InvalidRequest(
-                f"The conversation holds {held} characters of client text; with this item's "
-                f"{item.chars} it would pass its limit of {limit}. Delete conversation items.",
-                param="item",
-                code="session_text_limit",
-            )
-
-    def _transcriptions_pending(self) -> int:
-        return len(self._transcribing)
-
-    def _check_transcription_room(self) -> None:
-        """One session may keep at most ``max_pending_transcriptions`` items waiting for
-        the recogniser, which every key shares."""
-        limit = self.limits.max_pending_transcriptions
-        if self._transcriptions_pending() >= limit:
-            raise InvalidRequest(
-                f"{self._transcriptions_pending()} audio items are still being transcribed; "
-                f"a session may have at most {limit} waiting. Try again when one is done.",
-                code="too_many_pending_transcriptions",
-            )
-
-    def _start_transcription(self, item: Item, heard: asyncio.Task | None = None) -> None:
-        """Counted until it ends, even if its item is deleted: the work goes on."""
-        task = asyncio.create_task(self._transcribe(item, heard))
-        item.transcription = task
-        self._transcribing.add(task)
-        task.add_done_callback(self._transcribing.discard)
-
-    def _drop_speculation(self) -> None:
-        if self._speculation is not None:
-            self._speculation.cancel()
-            self._speculation = None
-
-    def _trim_to(self, session_sample: int) -> None:
-        drop = session_sample - self.buffer_start
-        if drop <= 0 or not self.buffer:
-            return
-        audio = np.concatenate(self.buffer)[drop:]
-        self.buffer = [audio] if len(audio) else []
-        self.buffered = len(audio)
-        self.buffer_start = session_sample
-
-    async def _commit(self, *, manual: bool, heard: asyncio.Task | None = None) -> Item | None:
-        if self.buffered < RATE // 10:
-            if manual:
-                raise InvalidRequest(
-                    "Error committing input audio buffer: buffer too small. Expected at least "
-                    f"100ms of audio, but buffer only has {self.buffered * 1000 // RATE}ms of audio.",
-                    code="input_audio_buffer_commit_empty",
-                )
-            return None
-        self._check_items_budget()
-        self._check_transcription_room()
-        audio = np.concatenate(self.buffer)
-        try:  # heard audio is charged whole on commit, or refused charging nothing
-            await self.policy.charge_audio_in(len(audio) / RATE)
-        except EngineError:
-            self._clear_buffer()
-            raise
-        item = Item(id=self._pending_item, type="message", role="user")
-        item.keep_audio(audio)
-        item.content.append({"type": "input_audio", "transcript": None})
-        self._clear_buffer()
-        previous = self._last_id()
-        self.items[item.id] = item
-        await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
-        await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
-        await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
-        self._start_transcription(item, heard)
-        return item
-
-    def _clear_buffer(self) -> None:
-        self.buffer, self.buffered = [], 0
-        self.buffer_start = self.heard
-        self._pending_item = _id("item")
-
-    def _last_id(self) -> str | None:
-        return next(reversed(self.items), None) if self.items else None
-
-    def _check_items_budget(self) -> None:
-        if len(self.items) >= self.limits.max_items:
-            raise InvalidRequest(
-                f"The conversation holds at most {self.limits.max_items} items; delete some.",
-                code="conversation_too_long",
-            )
-
-    def _transcription_model(self) -> str:
-        cfg = self.config.transcription
-        return (cfg.model if cfg else None) or self.settings.chat.input_audio_model
-
-    async def _recognise(self, audio: np.ndarray) -> list[str]:
-        """The recogniser's segments for ``audio`` (16 kHz)."""
-        cfg = self.config.transcription
-        async with self.registry.transcription(self._transcription_model()) as engine:
-            if engine.sample_rate != RATE:
-                audio = resample(audio, RATE, engine.sample_rate)
-            options = TranscriptionOptions(
-                language=cfg.language if cfg else None, prompt=cfg.prompt if cfg else None
-            )
-            stream = await engine.transcribe(audio, options)
-            return [segment.text async for segment in stream.segments]
-
-    async def _transcribe(self, item: Item, heard: asyncio.Task | None = None) -> None:
-        """Transcribe a committed user item (or take the speculative transcription that
-        started at the pause), announcing it when the session asked for transcripts."""
-        announce = self.config.transcription is not None
-        try:
-            pieces = None
-            if heard is not None:
-                try:
-                    pieces = await heard
-                except asyncio.CancelledError:
-                    if asyncio.current_task().cancelling():
-                        raise
-            if pieces is None:
-                pieces = await self._recognise(item.samples())
-            transcript = "".join(pieces).strip()
-            if announce:
-                for i, piece in enumerate(p for p in pieces if p.strip()):
-                    await self.send(
-                        "conversation.item.input_audio_transcription.delta",
-                        item_id=item.id,
-                        content_index=0,
-                        delta=piece.lstrip() if i == 0 else piece,
-                    )
-            item.content[0]["transcript"] = transcript
-            seconds = len(item.audio) / RATE
-            metrics.count_audio("realtime", "in", self.config.model, seconds)
-            if announce:
-                await self.send(
-                    "conversation.item.input_audio_transcription.completed",
-                    item_id=item.id,
-                    content_index=0,
-                    transcript=transcript,
-                    usage={"type": "duration", "seconds": round(seconds, 3)},
-                )
-        except EngineError as exc:
-            item.content[0]["transcript"] = ""
-            error = error_from_engine(exc)
-            await self.send(
-                "conversation.item.input_audio_transcription.failed",
-                item_id=item.id,
-                content_index=0,
-                error={"type": error.type, "code": error.code, "message": error.message,
-                       "param": error.param},
-            )
 
     # ------------------------------------------------------------------ items
-
-    async def _create_item(self, event: p.ItemCreate) -> None:
-        self._check_items_budget()
-        item = item_from_wire(event.item)
-        if item.id in self.items:
-            raise InvalidRequest(f"Item '{item.id}' already exists.", param="item.id")
-        self._check_text_held(item)
-        audio = [(i, part.audio) for i, part in enumerate(event.item.content or [])
-                 if part.type == "input_audio" and part.audio is not None]
-        transcribe = bool(audio) and item.role == "user" and not item.text()
-        if transcribe:  # before decoding anything: the cheap refusal first
-            self._check_transcription_room()
-        for i, data in audio:
-            item.keep_audio(self._item_audio_of(data, f"item.content[{i}].audio"))
-        if item.audio is not None:  # heard audio: charged whole, or refused charging nothing
-            await self.policy.charge_audio_in(len(item.audio) / RATE)
-        previous = self._last_id()
-        if event.previous_item_id is not None and event.previous_item_id != "root":
-            self._item(event.previous_item_id)
-        # insert after previous_item_id (default: at the end)
-        if event.previous_item_id in (None,) or event.previous_item_id == previous:
-            self.items[item.id] = item
-        else:
-            order = list(self.items.items())
-            at = 0 if event.previous_item_id == "root" else next(
-                i + 1 for i, (k, _) in enumerate(order) if k == event.previous_item_id
-            )
-            order.insert(at, (item.id, item))
-            self.items = dict(order)
-            previous = event.previous_item_id if event.previous_item_id != "root" else None
-        await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
-        await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
-        if transcribe:
-            self._start_transcription(item)
-
-    def _item_audio_of(self, data_b64: str, param: str) -> np.ndarray:
-        """An item's base64 audio as 16 kHz samples, within the session's audio budget."""
-        try:
-            raw = base64.b64decode(data_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("The audio is not valid base64.", param=param) from None
-        self._check_audio_held(len(raw), param)
-        return InputConverter(self.config.input_format).push(raw)
-
-    async def _truncate(self, event: p.ItemTruncate) -> None:
-        item = self._item(event.item_id)
-        if item.role != "assistant":
-            raise InvalidRequest("Only assistant messages can be truncated.", param="item_id")
-        if event.content_index >= len(item.content) or item.content[event.content_index]["type"] != "output_audio":
-            raise InvalidRequest("That content part holds no audio.", param="content_index")
-        if self.response and any(i.id == item.id for i in self.response.output):
-            await self.cancel_response("client_cancelled")
-        fmt = self.response_format_of(item)
-        total_ms = len(item.out_audio) * 1000 // bytes_per_second(fmt)
-        if event.audio_end_ms > total_ms:
-            raise InvalidRequest(
-                f"audio_end_ms {event.audio_end_ms} is longer than the item's audio ({total_ms} ms).",
-                param="audio_end_ms",
-            )
-        cut = event.audio_end_ms * bytes_per_second(fmt) // 1000
-        cut -= cut % (2 if fmt == "audio/pcm" else 1)
-        del item.out_audio[cut:]
-        item.content[event.content_index]["transcript"] = heard_transcript(item.marks, cut)
-        await self.send(
-            "conversation.item.truncated",
-            item_id=item.id,
-            content_index=event.content_index,
-            audio_end_ms=event.audio_end_ms,
-        )
-
-    def response_format_of(self, item: Item) -> str:
-        return item.format
-
-    # ------------------------------------------------------------------ responses
-
-    async def create_response(self, wire: p.ResponseConfig | None) -> None:
-        if self.response is not None:
-            raise InvalidRequest(
-                f"Conversation already has an active response in progress: {self.response.id}. "
-                "Wait until the response is finished before creating a new one.",
-                code="conversation_already_has_active_response",
-            )
-        c = self.config
-        w = wire or p.ResponseConfig()
-        out = w.audio.output if w.audio and w.audio.output else None
-        if out is not None and out.voice is not None:
-            await self._check_voice(out.voice, "response.audio.output.voice")
-        if out is not None and out.format is not None:
-            check_rate(out.format, "response.audio.output.format.rate")
-        tools = list(w.tools) if w.tools is not None else c.tools
-        choice = w.tool_choice if w.tool_choice is not None else c.tool_choice
-        tool_choice_of(choice, tools)
-        extra = [item_from_wire(i) for i in w.input] if w.input is not None else None
-        await self.policy.admit_turn()  # a response is one request of the key
-        response = Response(
-            id=_id("resp"),
-            modalities=list(w.output_modalities or c.output_modalities),
-            voice=(out.voice if out and out.voice else c.voice),
-            speed=(out.speed if out and out.speed is not None else c.speed),
-            output_format=(out.format.type if out and out.format else c.output_format),
-            instructions=w.instructions if w.instructions is not None else c.instructions,
-            tools=tools,
-            tool_choice=choice,
-            max_output_tokens=w.max_output_tokens if w.max_output_tokens is not None else c.max_output_tokens,
-            conversation=w.conversation != "none",
-            extra_input=extra,
-            metadata=w.metadata,
-            speech_stopped_at=self._speech_stopped_at,
-        )
-        self._speech_stopped_at = None
-        self.response = response
-        await self.send("response.created", response=response.wire())
-        await self.send(
-            "rate_limits.updated",
-            rate_limits=[self._queue_room()],
-        )
-        response.task = asyncio.create_task(ResponseRun(self, response).run())
-
-    def _queue_room(self) -> dict:
-        """There are no rate limits here; what runs out is room in the chat engine's
-        queue (a full one refuses with engine_overloaded), so that is what is reported."""
-        limit = self.settings.engines.max_queue
-        model = self.registry.canonical(self.config.model)
-        waiting = next((st.waiting for st in self.registry.states() if st.id == model), 0)
-        return {"name": "requests", "limit": limit, "remaining": max(0, limit - waiting),
-                "reset_seconds": 0.0}
-
-    async def cancel_response(self, reason: str) -> None:
-        response = self.response
-        if response is None or response.task is None:
-            return
-        if not response.finishing:  # its closing events are already on their way
-            response.cancel_reason = reason
-            response.task.cancel()
-        try:
-            await response.task
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # we ourselves are being cancelled
-                raise
-        if self.response is response:
-            self.response = None

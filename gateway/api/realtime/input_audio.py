@@ -1,0 +1,280 @@
+"""Input audio and turn detection: ``input_audio_buffer.*`` events, the turn detector
+(Silero) on what is heard, commits that become user items, and their transcription (heard
+speculatively from the first pause, kept if the turn really ended), within the session's
+budgets of audio held and transcription work queued."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from typing import Any
+
+import numpy as np
+
+from adapters.audio.pcm import resample
+from adapters.realtime.audio import InputConverter, bytes_per_second
+from adapters.realtime.vad import (
+    RATE,
+    Paused,
+    Resumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    VadSettings,
+)
+from engines.base import EngineError, TranscriptionOptions
+
+from ... import metrics
+from ...errors import InvalidRequest, error_from_engine
+from . import protocol as p
+from .conversation import Item, new_id
+
+
+class InputAudio:
+    """A part of :class:`~.serving.RealtimeSession` (see the module notes)."""
+
+    async def _commit_manually(self, event: p.AudioCommit) -> None:
+        if self.config.turn_detection is not None and self.detector.speaking:
+            self.detector.speaking = False
+        await self._commit(manual=True)
+
+    async def _clear_input(self, event: p.AudioClear) -> None:
+        self._reset_input()
+        await self.send("input_audio_buffer.cleared")
+
+    def _reset_input(self) -> None:
+        self.converter = InputConverter(self.config.input_format)
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0  # samples in buffer
+        self.buffer_start = getattr(self, "heard", 0)  # session sample index of buffer[0]
+        self.heard = getattr(self, "heard", 0)  # 16 kHz samples heard this session
+        self.detector = TurnDetector(
+            self.config.vad() if self.config.turn_detection else VadSettings(), self.heard
+        )
+        self._pending_item = new_id("item")
+        if getattr(self, "_speculation", None) is not None:
+            self._speculation.cancel()
+        self._speculation: asyncio.Task | None = None
+
+    async def _append(self, event: p.AudioAppend) -> None:
+        data_b64 = event.audio
+        try:
+            data = base64.b64decode(data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("The audio is not valid base64.", param="audio") from None
+        self._check_audio_held(len(data), "audio")
+        samples = self.converter.push(data)
+        limit = int(self.limits.max_buffer_seconds * RATE)
+        if self.buffered + len(samples) > limit:
+            raise InvalidRequest(
+                f"The input audio buffer holds at most {self.limits.max_buffer_seconds:g} s; "
+                "commit or clear it.",
+                param="audio",
+                code="input_audio_buffer_full",
+            )
+        self.buffer.append(samples)
+        self.buffered += len(samples)
+        self.heard += len(samples)
+        if self.config.turn_detection is None:
+            return
+        for turn in self.detector.push(samples):
+            await self._on_turn(turn)
+        if not self.detector.speaking:  # silence: keep only what a prefix may need
+            keep = int(self.config.vad().prefix_padding_ms * RATE / 1000) + 2 * 512
+            self._trim_to(self.heard - keep)
+
+    async def _on_turn(self, turn: Any) -> None:
+        """What the turn detector heard in the audio just appended."""
+        if isinstance(turn, SpeechStarted):
+            await self.send(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=turn.audio_start_ms,
+                item_id=self._pending_item,
+            )
+            self._trim_to(turn.audio_start_ms * RATE // 1000)
+            interrupts = self.config.turn_detection.interrupt_response is not False
+            if self.response is not None and interrupts:
+                metrics.REALTIME_BARGE_INS.inc()
+                await self.cancel_response("turn_detected")
+        elif isinstance(turn, Paused):
+            # Step-Audio's scheme: start hearing the turn at the first pause; kept only
+            # if the silence lasts (speech_stopped), dropped if the user goes on. Not
+            # while the recogniser already has this session's full share of work.
+            self._drop_speculation()
+            room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
+            if self.buffer and room:
+                heard = np.concatenate(self.buffer)
+                self._speculation = asyncio.create_task(self._recognise(heard))
+        elif isinstance(turn, Resumed):
+            self._drop_speculation()
+        elif isinstance(turn, SpeechStopped):
+            await self._on_speech_stopped(turn)
+
+    async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
+        self._speech_stopped_at = time.perf_counter()
+        await self.send(
+            "input_audio_buffer.speech_stopped",
+            audio_end_ms=turn.audio_end_ms,
+            item_id=self._pending_item,
+        )
+        heard, self._speculation = self._speculation, None
+        item = None
+        try:
+            item = await self._commit(manual=False, heard=heard)
+        except InvalidRequest:
+            # A turn that cannot be kept (a budget is spent) is dropped, not left to grow
+            # the buffer: the error event says why.
+            self._clear_buffer()
+            raise
+        finally:
+            if item is None and heard is not None:
+                heard.cancel()
+        if item is not None and self.config.turn_detection.create_response is not False:
+            await self.create_response()
+
+    def _check_audio_held(self, n_bytes: int, param: str) -> None:
+        """Refuse ``n_bytes`` more of wire audio when the session would hold more than
+        ``max_audio_seconds_held`` of input (buffer and items), before decoding it."""
+        incoming = n_bytes * RATE // bytes_per_second(self.config.input_format)
+        held = self.buffered + sum(len(i.audio) for i in self.items.values() if i.audio is not None)
+        limit = self.limits.max_audio_seconds_held
+        if held + incoming > limit * RATE:
+            raise InvalidRequest(
+                f"The session holds {held / RATE:.1f} s of input audio; with this "
+                f"{incoming / RATE:.1f} s it would pass its limit of {limit:g} s. Delete "
+                "conversation items or clear the input buffer.",
+                param=param,
+                code="session_audio_limit",
+            )
+
+    def _transcriptions_pending(self) -> int:
+        return len(self._transcribing)
+
+    def _check_transcription_room(self) -> None:
+        """One session may keep at most ``max_pending_transcriptions`` items waiting for
+        the recogniser, which every key shares."""
+        limit = self.limits.max_pending_transcriptions
+        if self._transcriptions_pending() >= limit:
+            raise InvalidRequest(
+                f"{self._transcriptions_pending()} audio items are still being transcribed; "
+                f"a session may have at most {limit} waiting. Try again when one is done.",
+                code="too_many_pending_transcriptions",
+            )
+
+    def _start_transcription(self, item: Item, heard: asyncio.Task | None = None) -> None:
+        """Counted until it ends, even if its item is deleted: the work goes on."""
+        task = asyncio.create_task(self._transcribe(item, heard))
+        item.transcription = task
+        self._transcribing.add(task)
+        task.add_done_callback(self._transcribing.discard)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
+
+    def _trim_to(self, session_sample: int) -> None:
+        drop = session_sample - self.buffer_start
+        if drop <= 0 or not self.buffer:
+            return
+        audio = np.concatenate(self.buffer)[drop:]
+        self.buffer = [audio] if len(audio) else []
+        self.buffered = len(audio)
+        self.buffer_start = session_sample
+
+    async def _commit(self, *, manual: bool, heard: asyncio.Task | None = None) -> Item | None:
+        if self.buffered < RATE // 10:
+            if manual:
+                raise InvalidRequest(
+                    "Error committing input audio buffer: buffer too small. Expected at least "
+                    f"100ms of audio, but buffer only has {self.buffered * 1000 // RATE}ms of audio.",
+                    code="input_audio_buffer_commit_empty",
+                )
+            return None
+        self._check_items_budget()
+        self._check_transcription_room()
+        audio = np.concatenate(self.buffer)
+        try:  # heard audio is charged whole on commit, or refused charging nothing
+            await self.policy.charge_audio_in(len(audio) / RATE)
+        except EngineError:
+            self._clear_buffer()
+            raise
+        item = Item(id=self._pending_item, type="message", role="user")
+        item.keep_audio(audio)
+        item.content.append({"type": "input_audio", "transcript": None})
+        self._clear_buffer()
+        previous = self._last_id()
+        self.items[item.id] = item
+        await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
+        await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
+        await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
+        self._start_transcription(item, heard)
+        return item
+
+    def _clear_buffer(self) -> None:
+        self.buffer, self.buffered = [], 0
+        self.buffer_start = self.heard
+        self._pending_item = new_id("item")
+
+    def _transcription_model(self) -> str:
+        cfg = self.config.transcription
+        return (cfg.model if cfg else None) or self.settings.chat.input_audio_model
+
+    async def _recognise(self, audio: np.ndarray) -> list[str]:
+        """The recogniser's segments for ``audio`` (16 kHz)."""
+        cfg = self.config.transcription
+        async with self.registry.transcription(self._transcription_model()) as engine:
+            if engine.sample_rate != RATE:
+                audio = resample(audio, RATE, engine.sample_rate)
+            options = TranscriptionOptions(
+                language=cfg.language if cfg else None, prompt=cfg.prompt if cfg else None
+            )
+            stream = await engine.transcribe(audio, options)
+            return [segment.text async for segment in stream.segments]
+
+    async def _transcribe(self, item: Item, heard: asyncio.Task | None = None) -> None:
+        """Transcribe a committed user item (or take the speculative transcription that
+        started at the pause), announcing it when the session asked for transcripts."""
+        announce = self.config.transcription is not None
+        try:
+            pieces = None
+            if heard is not None:
+                try:
+                    pieces = await heard
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():
+                        raise
+            if pieces is None:
+                pieces = await self._recognise(item.samples())
+            transcript = "".join(pieces).strip()
+            if announce:
+                for i, piece in enumerate(x for x in pieces if x.strip()):
+                    await self.send(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=item.id,
+                        content_index=0,
+                        delta=piece.lstrip() if i == 0 else piece,
+                    )
+            item.content[0]["transcript"] = transcript
+            seconds = len(item.audio) / RATE
+            metrics.count_audio("realtime", "in", self.config.model, seconds)
+            if announce:
+                await self.send(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item.id,
+                    content_index=0,
+                    transcript=transcript,
+                    usage={"type": "duration", "seconds": round(seconds, 3)},
+                )
+        except EngineError as exc:
+            item.content[0]["transcript"] = ""
+            error = error_from_engine(exc)
+            await self.send(
+                "conversation.item.input_audio_transcription.failed",
+                item_id=item.id,
+                content_index=0,
+                error={"type": error.type, "code": error.code, "message": error.message,
+                       "param": error.param},
+            )
