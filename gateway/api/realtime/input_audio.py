@@ -29,6 +29,7 @@ from engines.base import EngineError, TranscriptionOptions
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
 from . import protocol as p
+from . import events as ev
 from .conversation import Item, new_id
 
 
@@ -42,7 +43,7 @@ class InputAudio:
 
     async def _clear_input(self, event: p.AudioClear) -> None:
         self._reset_input()
-        await self.send("input_audio_buffer.cleared")
+        await self.send(ev.InputCleared())
 
     def _reset_input(self) -> None:
         self.converter = InputConverter(self.config.input_format)
@@ -88,11 +89,9 @@ class InputAudio:
     async def _on_turn(self, turn: Any) -> None:
         """What the turn detector heard in the audio just appended."""
         if isinstance(turn, SpeechStarted):
-            await self.send(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=turn.audio_start_ms,
-                item_id=self._pending_item,
-            )
+            await self.send(ev.SpeechStarted(
+                audio_start_ms=turn.audio_start_ms, item_id=self._pending_item
+            ))
             self._trim_to(turn.audio_start_ms * RATE // 1000)
             interrupts = self.config.turn_detection.interrupt_response is not False
             if self.response is not None and interrupts:
@@ -114,11 +113,9 @@ class InputAudio:
 
     async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
         self._speech_stopped_at = time.perf_counter()
-        await self.send(
-            "input_audio_buffer.speech_stopped",
-            audio_end_ms=turn.audio_end_ms,
-            item_id=self._pending_item,
-        )
+        await self.send(ev.SpeechStopped(
+            audio_end_ms=turn.audio_end_ms, item_id=self._pending_item
+        ))
         heard, self._speculation = self._speculation, None
         item = None
         try:
@@ -207,9 +204,9 @@ class InputAudio:
         self._clear_buffer()
         previous = self._last_id()
         self.items[item.id] = item
-        await self.send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
-        await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
-        await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
+        await self.send(ev.InputCommitted(previous_item_id=previous, item_id=item.id))
+        await self.send(ev.ItemAdded(previous_item_id=previous, item=item.wire()))
+        await self.send(ev.ItemDone(previous_item_id=previous, item=item.wire()))
         self._start_transcription(item, heard)
         return item
 
@@ -251,30 +248,24 @@ class InputAudio:
             transcript = "".join(pieces).strip()
             if announce:
                 for i, piece in enumerate(x for x in pieces if x.strip()):
-                    await self.send(
-                        "conversation.item.input_audio_transcription.delta",
-                        item_id=item.id,
-                        content_index=0,
-                        delta=piece.lstrip() if i == 0 else piece,
-                    )
+                    await self.send(ev.TranscriptionDelta(
+                        item_id=item.id, delta=piece.lstrip() if i == 0 else piece
+                    ))
             item.content[0]["transcript"] = transcript
             seconds = len(item.audio) / RATE
             metrics.count_audio("realtime", "in", self.config.model, seconds)
             if announce:
-                await self.send(
-                    "conversation.item.input_audio_transcription.completed",
+                await self.send(ev.TranscriptionCompleted(
                     item_id=item.id,
-                    content_index=0,
                     transcript=transcript,
                     usage={"type": "duration", "seconds": round(seconds, 3)},
-                )
+                ))
         except EngineError as exc:
             item.content[0]["transcript"] = ""
             error = error_from_engine(exc)
-            await self.send(
-                "conversation.item.input_audio_transcription.failed",
+            await self.send(ev.TranscriptionFailed(
                 item_id=item.id,
-                content_index=0,
-                error={"type": error.type, "code": error.code, "message": error.message,
-                       "param": error.param},
-            )
+                error=ev.TranscriptionFailedDetail(
+                    type=error.type, code=error.code, message=error.message, param=error.param
+                ),
+            ))

@@ -13,6 +13,7 @@ from adapters.realtime.audio import InputConverter, bytes_per_second, encode_wir
 from adapters.realtime.vad import RATE
 
 from ...errors import InvalidRequest
+from . import events as ev
 from . import protocol as p
 from .conversation import Item, item_from_wire
 from .speech import heard_transcript
@@ -28,14 +29,14 @@ class ConversationItems:
             for part in wire["content"]:
                 if part["type"] in ("input_audio", "output_audio"):
                     part["audio"] = base64.b64encode(self._item_audio(item)).decode()
-        await self.send("conversation.item.retrieved", item=wire)
+        await self.send(ev.ItemRetrieved(item=wire))
 
     async def _delete_item(self, event: p.ItemDelete) -> None:
         item = self._item(event.item_id)
         if self.response and any(i.id == item.id for i in self.response.output):
             raise InvalidRequest("The item belongs to the response in progress.", param="item_id")
         del self.items[item.id]
-        await self.send("conversation.item.deleted", item_id=item.id)
+        await self.send(ev.ItemDeleted(item_id=item.id))
 
     def _item(self, item_id: str) -> Item:
         try:
@@ -80,8 +81,8 @@ class ConversationItems:
             order.insert(at, (item.id, item))
             self.items = dict(order)
             previous = event.previous_item_id if event.previous_item_id != "root" else None
-        await self.send("conversation.item.added", previous_item_id=previous, item=item.wire())
-        await self.send("conversation.item.done", previous_item_id=previous, item=item.wire())
+        await self.send(ev.ItemAdded(previous_item_id=previous, item=item.wire()))
+        await self.send(ev.ItemDone(previous_item_id=previous, item=item.wire()))
         if transcribe:
             self._start_transcription(item)
 
@@ -113,12 +114,9 @@ class ConversationItems:
         cut -= cut % (2 if fmt == "audio/pcm" else 1)
         del item.out_audio[cut:]
         item.content[event.content_index]["transcript"] = heard_transcript(item.marks, cut)
-        await self.send(
-            "conversation.item.truncated",
-            item_id=item.id,
-            content_index=event.content_index,
-            audio_end_ms=event.audio_end_ms,
-        )
+        await self.send(ev.ItemTruncated(
+            item_id=item.id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
+        ))
 
     def response_format_of(self, item: Item) -> str:
         return item.format

@@ -39,6 +39,7 @@ from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
 from ...turn import AudioBytes, run_turn
 from ..chat.voice import SpokenReply
+from . import events as ev
 from . import protocol as p
 from .conversation import Item, Response, check_rate, item_from_wire, new_id, tool_choice_of
 from .speech import heard_transcript, realtime_speech
@@ -128,9 +129,10 @@ class ResponseRun:
         if error is not None:
             await self.session.error(error)
         else:
-            await self.session.send("error", error={
-                "type": "server_error", "code": "internal_error",
-                "message": "The response failed.", "param": None, "event_id": None})
+            await self.session.send(ev.Error(error=ev.ErrorDetail(
+                type="server_error", code="internal_error", message="The response failed.",
+                param=None,
+            )))
 
     # ------------------------------------------------------------------ output items
 
@@ -141,11 +143,10 @@ class ResponseRun:
         previous = session._last_id()
         if response.conversation:
             session.items[item.id] = item
-        await session.send("response.output_item.added", response_id=response.id,
-                           output_index=index, item=item.wire())
+        await session.send(ev.OutputItemAdded(response_id=response.id, output_index=index,
+                                              item=item.wire()))
         if response.conversation:
-            await session.send("conversation.item.added", previous_item_id=previous,
-                               item=item.wire())
+            await session.send(ev.ItemAdded(previous_item_id=previous, item=item.wire()))
 
     async def _open_message(self) -> Item:
         message = Item(id=new_id("item"), type="message", role="assistant", status="in_progress")
@@ -155,7 +156,7 @@ class ResponseRun:
         part = {"type": "output_audio", "transcript": ""} if self.speaks else {"type": "output_text", "text": ""}
         message.content.append(dict(part))
         wire = {"type": "audio", "transcript": ""} if self.speaks else {"type": "text", "text": ""}
-        await self.session.send("response.content_part.added", **self._where(), part=wire)
+        await self.session.send(ev.ContentPartAdded(**self._where(), part=wire))
         return message
 
     def _where(self, item: Item | None = None) -> dict:
@@ -168,11 +169,10 @@ class ResponseRun:
         part = message.content[0]
         if self.speaks:
             part["transcript"] += text
-            await self.session.send("response.output_audio_transcript.delta", **self._where(),
-                                    delta=text)
+            await self.session.send(ev.OutputAudioTranscriptDelta(**self._where(), delta=text))
         else:
             part["text"] += text
-            await self.session.send("response.output_text.delta", **self._where(), delta=text)
+            await self.session.send(ev.OutputTextDelta(**self._where(), delta=text))
 
     async def _audio(self, data: bytes) -> None:
         message = self.message or await self._open_message()
@@ -180,8 +180,9 @@ class ResponseRun:
         step = _DELTA_BYTES_PCM if response.output_format == "audio/pcm" else _DELTA_BYTES_G711
         for start in range(0, len(data), step):
             piece = data[start : start + step]
-            await self.session.send("response.output_audio.delta", **self._where(),
-                                    delta=base64.b64encode(piece).decode("ascii"))
+            await self.session.send(ev.OutputAudioDelta(
+                **self._where(), delta=base64.b64encode(piece).decode("ascii")
+            ))
             message.out_audio += piece
             self._timed_audio()
 
@@ -207,17 +208,19 @@ class ResponseRun:
     async def _call_arguments(self, event: ToolCallArgsDelta) -> None:
         item = self.calls[event.index]
         item.arguments += event.fragment
-        await self.session.send("response.function_call_arguments.delta",
-                                response_id=self.response.id, item_id=item.id,
-                                output_index=self.response.output.index(item),
-                                call_id=item.call_id, delta=event.fragment)
+        await self.session.send(ev.FunctionCallArgumentsDelta(
+            **self._in_call(item), delta=event.fragment
+        ))
 
     async def _close_call(self, item: Item) -> None:
         item.status = "completed"
-        await self.session.send("response.function_call_arguments.done",
-                                response_id=self.response.id, item_id=item.id,
-                                output_index=self.response.output.index(item),
-                                call_id=item.call_id, name=item.name, arguments=item.arguments)
+        await self.session.send(ev.FunctionCallArgumentsDone(
+            **self._in_call(item), name=item.name, arguments=item.arguments
+        ))
+
+    def _in_call(self, item: Item) -> dict:
+        return {"response_id": self.response.id, "item_id": item.id,
+                "output_index": self.response.output.index(item), "call_id": item.call_id}
 
     # ------------------------------------------------------------------ the end
 
@@ -231,13 +234,15 @@ class ResponseRun:
         done = "completed" if response.status == "completed" else "incomplete"
         for item in response.output:
             item.status = done if item.status == "in_progress" else item.status
-            await session.send("response.output_item.done", response_id=response.id,
-                               output_index=response.output.index(item), item=item.wire())
+            await session.send(ev.OutputItemDone(
+                response_id=response.id, output_index=response.output.index(item),
+                item=item.wire(),
+            ))
             if response.conversation and item.id in session.items:
-                await session.send("conversation.item.done", item=item.wire())
+                await session.send(ev.ItemDone(item=item.wire()))
         response.usage = self._usage()
         session.response = None
-        await session.send("response.done", response=response.wire())
+        await session.send(ev.ResponseDone(response=response.wire()))
 
     async def _close_message(self) -> None:
         message, response, reply = self.message, self.response, self.reply
@@ -247,15 +252,15 @@ class ResponseRun:
                 # Cut short: the transcript is what the sent audio said, not the plan.
                 part["transcript"] = heard_transcript(reply.marks, len(message.out_audio))
             message.marks = list(reply.marks) if reply is not None else []
-            await self.session.send("response.output_audio.done", **self._where())
-            await self.session.send("response.output_audio_transcript.done", **self._where(),
-                                    transcript=part["transcript"])
+            await self.session.send(ev.OutputAudioDone(**self._where()))
+            await self.session.send(ev.OutputAudioTranscriptDone(
+                **self._where(), transcript=part["transcript"]
+            ))
             wire = {"type": "audio", "transcript": part["transcript"]}
         else:
-            await self.session.send("response.output_text.done", **self._where(),
-                                    text=part["text"])
+            await self.session.send(ev.OutputTextDone(**self._where(), text=part["text"]))
             wire = {"type": "text", "text": part["text"]}
-        await self.session.send("response.content_part.done", **self._where(), part=wire)
+        await self.session.send(ev.ContentPartDone(**self._where(), part=wire))
 
     def _usage(self) -> dict:
         message, finish = self.message, self.finish
@@ -401,11 +406,8 @@ class Responses:
         )
         self._speech_stopped_at = None
         self.response = response
-        await self.send("response.created", response=response.wire())
-        await self.send(
-            "rate_limits.updated",
-            rate_limits=[self._queue_room()],
-        )
+        await self.send(ev.ResponseCreated(response=response.wire()))
+        await self.send(ev.RateLimitsUpdated(rate_limits=[self._queue_room()]))
         response.task = asyncio.create_task(ResponseRun(self, response).run())
 
     def _queue_room(self) -> dict:

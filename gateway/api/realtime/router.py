@@ -37,6 +37,7 @@ from ...errors import error_from_engine
 from ...policy import Policy
 from ...pump import Pump
 from ...settings import RealtimeSettings
+from . import events as ev
 from .serving import RealtimeSession, SessionClosed
 
 log = structlog.get_logger(__name__)
@@ -55,7 +56,7 @@ class Outbox:
         self.pump: Pump[str] = Pump(limits.send_queue_bytes)
         self.stalled = asyncio.Event()
 
-    async def put(self, event: dict) -> None:
+    async def put(self, event: ev.ServerEvent) -> None:
         if self.stalled.is_set():
             raise SessionClosed("the client stopped reading")
         text = _encoder.encode(event).decode()
@@ -89,12 +90,9 @@ class Outbox:
 
 
 async def _refuse(socket: WebSocket, error: EngineError, code: int, reason: str) -> None:
-    event = {
-        "type": "error",
-        "event_id": "event_refused",
-        "error": {"type": error.type, "code": error.code, "message": error.message,
-                  "param": error.param, "event_id": None},
-    }
+    event = ev.Error(error=ev.ErrorDetail(
+        type=error.type, code=error.code, message=error.message, param=error.param
+    ))
     await socket.send_text(_encoder.encode(event).decode())
     await socket.close(code=code, reason=reason)
 

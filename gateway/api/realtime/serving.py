@@ -26,6 +26,7 @@ from engines.registry import ModelRegistry
 from ...errors import InvalidRequest, error_from_engine, error_from_msgspec
 from ...policy import UNLIMITED, Policy
 from ...settings import Settings
+from . import events as ev
 from . import protocol as p
 from .conversation import Config, Item, Response, event_id_of, new_id
 from .input_audio import InputAudio
@@ -35,7 +36,7 @@ from .session_config import SessionConfigEvents
 
 log = structlog.get_logger(__name__)
 
-Send = Callable[[dict], Awaitable[None]]
+Send = Callable[[ev.ServerEvent], Awaitable[None]]
 
 
 _id = new_id
@@ -78,25 +79,19 @@ class RealtimeSession(SessionConfigEvents, InputAudio, ConversationItems, Respon
 
     # ------------------------------------------------------------------ plumbing
 
-    async def send(self, type_: str, **fields: Any) -> None:
-        await self._send({"event_id": _id("event"), "type": type_, **fields})
+    async def send(self, event: ev.ServerEvent) -> None:
+        await self._send(event)
 
     async def error(self, exc: EngineError, event_id: str | None = None) -> None:
         exc = error_from_engine(exc)
-        await self.send(
-            "error",
-            error={
-                "type": exc.type,
-                "code": exc.code,
-                "message": exc.message,
-                "param": exc.param,
-                "event_id": event_id,
-            },
-        )
+        await self.send(ev.Error(error=ev.ErrorDetail(
+            type=exc.type, code=exc.code, message=exc.message, param=exc.param,
+            event_id=event_id,
+        )))
 
 
     async def start(self) -> None:
-        await self.send("session.created", session=self.session_wire())
+        await self.send(ev.SessionCreated(session=self.session_wire()))
 
     async def close(self) -> None:
         """The socket is gone: stop every task so no engine stays held for it."""

@@ -10,6 +10,7 @@ from adapters.voice_owners import is_clone_id
 from engines.base import Capability
 
 from ...errors import InvalidRequest
+from . import events as ev
 from . import protocol as p
 from .conversation import (
     check_rate,
@@ -110,7 +111,7 @@ class SessionConfigEvents:
                 c.voice = audio.output.voice
             if audio.output.speed is not None:
                 c.speed = audio.output.speed
-        await self.send("session.updated", session=self.session_wire())
+        await self.send(ev.SessionUpdated(session=self.session_wire()))
 
     async def _check_voice(self, voice: str, param: str) -> None:
         async with self.registry.speech(self.settings.chat.speech_model) as engine:
