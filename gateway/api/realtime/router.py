@@ -61,9 +61,13 @@ async def realtime(socket: WebSocket) -> None:
     async def send(event: dict) -> None:
         if stalled.is_set():
             raise SessionClosed("the client stopped reading")
+        # Not wait_for: on Python 3.11 it swallows a cancellation that arrives once the put
+        # is done but before wait_for resumes, and a response cancelled there (barge-in,
+        # response.cancel, the socket closing) ran on to its end, holding the engines.
         try:
-            await asyncio.wait_for(outbox.put(event), limits.send_timeout_seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(limits.send_timeout_seconds):
+                await outbox.put(event)
+        except TimeoutError:
             stalled.set()
             raise SessionClosed("the client stopped reading") from None
 
