@@ -634,14 +634,19 @@ class RealtimeSession:
         if self.response is response:
             self.response = None
 
-    def _messages(self, response: Response) -> list[ChatMessage]:
-        messages = [ChatMessage("system", response.instructions)] if response.instructions else []
+    def _input(self, response: Response) -> list[Item]:
+        """The items a response reads: the conversation (unless "none"), then its own input."""
         source = list(self.items.values()) if response.conversation else []
         source += response.extra_input or []
-        for item in source:
-            if item in response.output:
-                continue
-            if item.type == "message":
+        return [item for item in source if item not in response.output]
+
+    def _messages(self, response: Response, spoken: tuple[Item, str] | None = None) -> list[ChatMessage]:
+        """``spoken``: a user item and the audio tokens that stand for it in the prompt."""
+        messages = [ChatMessage("system", response.instructions)] if response.instructions else []
+        for item in self._input(response):
+            if spoken is not None and item is spoken[0]:
+                messages.append(ChatMessage("user", None, audio_tokens=spoken[1]))
+            elif item.type == "message":
                 role = "system" if item.role == "system" else item.role
                 text = item.text()
                 if text:
@@ -719,7 +724,7 @@ class RealtimeSession:
             request = await self._request(response)
             async with self.registry.chat(self.config.model) as engine:
                 if engine.accepts_audio_tokens:
-                    request = await self._with_audio_tokens(request)
+                    request = await self._with_audio_tokens(request, response)
                 if speaks:
                     speech = RealtimeSpeech(self.registry, self.settings.chat.speech_model,
                                             response.voice, response.output_format)
@@ -855,16 +860,18 @@ class RealtimeSession:
             temperature=0.8,
         )
 
-    async def _with_audio_tokens(self, request: ChatRequest) -> ChatRequest:
-        """Step-Audio reads the current spoken turn as audio tokens, not as its transcript."""
-        last = next((i for i in reversed(self.items.values()) if i.role == "user"), None)
-        if last is None or last.audio is None:
+    async def _with_audio_tokens(self, request: ChatRequest, response: Response) -> ChatRequest:
+        """Step-Audio reads the current spoken turn as audio tokens, not as its transcript.
+
+        The current turn is the last user item the response reads, and its tokens take
+        that item's place: not the last user message of the prompt, which is another
+        item's when this one has no transcript, or the response's own input (conversation
+        "none", or ``input`` after a spoken conversation).
+        """
+        turn = next((i for i in reversed(self._input(response)) if i.role == "user"), None)
+        if turn is None or turn.audio is None:
             return request
         async with self.registry.audio_tokens(self.settings.chat.input_audio_tokenizer) as tok:
-            tokens = await tok.tokenize(last.audio, RATE)
-        messages = list(request.messages)
-        for i in range(len(messages) - 1, -1, -1):
-            if messages[i].role == "user":
-                messages[i] = ChatMessage("user", None, audio_tokens=tokens.text)
-                break
+            tokens = await tok.tokenize(turn.audio, RATE)
+        messages = self._messages(response, spoken=(turn, tokens.text))
         return ChatRequest(**{**request.__dict__, "messages": messages})
