@@ -8,7 +8,12 @@ before speech_stopped). Then barge-ins: while an answer plays, a second recordin
 streamed; the figure is the time from ``speech_started`` to the last audio delta of the
 cancelled answer (how long the assistant talks over the user).
 
-    python bench/realtime_latency.py [--turns 10] [--barge-ins 5]
+``--after-closed``: each turn follows a session that asked for a long story and closed
+its socket at the story's first audio: what a leftover response (one that outlives its
+session) would cost the next user. A closed session once kept its reply generating on
+the one compute slot, and turns after it waited 15-27 s for their first text token.
+
+    python bench/realtime_latency.py [--turns 10] [--barge-ins 5] [--after-closed]
 """
 
 from __future__ import annotations
@@ -86,6 +91,18 @@ async def barge_in(client: AsyncOpenAI, question: bytes, interrupt: bytes) -> di
     raise RuntimeError("the session ended early")
 
 
+async def closed_mid_reply(client: AsyncOpenAI) -> None:
+    """A session that asks for a long spoken story and goes away at its first audio."""
+    conn = await client.realtime.connect(model="gpt-realtime").enter()
+    await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "Tell me a long story about a lighthouse keeper and the sea."}]})
+    await conn.response.create()
+    async for event in conn:
+        if event.type == "response.output_audio.delta":
+            break
+    await conn.close()
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -96,6 +113,8 @@ async def main() -> None:
     parser.add_argument("--barge-ins", type=int, default=5)
     parser.add_argument("--transcription-model", default=None,
                         help="the session's input transcription model (default: chat.input_audio_model)")
+    parser.add_argument("--after-closed", action="store_true",
+                        help="start each turn right after a session closed while its reply played")
     args = parser.parse_args()
     hearing = args.transcription_model
     _, url = start_server(["tts-1", "whisper-1", "gpt-4o-mini"] + ([hearing] if hearing else []))
@@ -104,8 +123,13 @@ async def main() -> None:
     question = (await speech.create(model="tts-1", voice="alloy", input=QUESTION, response_format="pcm")).content
     interrupt = (await speech.create(model="tts-1", voice="alloy", input=INTERRUPT, response_format="pcm")).content
     await turn(client, question, hearing)  # warm-up
-    latencies = [await turn(client, question, hearing) for _ in range(args.turns)]
-    print(f"voice-to-voice (speech_stopped -> first audio delta), {args.turns} turns, "
+    latencies = []
+    for _ in range(args.turns):
+        if args.after_closed:
+            await closed_mid_reply(client)
+        latencies.append(await turn(client, question, hearing))
+    print(f"voice-to-voice (speech_stopped -> first audio delta), {args.turns} turns"
+          f"{' each right after a session closed mid-reply' if args.after_closed else ''}, "
           f"hearing with {hearing or 'the default input model'}:")
     print(f"  p50 {pct(latencies, 50):.3f} s   p90 {pct(latencies, 90):.3f} s   "
           f"min {min(latencies):.3f} s   max {max(latencies):.3f} s")

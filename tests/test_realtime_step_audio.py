@@ -9,6 +9,7 @@ real: the settings, the registry, the prompt builder, the session and the SDK's 
 
 from __future__ import annotations
 
+import msgspec
 from openai import AsyncOpenAI
 
 from adapters.step_audio.prompt import build_prompt
@@ -47,3 +48,125 @@ async def test_realtime_names_reach_step_audio_chat_with_the_conversation_as_pro
     finally:
         live.stop()
         await replica.stop()
+
+
+# --------------------------------------------------------------- the spoken turn's tokens
+
+
+class _Tokenizer:
+    """Stands for the Step-Audio tokenizer."""
+
+    async def tokenize(self, audio, sample_rate):
+        from engines.base import AudioTokens
+
+        return AudioTokens([], [], "<audio_1><audio_2>", len(audio) / sample_rate)
+
+
+class _Recogniser:
+    """Hears every audio item as ``heard`` ("": the transcription found no words)."""
+
+    sample_rate = 16_000
+
+    def __init__(self, heard: str) -> None:
+        self.heard = heard
+
+    async def transcribe(self, audio, options):
+        from types import SimpleNamespace
+
+        async def segments():
+            if self.heard:
+                yield SimpleNamespace(text=self.heard)
+
+        return SimpleNamespace(segments=segments())
+
+
+class _StepAudioChat:
+    """A chat engine that reads audio tokens, keeping the prompts it is given."""
+
+    accepts_audio_tokens = True
+
+    def __init__(self) -> None:
+        self.prompts: list[list[ChatMessage]] = []
+
+    async def generate(self, request):
+        from engines.chat import Finish, TextDelta
+
+        self.prompts.append(request.messages)
+        yield TextDelta("Ok.")
+        yield Finish("stop", 1, 1)
+
+
+class _Registry:
+    def __init__(self, heard: str) -> None:
+        self.engines = {"chat": _StepAudioChat(), "audio_tokens": _Tokenizer(),
+                        "transcription": _Recogniser(heard)}
+
+    def check(self, name, capability):
+        return name
+
+    def canonical(self, name):
+        return name
+
+    def states(self):
+        return []
+
+    def __getattr__(self, kind):
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def use(name):
+            yield self.engines[kind]
+
+        return use
+
+
+async def _prompt_of(heard: str, items: list[dict], response: dict) -> list[tuple]:
+    """The prompt Step-Audio-Chat gets for ``response`` after ``items`` (each audio item a
+    second of silence at 24 kHz), as (role, text, audio tokens) triples."""
+    import base64
+    import json
+
+    from gateway.api.realtime.serving import RealtimeSession
+    from gateway.settings import load_settings
+
+    registry = _Registry(heard)
+
+    async def send(event):
+        wire = msgspec.to_builtins(event)
+        assert wire["type"] != "error", wire
+
+    session = RealtimeSession(registry, load_settings(), "step-audio-chat", send)
+    await session.handle(json.dumps({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["text"], "instructions": "",
+        "audio": {"input": {"turn_detection": None}}}}))
+    audio = base64.b64encode(b"\0\0" * 24_000).decode()
+    for item in items:
+        if item == "audio":
+            item = {"type": "message", "role": "user",
+                    "content": [{"type": "input_audio", "audio": audio}]}
+        await session.handle(json.dumps({"type": "conversation.item.create", "item": item}))
+    await session.handle(json.dumps({"type": "response.create", "response": response}))
+    await session.response.task
+    [prompt] = registry.engines["chat"].prompts
+    return [(m.role, m.content, m.audio_tokens) for m in prompt]
+
+
+def _said(text: str) -> dict:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+async def test_the_spoken_turn_is_read_as_audio_tokens_in_its_own_place():
+    spoken = ("user", None, "<audio_1><audio_2>")
+    # the spoken turn is the last: its tokens stand in for its transcript
+    assert await _prompt_of("Hi", [_said("Hello"), "audio"], {}) == [
+        ("user", "Hello", None), spoken]
+    # a spoken turn with no transcript still takes its own place, not the message before
+    assert await _prompt_of("", [_said("Hello"), "audio"], {}) == [
+        ("user", "Hello", None), spoken]
+    # conversation "none": the response reads its own input only, the spoken turn not at all
+    assert await _prompt_of("Hi", ["audio"], {"conversation": "none",
+                                             "input": [_said("Summarise this.")]}) == [
+        ("user", "Summarise this.", None)]
+    # input after a spoken conversation: the typed turn is the current one
+    assert await _prompt_of("Hi", ["audio"], {"input": [_said("Now in French.")]}) == [
+        ("user", "Hi", None), ("user", "Now in French.", None)]
