@@ -96,3 +96,33 @@ async def test_realtime_speech_carries_the_replys_leading_tags_to_every_sentence
     assert len(audio) == 3 * 4_800 * 2  # 24 kHz PCM, as it came
     assert voice.heard == ["(高兴1)今天天气好。", "(高兴1)我们出去玩。", "(高兴1)好不好？"]
     assert [text for _, text in reply.marks] == ["(高兴1)今天天气好。", "我们出去玩。", "好不好？"]
+
+
+class _StubbornVoice(_TagReadingVoice):
+    """A voice whose synthesis finishes its sentence before it honours a cancellation, as a
+    call on an inference thread does (engines.workers)."""
+
+    reads_leading_tags = False
+
+    async def synthesize(self, request):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # the thread's call ends first
+            raise
+        yield AudioChunk(samples=np.zeros(4_800, np.float32), sample_rate=24_000)
+
+
+async def test_closing_a_reply_keeps_its_callers_cancellation():
+    """A barge-in that cancels a response while it closes its reply must still cancel it:
+    the reply's close once swallowed that cancellation along with its own task's."""
+    reply = realtime_speech(_Registry(_StubbornVoice()), "tts-1", "alloy", "audio/pcm", 1.0,
+                            UNLIMITED)
+    reply.start()
+    reply.feed("Hello there. And then")
+    await asyncio.sleep(0.05)  # the first sentence's synthesis under way
+    closing = asyncio.create_task(reply.aclose())
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing

@@ -237,7 +237,10 @@ class SpokenReply:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # our caller's, not the task's
+                    raise
+            except Exception:  # noqa: BLE001 - the reply is being dropped anyway
                 pass
 
     async def _synthesise(self) -> None:
