@@ -104,14 +104,8 @@ class SessionLimitReached(EngineError):
 
 
 async def _admit(socket: WebSocket, policy: Policy) -> EngineError | None:
-    """Why this session may not open (too many open, a model unknown or not the key's, the
-    key's limits), or None: then the session holds one of its key's concurrent streams."""
-    settings = socket.app.state["settings"]
-    limit = settings.realtime.max_sessions
-    if socket.app.state.get(_OPEN, 0) >= limit:
-        return SessionLimitReached(
-            f"This gateway serves at most {limit} realtime sessions at once; try again later."
-        )
+    """Why this session may not open (a model unknown or not the key's, the key's
+    limits), or None: then the session holds one of its key's concurrent streams."""
     try:
         socket.app.state["registry"].check(_model(socket), Capability.CHAT)
         policy.check_model(_model(socket))
@@ -132,6 +126,22 @@ def _model(socket: WebSocket) -> str:
 async def realtime(socket: WebSocket) -> None:
     offered = socket.scope.get("subprotocols") or []
     await socket.accept(subprotocols="realtime" if "realtime" in offered else None)
+    state = socket.app.state
+    limit = state["settings"].realtime.max_sessions
+    if state.get(_OPEN, 0) >= limit:
+        busy = SessionLimitReached(
+            f"This gateway serves at most {limit} realtime sessions at once; try again later."
+        )
+        await _refuse(socket, busy, _TRY_AGAIN_LATER, "session_limit_reached")
+        return
+    state[_OPEN] = state.get(_OPEN, 0) + 1  # taken before any await: the cap holds
+    try:
+        await _open(socket)
+    finally:
+        state[_OPEN] -= 1
+
+
+async def _open(socket: WebSocket) -> None:
     policy = socket.app.state["policies"].of(owner_of(socket.scope))
     refusal = await _admit(socket, policy)
     if refusal is not None:
@@ -140,13 +150,10 @@ async def realtime(socket: WebSocket) -> None:
         await _refuse(socket, refusal, _TRY_AGAIN_LATER if retry else 1008,
                       (refusal.code or "refused")[:120])
         return
-    state = socket.app.state
-    state[_OPEN] = state.get(_OPEN, 0) + 1
     metrics.REALTIME_SESSIONS.inc()
     try:
         await _serve(socket, policy)
     finally:
-        state[_OPEN] -= 1
         metrics.REALTIME_SESSIONS.dec()
         with anyio.CancelScope(shield=True):  # a session that broke still frees its stream
             await policy.release(refund=False)
