@@ -95,6 +95,16 @@ REALTIME_VOICE_TO_VOICE = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+REALTIME_TURN_STAGES = Histogram(
+    f"{PREFIX}_realtime_turn_stage_seconds",
+    "Realtime: where the wait between the detected end of the user's speech and the first "
+    "audio delta goes, by stage: heard (the turn's transcription after speech_stopped), "
+    "first_token (the model's first token after that), first_sentence (the first sentence "
+    "complete after that), synthesis (its first audio encoded after that), sent (the delta "
+    "on its way after that)",
+    ["model", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
 REALTIME_SESSIONS = Gauge(
     f"{PREFIX}_realtime_sessions_open",
     "Realtime WebSocket sessions currently open",

@@ -471,6 +471,17 @@ async def test_metrics_count_sessions_latency_and_barge_ins(http):
     assert latency and float(latency.group(1)) >= 1
     assert re.search(r"step_audio_gateway_realtime_barge_ins_total (\S+)", text).group(1) != "0.0"
     assert "step_audio_gateway_realtime_sessions_open 0.0" in text
+    # The wait's stages, each from the end of the one before, add up to the whole wait.
+    def total(metric: str, labels: str = "") -> float:
+        pattern = rf'step_audio_gateway_{metric}\{{model="[^"]+"{labels}\}} (\S+)'
+        return sum(float(v) for v in re.findall(pattern, text))
+
+    stages = ["heard", "first_token", "first_sentence", "synthesis", "sent"]
+    counts = {s: total("realtime_turn_stage_seconds_count", f',stage="{s}"') for s in stages}
+    assert all(n >= 1 for n in counts.values()), counts
+    whole = total("realtime_voice_to_voice_seconds_sum")
+    parts = sum(total("realtime_turn_stage_seconds_sum", f',stage="{s}"') for s in stages)
+    assert abs(parts - whole) <= 0.01 * whole, (parts, whole)
 
 
 def readme_blocks(language: str) -> list[str]:

@@ -126,3 +126,72 @@ async def test_closing_a_reply_keeps_its_callers_cancellation():
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
+
+
+class _Writer:
+    """A chat model (a stand-in: the point is the text it writes) that writes two lines
+    and is stopped by max_output_tokens."""
+
+    accepts_audio_tokens = False
+    computes_locally = False
+
+    async def generate(self, request):
+        from engines.chat import Finish, TextDelta
+
+        for piece in ("One line.\n", "Another line.\n"):
+            yield TextDelta(piece)
+        yield Finish("length", 5, 5)
+
+
+class _Engines(_Registry):
+    compute_slots = 2
+
+    def __init__(self) -> None:
+        self.engines = {"chat": _Writer(), "speech": _TagReadingVoice()}
+
+    def check(self, name, capability):
+        return name
+
+    def canonical(self, name):
+        return name
+
+    def states(self):
+        return []
+
+    def chat(self, name):
+        @asynccontextmanager
+        async def held():
+            yield self.engines["chat"]
+
+        return held()
+
+    def speech(self, name):
+        @asynccontextmanager
+        async def held():
+            yield self.engines["speech"]
+
+        return held()
+
+
+async def test_an_answer_stopped_at_max_output_tokens_keeps_its_transcript_as_written():
+    """It was voiced whole, so its transcript is its text; only an answer cut short (a
+    barge-in, a cancel) keeps just the words of the audio that was sent."""
+    import msgspec
+
+    from gateway.api.realtime.serving import RealtimeSession
+    from gateway.settings import load_settings
+
+    events: list[dict] = []
+
+    async def send(event):
+        events.append(msgspec.to_builtins(event))
+
+    session = RealtimeSession(_Engines(), load_settings(), "gpt-realtime", send)
+    await session.handle(json.dumps({"type": "response.create"}))
+    await session.response.task
+    [done] = [e for e in events if e["type"] == "response.done"]
+    deltas = "".join(e["delta"] for e in events
+                     if e["type"] == "response.output_audio_transcript.delta")
+    assert done["response"]["status"] == "incomplete"
+    assert deltas == "One line.\nAnother line.\n"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == deltas

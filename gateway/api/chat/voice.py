@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, TypeVar
@@ -166,6 +167,10 @@ class SpokenReply:
         self._voiced = 0  # of those, synthesised and encoded
         self._caught_up: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None  # held back by ready() for its next call
+        # When the first sentence went to synthesis, and its first audio was encoded
+        # (perf_counter; None until then): a realtime turn's latency stages.
+        self.first_sentence_at: float | None = None
+        self.first_audio_at: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -177,14 +182,18 @@ class SpokenReply:
     def feed(self, text: str) -> None:
         self.transcript += text
         for sentence in self._buffer.push(text):
-            self._queued += 1
-            self._sentences.put_nowait(sentence)
+            self._queue_sentence(sentence)
 
     def close(self) -> None:
         for sentence in self._buffer.flush():
-            self._queued += 1
-            self._sentences.put_nowait(sentence)
+            self._queue_sentence(sentence)
         self._sentences.put_nowait(None)
+
+    def _queue_sentence(self, sentence: str) -> None:
+        if self.first_sentence_at is None:
+            self.first_sentence_at = time.perf_counter()
+        self._queued += 1
+        self._sentences.put_nowait(sentence)
 
     async def caught_up(self) -> None:
         """Return once every sentence fed so far is synthesised and encoded (or synthesis
@@ -291,6 +300,8 @@ class SpokenReply:
 
     def _queue_audio(self, item: bytes | BaseException | None) -> None:
         if isinstance(item, bytes):
+            if not self.produced:
+                self.first_audio_at = time.perf_counter()
             self.produced += len(item)
         self._audio.put_nowait(item)
         if self.on_audio is not None:

@@ -220,6 +220,8 @@ class Response:
     finishing: bool = False  # past the point where a cancel changes anything
     created_at: float = field(default_factory=time.perf_counter)
     speech_stopped_at: float | None = None
+    heard_at: float | None = None  # the words of its input transcribed
+    first_token_at: float | None = None
     first_audio_at: float | None = None
     last_audio_at: float | None = None
 

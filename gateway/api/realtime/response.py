@@ -97,6 +97,7 @@ class ResponseRun:
         for task in [i.transcription for i in session.items.values() if i.transcription]:
             if not task.done():  # the words heard so far are the turn's input
                 await asyncio.shield(task)
+        self.response.heard_at = time.perf_counter()
         request = await self._request()
         if self.speaks:
             r = self.response
@@ -111,6 +112,8 @@ class ResponseRun:
 
     async def _render(self, event: object) -> None:
         if isinstance(event, TextDelta):
+            if self.response.first_token_at is None:
+                self.response.first_token_at = time.perf_counter()
             await self._text(event.text)
         elif isinstance(event, AudioBytes):
             await self._audio(event.data)
@@ -194,7 +197,24 @@ class ResponseRun:
                 metrics.REALTIME_VOICE_TO_VOICE.labels(model=self.session.config.model).observe(
                     now - response.speech_stopped_at
                 )
+                self._observe_stages(now)
         response.last_audio_at = now
+
+    def _observe_stages(self, sent_at: float) -> None:
+        """Where the wait from speech_stopped to this first audio went (see
+        metrics.REALTIME_TURN_STAGES), each stage from the end of the one before."""
+        r, reply = self.response, self.reply
+        points = [("heard", r.heard_at), ("first_token", r.first_token_at),
+                  ("first_sentence", reply.first_sentence_at if reply else None),
+                  ("synthesis", reply.first_audio_at if reply else None), ("sent", sent_at)]
+        model, previous = self.session.config.model, r.speech_stopped_at
+        for stage, at in points:
+            if at is None or previous is None:
+                return
+            metrics.REALTIME_TURN_STAGES.labels(model=model, stage=stage).observe(
+                max(0.0, at - previous)
+            )
+            previous = at
 
     async def _call_started(self, event: ToolCallStart) -> None:
         for call in self.calls.values():
@@ -248,8 +268,9 @@ class ResponseRun:
         message, response, reply = self.message, self.response, self.reply
         part = message.content[0]
         if self.speaks:
-            if response.status != "completed" and reply is not None:
-                # Cut short: the transcript is what the sent audio said, not the plan.
+            if response.status in ("cancelled", "failed") and reply is not None:
+                # Cut short: the transcript is what the sent audio said, not the plan. (An
+                # answer stopped at max_output_tokens was voiced whole: its text stands.)
                 part["transcript"] = heard_transcript(reply.marks, len(message.out_audio))
             message.marks = list(reply.marks) if reply is not None else []
             await self.session.send(ev.OutputAudioDone(**self._where()))
