@@ -50,7 +50,11 @@ def test_text_format_is_plain_text(openai_client, speech_wav):
 def test_srt_and_vtt(openai_client, speech_wav):
     srt = openai_client.audio.transcriptions.create(model="whisper-1", file=upload(speech_wav), response_format="srt")
     assert isinstance(srt, str) and srt.startswith("1\n00:00:00,")
-    assert " --> " in srt and "gateway" in srt.lower()
+    assert " --> " in srt
+    # The cues hold the paragraph, judged by word error rate as the other transcripts here
+    # are: one word ("gateway") was once heard otherwise, and a single word decided it.
+    said = [line for line in srt.splitlines() if line and " --> " not in line and not line.isdigit()]
+    assert wer(PARAGRAPH, " ".join(said)) <= 0.15, srt
     vtt = openai_client.audio.transcriptions.create(model="whisper-1", file=upload(speech_wav), response_format="vtt")
     assert vtt.startswith("WEBVTT\n\n00:00:00.") and " --> " in vtt
 
