@@ -231,3 +231,35 @@ class StallingLlama(LlamaChatEngine):
                 stalled, began = True, time.monotonic()
                 await asyncio.sleep(self.STALL)
                 type(self).pauses.append((text, began, time.monotonic()))
+
+
+class EnginesRegistry:
+    """The model registry's interface the realtime session and a spoken reply use, holding
+    given stand-in engines by kind (``chat``, ``speech``, ``transcription``,
+    ``audio_tokens``): every model name resolves to the engine of its kind."""
+
+    compute_slots = 2  # the chat model does not wait for the voice (no pacing)
+
+    def __init__(self, **engines) -> None:
+        self.engines = engines
+
+    def check(self, name, capability):
+        return name
+
+    def canonical(self, name):
+        return name
+
+    def states(self):
+        return []
+
+    def __getattr__(self, kind):
+        from contextlib import asynccontextmanager
+
+        if kind not in self.__dict__.get("engines", {}):
+            raise AttributeError(kind)
+
+        @asynccontextmanager
+        async def use(name):
+            yield self.engines[kind]
+
+        return use

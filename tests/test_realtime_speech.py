@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from contextlib import asynccontextmanager
-
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
@@ -16,6 +14,7 @@ from openai import AsyncOpenAI
 from engines.base import AudioChunk
 from gateway.api.realtime.speech import realtime_speech
 from gateway.policy import UNLIMITED
+from tests.faults import EnginesRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -71,22 +70,10 @@ class _TagReadingVoice:
         yield AudioChunk(samples=np.zeros(4_800, np.float32), sample_rate=24_000)
 
 
-class _Registry:
-    def __init__(self, engine) -> None:
-        self.engine = engine
-
-    def speech(self, name):
-        @asynccontextmanager
-        async def held():
-            yield self.engine
-
-        return held()
-
-
 async def test_realtime_speech_carries_the_replys_leading_tags_to_every_sentence():
     voice = _TagReadingVoice()
-    reply = realtime_speech(_Registry(voice), "step-audio-tts", "Tingting", "audio/pcm", 1.0,
-                            UNLIMITED)
+    reply = realtime_speech(EnginesRegistry(speech=voice), "step-audio-tts", "Tingting",
+                            "audio/pcm", 1.0, UNLIMITED)
     reply.start()
     for piece in ("(高兴1)今天天", "气好。我们出去玩。", "好不好？"):
         reply.feed(piece)
@@ -116,8 +103,8 @@ class _StubbornVoice(_TagReadingVoice):
 async def test_closing_a_reply_keeps_its_callers_cancellation():
     """A barge-in that cancels a response while it closes its reply must still cancel it:
     the reply's close once swallowed that cancellation along with its own task's."""
-    reply = realtime_speech(_Registry(_StubbornVoice()), "tts-1", "alloy", "audio/pcm", 1.0,
-                            UNLIMITED)
+    reply = realtime_speech(EnginesRegistry(speech=_StubbornVoice()), "tts-1", "alloy",
+                            "audio/pcm", 1.0, UNLIMITED)
     reply.start()
     reply.feed("Hello there. And then")
     await asyncio.sleep(0.05)  # the first sentence's synthesis under way
@@ -143,36 +130,6 @@ class _Writer:
         yield Finish("length", 5, 5)
 
 
-class _Engines(_Registry):
-    compute_slots = 2
-
-    def __init__(self) -> None:
-        self.engines = {"chat": _Writer(), "speech": _TagReadingVoice()}
-
-    def check(self, name, capability):
-        return name
-
-    def canonical(self, name):
-        return name
-
-    def states(self):
-        return []
-
-    def chat(self, name):
-        @asynccontextmanager
-        async def held():
-            yield self.engines["chat"]
-
-        return held()
-
-    def speech(self, name):
-        @asynccontextmanager
-        async def held():
-            yield self.engines["speech"]
-
-        return held()
-
-
 async def test_an_answer_stopped_at_max_output_tokens_keeps_its_transcript_as_written():
     """It was voiced whole, so its transcript is its text; only an answer cut short (a
     barge-in, a cancel) keeps just the words of the audio that was sent."""
@@ -186,7 +143,8 @@ async def test_an_answer_stopped_at_max_output_tokens_keeps_its_transcript_as_wr
     async def send(event):
         events.append(msgspec.to_builtins(event))
 
-    session = RealtimeSession(_Engines(), load_settings(), "gpt-realtime", send)
+    engines = EnginesRegistry(chat=_Writer(), speech=_TagReadingVoice())
+    session = RealtimeSession(engines, load_settings(), "gpt-realtime", send)
     await session.handle(json.dumps({"type": "response.create"}))
     await session.response.task
     [done] = [e for e in events if e["type"] == "response.done"]

@@ -16,6 +16,7 @@ from adapters.step_audio.prompt import build_prompt
 from engines.chat import ChatMessage
 from tests.conftest import live_server
 from tests.engines.test_vllm_pool import FakeVLLM, step_audio_settings
+from tests.faults import EnginesRegistry
 from tests.test_realtime import Session
 
 
@@ -96,30 +97,6 @@ class _StepAudioChat:
         yield Finish("stop", 1, 1)
 
 
-class _Registry:
-    def __init__(self, heard: str) -> None:
-        self.engines = {"chat": _StepAudioChat(), "audio_tokens": _Tokenizer(),
-                        "transcription": _Recogniser(heard)}
-
-    def check(self, name, capability):
-        return name
-
-    def canonical(self, name):
-        return name
-
-    def states(self):
-        return []
-
-    def __getattr__(self, kind):
-        from contextlib import asynccontextmanager
-
-        @asynccontextmanager
-        async def use(name):
-            yield self.engines[kind]
-
-        return use
-
-
 async def _prompt_of(heard: str, items: list[dict], response: dict) -> list[tuple]:
     """The prompt Step-Audio-Chat gets for ``response`` after ``items`` (each audio item a
     second of silence at 24 kHz), as (role, text, audio tokens) triples."""
@@ -129,7 +106,8 @@ async def _prompt_of(heard: str, items: list[dict], response: dict) -> list[tupl
     from gateway.api.realtime.serving import RealtimeSession
     from gateway.settings import load_settings
 
-    registry = _Registry(heard)
+    registry = EnginesRegistry(chat=_StepAudioChat(), audio_tokens=_Tokenizer(),
+                               transcription=_Recogniser(heard))
 
     async def send(event):
         wire = msgspec.to_builtins(event)

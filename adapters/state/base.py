@@ -99,7 +99,8 @@ class StateBackend(abc.ABC):
         *,
         partial: bool,
     ) -> Charge:
-        """Add ``amount`` to a counter of ``window`` (None: the current one). When it would pass ``limit``:
+        """Add ``amount`` to a counter of ``window`` (None: the current one). When it would
+        pass ``limit``:
         ``partial`` adds up to the limit and answers not ok (a stream that ran out),
         otherwise adds nothing and answers not ok (work refused before it started)."""
 

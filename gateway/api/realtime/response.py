@@ -156,10 +156,10 @@ class ResponseRun:
         message.format = self.response.output_format
         self.message = message
         await self._add_output(message)
-        part = {"type": "output_audio", "transcript": ""} if self.speaks else {"type": "output_text", "text": ""}
-        message.content.append(dict(part))
-        wire = {"type": "audio", "transcript": ""} if self.speaks else {"type": "text", "text": ""}
-        await self.session.send(ev.ContentPartAdded(**self._where(), part=wire))
+        kind, field = ("audio", "transcript") if self.speaks else ("text", "text")
+        message.content.append({"type": f"output_{kind}", field: ""})
+        part = {"type": kind, field: ""}
+        await self.session.send(ev.ContentPartAdded(**self._where(), part=part))
         return message
 
     def _where(self, item: Item | None = None) -> dict:
@@ -361,7 +361,8 @@ class ResponseRun:
         async with session.registry.chat(session.config.model) as engine:
             if not engine.accepts_audio_tokens:
                 return messages
-        async with session.registry.audio_tokens(session.settings.chat.input_audio_tokenizer) as tok:
+        tokenizer = session.settings.chat.input_audio_tokenizer
+        async with session.registry.audio_tokens(tokenizer) as tok:
             tokens = await tok.tokenize(item.samples(), RATE)
         messages = list(messages)
         messages[index] = ChatMessage("user", None, audio_tokens=tokens.text)
@@ -419,7 +420,9 @@ class Responses:
             instructions=w.instructions if w.instructions is not None else c.instructions,
             tools=tools,
             tool_choice=choice,
-            max_output_tokens=w.max_output_tokens if w.max_output_tokens is not None else c.max_output_tokens,
+            max_output_tokens=(
+                w.max_output_tokens if w.max_output_tokens is not None else c.max_output_tokens
+            ),
             conversation=w.conversation != "none",
             extra_input=extra,
             metadata=w.metadata,
