@@ -442,22 +442,6 @@ def test_repetition_processor_bans_a_repeated_last_token():
 # --------------------------------------------------------------------------- spoken chat replies
 
 
-class _OneEngine:
-    """The registry's one method a spoken reply uses, holding this engine."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-
-    def speech(self, name):
-        from contextlib import asynccontextmanager
-
-        @asynccontextmanager
-        async def held():
-            yield self.engine
-
-        return held()
-
-
 @pytest.mark.parametrize(
     ("reply", "vocoder", "prefix"),
     [
@@ -472,6 +456,7 @@ async def test_a_spoken_replys_leading_tags_reach_every_sentence(
     it, so each sentence the gateway voices on its own carries it (the rap one on the
     music vocoder with the TingtingRAP prompt)."""
     from gateway.api.chat.voice import SpokenReply
+    from tests.faults import EnginesRegistry
 
     heard, used = [], []
     original = engine.synthesize
@@ -491,7 +476,7 @@ async def test_a_spoken_replys_leading_tags_reach_every_sentence(
 
         monkeypatch.setattr(vocoder_object, "synthesize", spy)
 
-    spoken = SpokenReply(_OneEngine(engine), "step-audio-tts", "Tingting", "wav")
+    spoken = SpokenReply(EnginesRegistry(speech=engine), "step-audio-tts", "Tingting", "wav")
     spoken.start()
     for piece in reply:  # streamed the way the chat model writes it
         spoken.feed(piece)
