@@ -4,6 +4,11 @@ Segments are decoded lazily by faster-whisper, so they are handed on one by one:
 streamed transcription sends its first words while later audio is still being decoded.
 Silero VAD (bundled with faster-whisper) drops silence and splits long audio; the
 temperature fallback is capped because on garbled audio it can loop for many seconds.
+
+The encoder sees each window cut to its speech plus a margin (option ``window``,
+``"fitted"`` by default; ``"full"`` pads to Whisper's 30 s as faster-whisper does), and a
+detected language reuses the decode's encoding (:mod:`.whisper_window`): a 5 s turn took
+0.3 s instead of 1.3 s on two cores, with the same words on the recorded turns.
 """
 
 from __future__ import annotations
@@ -42,19 +47,26 @@ class FasterWhisperEngine(TranscriptionEngine):
         compute_type: str = "int8",
         cpu_threads: int = 0,
         beam_size: int = 1,
+        window: str = "fitted",
     ) -> None:
         super().__init__(name, context)
         self.weights = weights
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads or min(4, os.cpu_count() or 1)
         self.beam_size = beam_size
+        if window not in ("fitted", "full"):
+            raise ValueError(f"window must be 'fitted' or 'full', not {window!r}")
+        self.window = window
         self._model = None
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
 
+        from .whisper_window import FittedWhisper
+
         path = resolve_whisper_weights(self.weights, self.context.cache_dir)
-        self._model = WhisperModel(
+        model_class = FittedWhisper if self.window == "fitted" else WhisperModel
+        self._model = model_class(
             str(path),
             device="cpu",
             compute_type=self.compute_type,
