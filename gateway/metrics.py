@@ -91,19 +91,28 @@ AUDIO_SECONDS = Counter(
 # Realtime (WebSocket) sessions: what a voice agent's user feels.
 REALTIME_VOICE_TO_VOICE = Histogram(
     f"{PREFIX}_realtime_voice_to_voice_seconds",
-    "Realtime: time from the detected end of the user's speech to the first audio delta sent",
+    "Realtime: time from the arrival of the last audio of the user's words (where the turn "
+    "detector places the end of speech) to the first audio delta sent",
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
 REALTIME_TURN_STAGES = Histogram(
     f"{PREFIX}_realtime_turn_stage_seconds",
-    "Realtime: where the wait between the detected end of the user's speech and the first "
-    "audio delta goes, by stage: heard (the turn's transcription after speech_stopped), "
-    "first_token (the model's first token after that), first_sentence (the first sentence "
-    "complete after that), synthesis (its first audio encoded after that), sent (the delta "
-    "on its way after that)",
+    "Realtime: where the wait between the end of the user's words and the first audio delta "
+    "goes, by stage, each from the end of the one before: decision (the turn detector's "
+    "speech_stopped), heard (the turn's transcription), first_token (the model's first "
+    "token), first_sentence (the first sentence, or clause, complete), synthesis (its first "
+    "audio encoded), sent (the delta on its way); work done before speech_stopped (a reply "
+    "begun at the pause) counts zero",
     ["model", "stage"],
     buckets=LATENCY_BUCKETS,
+)
+REALTIME_SPECULATIONS = Counter(
+    f"{PREFIX}_realtime_speculative_replies",
+    "Realtime: replies begun at the user's pause, by outcome: adopted (the turn ended there "
+    "and the response took the reply over) or dropped (the user went on, or the response "
+    "asked for something else)",
+    ["outcome"],
 )
 REALTIME_SESSIONS = Gauge(
     f"{PREFIX}_realtime_sessions_open",

@@ -321,3 +321,36 @@ def policy_of(scope) -> Policy:
     state = scope.get("state") or {}
     policy = state.get(POLICY_STATE)
     return policy if policy is not None else Policy(owner_of(scope))
+
+
+class HeldCharges:
+    """A key's :class:`Policy` whose charges wait until :meth:`release`: work begun before
+    the client asked for it (a realtime reply built at the user's pause, in case the turn
+    ends there) is charged only if it is sent, and then as if it had begun then. Anything
+    else is the policy's own."""
+
+    _HELD = ("charge_audio_in", "charge_audio_out", "charge_tokens")
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._held: list[tuple[str, float]] = []
+        self._released = False
+
+    def __getattr__(self, name: str):
+        if name in self._HELD:
+            return lambda amount: self._charge(name, amount)
+        return getattr(self._policy, name)
+
+    async def _charge(self, name: str, amount: float) -> None:
+        if self._released:
+            await getattr(self._policy, name)(amount)
+        else:
+            self._held.append((name, amount))
+
+    async def release(self) -> None:
+        """Charge what was held (a charge over the key's limit raises, as it would have)
+        and charge from now on as it happens."""
+        self._released = True
+        held, self._held = self._held, []
+        for name, amount in held:
+            await getattr(self._policy, name)(amount)

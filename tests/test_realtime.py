@@ -476,7 +476,7 @@ async def test_metrics_count_sessions_latency_and_barge_ins(http):
         pattern = rf'step_audio_gateway_{metric}\{{model="[^"]+"{labels}\}} (\S+)'
         return sum(float(v) for v in re.findall(pattern, text))
 
-    stages = ["heard", "first_token", "first_sentence", "synthesis", "sent"]
+    stages = ["decision", "heard", "first_token", "first_sentence", "synthesis", "sent"]
     counts = {s: total("realtime_turn_stage_seconds_count", f',stage="{s}"') for s in stages}
     assert all(n >= 1 for n in counts.values()), counts
     whole = total("realtime_voice_to_voice_seconds_sum")

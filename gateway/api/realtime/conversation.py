@@ -219,7 +219,8 @@ class Response:
     cancel_reason: str | None = None
     finishing: bool = False  # past the point where a cancel changes anything
     created_at: float = field(default_factory=time.perf_counter)
-    speech_stopped_at: float | None = None
+    speech_ended_at: float | None = None  # when the last of the user's words arrived
+    speech_stopped_at: float | None = None  # when the turn detector said the turn ended
     heard_at: float | None = None  # the words of its input transcribed
     first_token_at: float | None = None
     first_audio_at: float | None = None

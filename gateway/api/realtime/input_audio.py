@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from ...errors import InvalidRequest, error_from_engine
 from . import protocol as p
 from . import events as ev
 from .conversation import Item, new_id
+
+_ARRIVALS_KEPT = 2_000  # appends: 40 s of 20 ms pieces, past any turn detector's silence
 
 
 class InputAudio:
@@ -55,9 +58,12 @@ class InputAudio:
             self.config.vad() if self.config.turn_detection else VadSettings(), self.heard
         )
         self._pending_item = new_id("item")
+        # (samples heard, when they arrived) for the last appends: when did speech end?
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=_ARRIVALS_KEPT)
         if getattr(self, "_speculation", None) is not None:
             self._speculation.cancel()
         self._speculation: asyncio.Task | None = None
+        self._drop_speculative_reply()
 
     async def _append(self, event: p.AudioAppend) -> None:
         data_b64 = event.audio
@@ -78,6 +84,7 @@ class InputAudio:
         self.buffer.append(samples)
         self.buffered += len(samples)
         self.heard += len(samples)
+        self._arrivals.append((self.heard, time.perf_counter()))
         if self.config.turn_detection is None:
             return
         for turn in self.detector.push(samples):
@@ -106,13 +113,16 @@ class InputAudio:
             if self.buffer and room:
                 heard = np.concatenate(self.buffer)
                 self._speculation = asyncio.create_task(self._recognise(heard))
+                self._speculate(self._speculation, self._pending_item, heard)
         elif isinstance(turn, Resumed):
             self._drop_speculation()
+            self._drop_speculative_reply()
         elif isinstance(turn, SpeechStopped):
             await self._on_speech_stopped(turn)
 
     async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
         self._speech_stopped_at = time.perf_counter()
+        self._speech_ended_at = self._arrival_of(turn.audio_end_ms * RATE // 1000)
         await self.send(ev.SpeechStopped(
             audio_end_ms=turn.audio_end_ms, item_id=self._pending_item
         ))
@@ -128,8 +138,18 @@ class InputAudio:
         finally:
             if item is None and heard is not None:
                 heard.cancel()
-        if item is not None and self.config.turn_detection.create_response is not False:
-            await self.create_response()
+        if item is None or self.config.turn_detection.create_response is False:
+            self._drop_speculative_reply()
+            return
+        try:
+            await self.create_response()  # takes the reply begun at the pause, if it fits
+        except BaseException:
+            self._drop_speculative_reply()
+            raise
+
+    def _arrival_of(self, sample: int) -> float | None:
+        """When the audio holding session sample ``sample`` arrived, if still known."""
+        return next((at for heard, at in self._arrivals if heard >= sample), None)
 
     def _check_audio_held(self, n_bytes: int, param: str) -> None:
         """Refuse ``n_bytes`` more of wire audio when the session would hold more than

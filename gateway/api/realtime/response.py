@@ -33,15 +33,16 @@ from engines.chat import (
     ToolCallStart,
     ToolSpec,
 )
-from engines.workers import commit_admission, open_admission
+from engines.workers import open_admission
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
-from ...turn import AudioBytes, run_turn
+from ...turn import AudioBytes
 from ..chat.voice import SpokenReply
 from . import events as ev
 from . import protocol as p
 from .conversation import Item, Response, check_rate, item_from_wire, new_id, tool_choice_of
+from .feed import TurnFeed
 from .speech import heard_transcript, realtime_speech
 
 if TYPE_CHECKING:
@@ -56,9 +57,12 @@ _DELTA_BYTES_G711 = 1_600  # 200 ms of 8 kHz G.711
 class ResponseRun:
     """One response's run, as the task the session cancels to stop it."""
 
-    def __init__(self, session: "RealtimeSession", response: Response) -> None:
+    def __init__(
+        self, session: "RealtimeSession", response: Response, pending: Item | None = None
+    ) -> None:
         self.session = session
         self.response = response
+        self.pending = pending  # a user item not yet committed (a speculative reply's)
         self.speaks = "audio" in response.modalities
         self.reply: SpokenReply | None = None
         self.message: Item | None = None
@@ -99,21 +103,36 @@ class ResponseRun:
                 await asyncio.shield(task)
         self.response.heard_at = time.perf_counter()
         request = await self._request()
-        if self.speaks:
-            r = self.response
-            self.reply = realtime_speech(session.registry, session.settings.chat.speech_model,
-                                         r.voice, r.output_format, r.speed, session.policy)
-        turn = run_turn(session.registry, session.config.model, request, session.policy,
-                        reply=self.reply, door="realtime")
-        async with aclosing(turn):
-            async for event in turn:
-                commit_admission()  # under way: no engine queue refuses it now
-                await self._render(event)
+        feed = await session.adopt_speculation(request, self.voicing())
+        if feed is None:
+            feed = self.feed(request, session.policy)
+        else:  # begun at the pause: the words were heard, and maybe more, before now
+            self.response.heard_at = feed.heard_at
+        self.reply = feed.reply
+        try:
+            async for event in feed.events():
+                await self._render(event, feed)
+        finally:
+            await feed.stop()
 
-    async def _render(self, event: object) -> None:
+    def voicing(self) -> tuple | None:
+        """What voices this response's reply (None: it is not spoken)."""
+        r = self.response
+        return (r.voice, r.output_format, r.speed) if self.speaks else None
+
+    def feed(self, request: ChatRequest, policy) -> TurnFeed:
+        """Start this response's turn (see :mod:`.feed`)."""
+        session, r = self.session, self.response
+        reply = None
+        if self.speaks:
+            reply = realtime_speech(session.registry, session.settings.chat.speech_model,
+                                    r.voice, r.output_format, r.speed, policy)
+        return TurnFeed(session.registry, session.config.model, request, reply, policy)
+
+    async def _render(self, event: object, feed: TurnFeed) -> None:
         if isinstance(event, TextDelta):
             if self.response.first_token_at is None:
-                self.response.first_token_at = time.perf_counter()
+                self.response.first_token_at = feed.first_token_at or time.perf_counter()
             await self._text(event.text)
         elif isinstance(event, AudioBytes):
             await self._audio(event.data)
@@ -193,28 +212,31 @@ class ResponseRun:
         response, now = self.response, time.perf_counter()
         if response.first_audio_at is None:
             response.first_audio_at = now
-            if response.speech_stopped_at is not None:
-                metrics.REALTIME_VOICE_TO_VOICE.labels(model=self.session.config.model).observe(
-                    now - response.speech_stopped_at
-                )
-                self._observe_stages(now)
+            ended = response.speech_ended_at or response.speech_stopped_at
+            if ended is not None:
+                model = self.session.config.model
+                metrics.REALTIME_VOICE_TO_VOICE.labels(model=model).observe(now - ended)
+                self._observe_stages(ended, now)
         response.last_audio_at = now
 
-    def _observe_stages(self, sent_at: float) -> None:
-        """Where the wait from speech_stopped to this first audio went (see
-        metrics.REALTIME_TURN_STAGES), each stage from the end of the one before."""
+    def _observe_stages(self, ended_at: float, sent_at: float) -> None:
+        """Where the wait from the end of the user's words to this first audio went (see
+        metrics.REALTIME_TURN_STAGES), each stage from the end of the one before. Work
+        done before the turn was decided (a reply begun at the pause) waited for nothing:
+        its stages count zero, and the stages still add up to the whole wait."""
         r, reply = self.response, self.reply
-        points = [("heard", r.heard_at), ("first_token", r.first_token_at),
+        points = [("decision", r.speech_stopped_at), ("heard", r.heard_at),
+                  ("first_token", r.first_token_at),
                   ("first_sentence", reply.first_sentence_at if reply else None),
                   ("synthesis", reply.first_audio_at if reply else None), ("sent", sent_at)]
-        model, previous = self.session.config.model, r.speech_stopped_at
+        if any(at is None for _, at in points):
+            return
+        model, previous = self.session.config.model, ended_at
         for stage, at in points:
-            if at is None or previous is None:
-                return
             metrics.REALTIME_TURN_STAGES.labels(model=model, stage=stage).observe(
                 max(0.0, at - previous)
             )
-            previous = at
+            previous = max(previous, at)
 
     async def _call_started(self, event: ToolCallStart) -> None:
         for call in self.calls.values():
@@ -307,6 +329,9 @@ class ResponseRun:
         "none"``), then its own ``input``."""
         response = self.response
         items = list(self.session.items.values()) if response.conversation else []
+        pending = self.pending
+        if pending is not None and response.conversation and pending.id not in self.session.items:
+            items.append(pending)  # (once committed, the item itself is there)
         return [i for i in items + (response.extra_input or []) if i not in response.output]
 
     async def _request(self) -> ChatRequest:
@@ -399,40 +424,45 @@ class Responses:
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
             )
-        c = self.config
         w = wire or p.ResponseConfig()
         out = w.audio.output if w.audio and w.audio.output else None
         if out is not None and out.voice is not None:
             await self._check_voice(out.voice, "response.audio.output.voice")
         if out is not None and out.format is not None:
             check_rate(out.format, "response.audio.output.format.rate")
-        tools = list(w.tools) if w.tools is not None else c.tools
-        choice = w.tool_choice if w.tool_choice is not None else c.tool_choice
+        tools = list(w.tools) if w.tools is not None else self.config.tools
+        choice = w.tool_choice if w.tool_choice is not None else self.config.tool_choice
         tool_choice_of(choice, tools)
-        extra = [item_from_wire(i) for i in w.input] if w.input is not None else None
+        response = self.response_of(w)
         await self.policy.admit_turn()  # a response is one request of the key
-        response = Response(
+        response.speech_stopped_at = self._speech_stopped_at
+        response.speech_ended_at = self._speech_ended_at
+        self._speech_stopped_at = self._speech_ended_at = None
+        self.response = response
+        await self.send(ev.ResponseCreated(response=response.wire()))
+        await self.send(ev.RateLimitsUpdated(rate_limits=[self._queue_room()]))
+        response.task = asyncio.create_task(ResponseRun(self, response).run())
+
+    def response_of(self, w: p.ResponseConfig) -> Response:
+        """The response ``w`` asks for: its fields, or the session's where it has none."""
+        c = self.config
+        out = w.audio.output if w.audio and w.audio.output else None
+        return Response(
             id=new_id("resp"),
             modalities=list(w.output_modalities or c.output_modalities),
             voice=(out.voice if out and out.voice else c.voice),
             speed=(out.speed if out and out.speed is not None else c.speed),
             output_format=(out.format.type if out and out.format else c.output_format),
             instructions=w.instructions if w.instructions is not None else c.instructions,
-            tools=tools,
-            tool_choice=choice,
+            tools=list(w.tools) if w.tools is not None else c.tools,
+            tool_choice=w.tool_choice if w.tool_choice is not None else c.tool_choice,
             max_output_tokens=(
                 w.max_output_tokens if w.max_output_tokens is not None else c.max_output_tokens
             ),
             conversation=w.conversation != "none",
-            extra_input=extra,
+            extra_input=[item_from_wire(i) for i in w.input] if w.input is not None else None,
             metadata=w.metadata,
-            speech_stopped_at=self._speech_stopped_at,
         )
-        self._speech_stopped_at = None
-        self.response = response
-        await self.send(ev.ResponseCreated(response=response.wire()))
-        await self.send(ev.RateLimitsUpdated(rate_limits=[self._queue_room()]))
-        response.task = asyncio.create_task(ResponseRun(self, response).run())
 
     def _queue_room(self) -> dict:
         """There are no rate limits here; what runs out is room in the chat engine's

@@ -33,6 +33,7 @@ from .input_audio import InputAudio
 from .items import ConversationItems
 from .response import Responses
 from .session_config import SessionConfigEvents
+from .speculation import SpeculativeReplies
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,9 @@ class SessionClosed(Exception):
 # ---------------------------------------------------------------------- the session
 
 
-class RealtimeSession(SessionConfigEvents, InputAudio, ConversationItems, Responses):
+class RealtimeSession(
+    SessionConfigEvents, InputAudio, SpeculativeReplies, ConversationItems, Responses
+):
     """The session's state, and the dispatch of client events to the modules that
     handle each family (session_config, input_audio, items, response)."""
 
@@ -76,6 +79,7 @@ class RealtimeSession(SessionConfigEvents, InputAudio, ConversationItems, Respon
         self._transcribing: set[asyncio.Task] = set()  # items' transcriptions not yet done
         self._reset_input()
         self._speech_stopped_at: float | None = None
+        self._speech_ended_at: float | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -98,6 +102,7 @@ class RealtimeSession(SessionConfigEvents, InputAudio, ConversationItems, Respon
         tasks = list(self._transcribing)
         if self._speculation is not None:
             tasks.append(self._speculation)
+        await self._stop_speculative_reply()
         if self.response is not None and self.response.task is not None:
             tasks.append(self.response.task)
         for task in tasks:

@@ -1,0 +1,133 @@
+"""Speculative replies (gateway/api/realtime/speculation.py): the reply is begun at the
+user's pause and taken over by the response when the turn ends there; a user who goes on
+after the pause gets an answer to everything they said, and the reply begun at the pause
+is dropped, charging the key nothing. Real recordings, embedded engines, official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.policy import HeldCharges
+from tests.recordings import pcm24k
+
+CHUNK = 4_800  # 100 ms of 24 kHz 16-bit PCM
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * 48_000) // 2 * 2)
+
+
+def speculations(text: str) -> dict[str, float]:
+    found = re.findall(r'realtime_speculative_replies_total\{outcome="(\w+)"\} (\S+)', text)
+    return {outcome: float(value) for outcome, value in found}
+
+
+async def turn_events(conn, pcm: bytes) -> list[dict]:
+    """Stream ``pcm`` in real time, then silence; the events up to the answer's end."""
+
+    async def speak() -> None:
+        audio = pcm + silence(1.5)
+        for start in range(0, len(audio), CHUNK):
+            await conn.input_audio_buffer.append(
+                audio=base64.b64encode(audio[start : start + CHUNK]).decode())
+            await asyncio.sleep(0.1)
+
+    speaking = asyncio.create_task(speak())
+    events = []
+    try:
+        while True:
+            event = json.loads(await asyncio.wait_for(conn.recv_bytes(), 120))
+            events.append(event)
+            assert event["type"] != "error", event
+            if event["type"] == "response.done":
+                return events
+    finally:
+        speaking.cancel()
+
+
+async def one_turn(
+    server, http, pcm: bytes, silence_ms: int = 500
+) -> tuple[list[dict], dict[str, float]]:
+    client = AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    before = speculations(http.get("/metrics").text)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={
+            "type": "realtime", "max_output_tokens": 30,
+            "audio": {"input": {
+                "transcription": {"model": "whisper-1"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms},
+            }},
+        })
+        events = await turn_events(conn, pcm)
+    after = speculations(http.get("/metrics").text)
+    change = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("adopted", "dropped")}
+    return events, change
+
+
+async def test_a_turn_that_ends_at_its_pause_is_answered_by_the_reply_begun_there(server, http):
+    events, change = await one_turn(server, http, pcm24k("zero_shot_en_prompt"))
+    assert change["adopted"] == 1, change
+    done = events[-1]["response"]
+    assert done["status"] in ("completed", "incomplete"), done
+    assert any(e["type"] == "response.output_audio.delta" for e in events)
+    # Nothing of the answer reached the client before the turn was decided.
+    kinds = [e["type"] for e in events]
+    assert kinds.index("input_audio_buffer.speech_stopped") < kinds.index("response.created")
+
+
+async def test_a_user_who_goes_on_after_a_pause_is_answered_on_all_they_said(server, http):
+    """The speaker pauses for 0.4 s after "His political stance was conservative,": long
+    enough to begin a reply, shorter than the 0.7 s of silence that ends a turn here. One
+    turn, whose item holds both halves; the reply begun at that pause is dropped."""
+    pcm = pcm24k("zero_shot_en_prompt")
+    events, change = await one_turn(server, http, pcm, silence_ms=700)
+    assert change["dropped"] >= 1 and change["adopted"] == 1, change
+    stopped = [e for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(stopped) == 1, stopped
+    heard = next(e["transcript"] for e in events
+                 if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert "conservative" in heard.lower() and "thatcher" in heard.lower(), heard
+
+
+class Ledger:
+    """Stands in for a key's policy: records charges, refuses past ``limit`` audio seconds."""
+
+    def __init__(self, limit: float = 10.0) -> None:
+        self.charged: list[tuple[str, float]] = []
+        self.limit = limit
+        self.owner = "key-a"
+
+    async def charge_audio_out(self, seconds: float) -> None:
+        if sum(s for k, s in self.charged if k == "out") + seconds > self.limit:
+            raise RuntimeError("over the key's audio limit")
+        self.charged.append(("out", seconds))
+
+    async def charge_tokens(self, tokens: int) -> None:
+        self.charged.append(("tokens", tokens))
+
+
+async def test_held_charges_are_made_only_once_released_and_then_as_they_come():
+    ledger = Ledger(limit=3.0)
+    held = HeldCharges(ledger)
+    await held.charge_audio_out(1.0)
+    await held.charge_tokens(12)
+    assert ledger.charged == [] and held.owner == "key-a"
+    await held.release()
+    assert ledger.charged == [("out", 1.0), ("tokens", 12)]
+    await held.charge_audio_out(1.5)
+    assert ledger.charged[-1] == ("out", 1.5)
+    with pytest.raises(RuntimeError):
+        await held.charge_audio_out(1.0)
+
+
+async def test_a_held_charge_over_the_limit_is_refused_when_released():
+    held = HeldCharges(Ledger(limit=1.0))
+    await held.charge_audio_out(2.0)  # held: the reply may never be sent
+    with pytest.raises(RuntimeError):
+        await held.release()
