@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from adapters.realtime.vad import SEMANTIC_SILENCE_MS, VadSettings
+from adapters.realtime.vad import SEMANTIC_EAGERNESS, VadSettings
 from engines.chat import ToolChoice, new_tool_call_id
 
 from ...errors import InvalidRequest
@@ -142,13 +142,15 @@ class Config:
     def vad(self) -> VadSettings:
         td = self.turn_detection
         assert td is not None
-        silence = td.silence_duration_ms
+        silence, complete_at = td.silence_duration_ms, None
         if td.type == "semantic_vad":
-            silence = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
+            eagerness = SEMANTIC_EAGERNESS[td.eagerness or "auto"]
+            silence, complete_at = eagerness.silence_ms, eagerness.complete_at
         return VadSettings(
             threshold=0.5 if td.threshold is None else td.threshold,
             prefix_padding_ms=300 if td.prefix_padding_ms is None else td.prefix_padding_ms,
             silence_duration_ms=500 if silence is None else silence,
+            complete_at=complete_at,
         )
 
     def turn_detection_wire(self) -> dict | None:
