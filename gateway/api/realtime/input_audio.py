@@ -32,6 +32,7 @@ from ...errors import InvalidRequest, error_from_engine
 from . import protocol as p
 from . import events as ev
 from .conversation import Item, new_id
+from .hearing import Heard, TurnHearing
 
 _ARRIVALS_KEPT = 2_000  # appends: 40 s of 20 ms pieces, past any turn detector's silence
 
@@ -60,9 +61,7 @@ class InputAudio:
         self._pending_item = new_id("item")
         # (samples heard, when they arrived) for the last appends: when did speech end?
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=_ARRIVALS_KEPT)
-        if getattr(self, "_speculation", None) is not None:
-            self._speculation.cancel()
-        self._speculation: asyncio.Task | None = None
+        self._new_hearing()
         self._drop_speculative_reply()
 
     async def _append(self, event: p.AudioAppend) -> None:
@@ -100,22 +99,22 @@ class InputAudio:
                 audio_start_ms=turn.audio_start_ms, item_id=self._pending_item
             ))
             self._trim_to(turn.audio_start_ms * RATE // 1000)
+            self._new_hearing()
             interrupts = self.config.turn_detection.interrupt_response is not False
             if self.response is not None and interrupts:
                 metrics.REALTIME_BARGE_INS.inc()
                 await self.cancel_response("turn_detected")
         elif isinstance(turn, Paused):
-            # Step-Audio's scheme: start hearing the turn at the first pause; kept only
-            # if the silence lasts (speech_stopped), dropped if the user goes on. Not
-            # while the recogniser already has this session's full share of work.
-            self._drop_speculation()
+            # Step-Audio's scheme: start hearing the turn at the pause, and the reply to
+            # it (speculation.py). The phrase heard is kept if the user goes on: only what
+            # they say next is left to hear. Not while the recogniser already has this
+            # session's full share of work.
             room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
             if self.buffer and room:
-                heard = np.concatenate(self.buffer)
-                self._speculation = asyncio.create_task(self._recognise(heard))
-                self._speculate(self._speculation, self._pending_item, heard)
+                self._hear_phrase()
+                words = self._hearing.words
+                self._speculate(words, self._pending_item, np.concatenate(self.buffer))
         elif isinstance(turn, Resumed):
-            self._drop_speculation()
             self._drop_speculative_reply()
         elif isinstance(turn, SpeechStopped):
             await self._on_speech_stopped(turn)
@@ -126,7 +125,11 @@ class InputAudio:
         await self.send(ev.SpeechStopped(
             audio_end_ms=turn.audio_end_ms, item_id=self._pending_item
         ))
-        heard, self._speculation = self._speculation, None
+        hearing = self._hearing
+        heard = hearing.words
+        if heard is not None and hearing.heard_until < self.heard_through(turn):
+            heard = None  # words after the last pause: the item is heard whole
+        self._new_hearing(cancel=False)  # the item takes these words
         item = None
         try:
             item = await self._commit(manual=False, heard=heard)
@@ -136,8 +139,8 @@ class InputAudio:
             self._clear_buffer()
             raise
         finally:
-            if item is None and heard is not None:
-                heard.cancel()
+            if item is None:
+                hearing.cancel()
         if item is None or self.config.turn_detection.create_response is False:
             self._drop_speculative_reply()
             return
@@ -187,10 +190,24 @@ class InputAudio:
         self._transcribing.add(task)
         task.add_done_callback(self._transcribing.discard)
 
-    def _drop_speculation(self) -> None:
-        if self._speculation is not None:
-            self._speculation.cancel()
-            self._speculation = None
+    def _new_hearing(self, cancel: bool = True) -> None:
+        """Hear the next turn from the start of the buffer (``cancel``: the words of the
+        one heard so far are not wanted)."""
+        if cancel and getattr(self, "_hearing", None) is not None:
+            self._hearing.cancel()
+        self._hearing = TurnHearing(self._recognise, getattr(self, "buffer_start", 0))
+
+    def _hear_phrase(self) -> None:
+        """Give the recogniser the audio since the last phrase."""
+        skip = max(0, self._hearing.heard_until - self.buffer_start)
+        audio = np.concatenate(self.buffer)[skip:]
+        if len(audio):
+            self._hearing.hear(audio, self.heard)
+
+    @staticmethod
+    def heard_through(turn: SpeechStopped) -> int:
+        """The session sample where the turn's speech ended."""
+        return turn.audio_end_ms * RATE // 1000
 
     def _trim_to(self, session_sample: int) -> None:
         drop = session_sample - self.buffer_start
@@ -239,32 +256,39 @@ class InputAudio:
         cfg = self.config.transcription
         return (cfg.model if cfg else None) or self.settings.chat.input_audio_model
 
-    async def _recognise(self, audio: np.ndarray) -> list[str]:
-        """The recogniser's segments for ``audio`` (16 kHz)."""
+    async def _recognise(
+        self, audio: np.ndarray, prompt: str | None = None, language: str | None = None
+    ) -> Heard:
+        """What the recogniser hears in ``audio`` (16 kHz): the session's transcription
+        prompt and language, or for a phrase of a turn, the words and language before it."""
         cfg = self.config.transcription
+        prompts = [cfg.prompt if cfg else None, prompt]
         async with self.registry.transcription(self._transcription_model()) as engine:
             if engine.sample_rate != RATE:
                 audio = resample(audio, RATE, engine.sample_rate)
             options = TranscriptionOptions(
-                language=cfg.language if cfg else None, prompt=cfg.prompt if cfg else None
+                language=(cfg.language if cfg and cfg.language else language),
+                prompt=" ".join(p for p in prompts if p) or None,
             )
             stream = await engine.transcribe(audio, options)
-            return [segment.text async for segment in stream.segments]
+            pieces = [segment.text async for segment in stream.segments]
+            return Heard(pieces, stream.info.language)
 
     async def _transcribe(self, item: Item, heard: asyncio.Task | None = None) -> None:
         """Transcribe a committed user item (or take the speculative transcription that
         started at the pause), announcing it when the session asked for transcripts."""
         announce = self.config.transcription is not None
         try:
-            pieces = None
+            words = None
             if heard is not None:
                 try:
-                    pieces = await heard
+                    words = await heard
                 except asyncio.CancelledError:
                     if asyncio.current_task().cancelling():
                         raise
-            if pieces is None:
-                pieces = await self._recognise(item.samples())
+            if words is None:
+                words = await self._recognise(item.samples())
+            pieces = words.pieces
             transcript = "".join(pieces).strip()
             if announce:
                 for i, piece in enumerate(x for x in pieces if x.strip()):

@@ -100,8 +100,7 @@ class RealtimeSession(
     async def close(self) -> None:
         """The socket is gone: stop every task so no engine stays held for it."""
         tasks = list(self._transcribing)
-        if self._speculation is not None:
-            tasks.append(self._speculation)
+        self._hearing.cancel()
         await self._stop_speculative_reply()
         if self.response is not None and self.response.task is not None:
             tasks.append(self.response.task)

@@ -57,13 +57,13 @@ class SpeculativeReplies:
     ) -> Speculation | None:
         from .response import ResponseRun  # the response module builds on this one
 
-        pieces = await asyncio.shield(heard)  # the committed item may still take it
+        words = await asyncio.shield(heard)  # the committed item may still take them
         heard_at = time.perf_counter()
         if not await self._reads_transcripts():
             return None
         item = Item(id=item_id, type="message", role="user")
         item.keep_audio(audio)
-        item.content.append({"type": "input_audio", "transcript": "".join(pieces).strip()})
+        item.content.append({"type": "input_audio", "transcript": words.text})
         run = ResponseRun(self, self.response_of(p.ResponseConfig()), pending=item)
         request = await run._request()
         policy = HeldCharges(self.policy)
