@@ -131,3 +131,69 @@ async def test_a_held_charge_over_the_limit_is_refused_when_released():
     await held.charge_audio_out(2.0)  # held: the reply may never be sent
     with pytest.raises(RuntimeError):
         await held.release()
+
+
+class _HeldRecogniser:
+    """A recogniser that hears nothing until released: a transcription still running."""
+
+    sample_rate = 16_000
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def transcribe(self, audio, options):
+        from engines.base import TranscriptionInfo, TranscriptionStream
+
+        await self.release.wait()
+
+        async def segments():
+            return
+            yield
+
+        return TranscriptionStream(info=TranscriptionInfo(language="en", duration=1.0),
+                                   segments=segments())
+
+
+class _OneLine:
+    accepts_audio_tokens = False
+    computes_locally = False
+
+    async def generate(self, request):
+        from engines.chat import Finish, TextDelta
+
+        yield TextDelta("Out of band.")
+        yield Finish("stop", 3, 3)
+
+
+async def test_an_out_of_band_response_does_not_wait_for_the_conversations_transcriptions():
+    """conversation "none" reads only its own input: a spoken item of the conversation
+    still being transcribed does not hold it (it used to wait for every transcription)."""
+    import msgspec
+
+    from gateway.api.realtime.serving import RealtimeSession
+    from gateway.settings import load_settings
+    from tests.faults import EnginesRegistry
+
+    events: list[dict] = []
+
+    async def send(event):
+        events.append(msgspec.to_builtins(event))
+
+    recogniser = _HeldRecogniser()
+    engines = EnginesRegistry(chat=_OneLine(), transcription=recogniser)
+    session = RealtimeSession(engines, load_settings(), "gpt-realtime", send)
+    audio = base64.b64encode(bytes(48_000)).decode()
+    await session.handle(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}}))
+    await session.handle(json.dumps({"type": "response.create", "response": {
+        "conversation": "none", "output_modalities": ["text"],
+        "input": [{"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "Hello?"}]}]}}))
+    try:
+        await asyncio.wait_for(session.response.task, 10)
+    finally:
+        recogniser.release.set()
+    done = next(e for e in events if e["type"] == "response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["text"] == "Out of band."
+    await session.close()

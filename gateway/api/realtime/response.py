@@ -98,7 +98,7 @@ class ResponseRun:
 
     async def _turn(self) -> None:
         session = self.session
-        for task in [i.transcription for i in session.items.values() if i.transcription]:
+        for task in [i.transcription for i in self._source() if i.transcription]:
             if not task.done():  # the words heard so far are the turn's input
                 await asyncio.shield(task)
         self.response.heard_at = time.perf_counter()
