@@ -99,9 +99,10 @@ REALTIME_TURN_STAGES = Histogram(
     f"{PREFIX}_realtime_turn_stage_seconds",
     "Realtime: where the wait between the detected end of the user's speech and the first "
     "audio delta goes, by stage: heard (the turn's transcription after speech_stopped), "
-    "first_token (the model's first token after that), first_sentence (the first sentence "
-    "complete after that), synthesis (its first audio encoded after that), sent (the delta "
-    "on its way after that)",
+    "first_token (the model's first token after that), first_sentence (the first piece to "
+    "voice complete after that: the first sentence, or its opening clause once that has "
+    "enough words), synthesis (its first audio encoded after that), sent (the delta on its "
+    "way after that)",
     ["model", "stage"],
     buckets=LATENCY_BUCKETS,
 )
