@@ -16,8 +16,9 @@ In one run, for each voice (and language) it
   counting underruns and the worst gap.
 
 Then the same for spoken chat replies (POST /v1/chat/completions, stream, pcm16): the first
-delta.audio against the moment the first sentence's text was complete (the next sentence
-had started, which is when the gateway can cut it) plus that sentence's synthesis.
+delta.audio against the moment the first piece's text was complete (the next piece had
+started, which is when the gateway can cut it) plus that piece's synthesis. The first piece
+is the first sentence, or its opening clause (adapters.text.sentences.FIRST_CLAUSE_WORDS).
 
     .venv/bin/python bench/speech_first_byte.py [--repeats 3] [--all-voices] [--voices joe,...]
         [--no-speech] [--no-chat] [--chat-tokens 120] [--json PATH]
@@ -48,7 +49,11 @@ import uvicorn  # noqa: E402
 from _server import streamed_speech  # noqa: E402
 
 from adapters.text.language import detect_language  # noqa: E402
-from adapters.text.sentences import SentenceBuffer, split_sentences  # noqa: E402
+from adapters.text.sentences import (  # noqa: E402
+    FIRST_CLAUSE_WORDS,
+    SentenceBuffer,
+    split_sentences,
+)
 from engines.base import SpeechRequest  # noqa: E402
 from engines.registry import registry_from_settings  # noqa: E402
 from gateway.app import create_app  # noqa: E402
@@ -89,7 +94,7 @@ class Row:
     synthesis_ms: float  # first sentence, engine called directly
     first_byte_ms: float  # first byte of the body (chat: first text delta)
     first_audio_ms: float  # first byte that carries decodable audio
-    ready_ms: float = 0.0  # chat: when the first sentence's text was complete
+    ready_ms: float = 0.0  # chat: when the first piece's text was complete
     total_ms: float = 0.0
     audio_s: float = 0.0
     underruns: int = 0
@@ -333,7 +338,7 @@ def speech_rows(client, router, cases, repeats: int) -> list[Row]:
 def stream_chat(client: httpx.Client, voice: str, max_tokens: int) -> dict:
     SYNTH_MARKS.clear()
     started = time.perf_counter()
-    sentences = SentenceBuffer()
+    sentences = SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS)  # as the reply splits
     ready = None
     first_text = None
     transcript = ""
@@ -393,7 +398,7 @@ def chat_rows(client, router, repeats: int, max_tokens: int) -> list[Row]:
         runs = []
         for _ in range(repeats):
             run = stream_chat(client, voice, max_tokens)
-            first = split_sentences(run["transcript"])[0]
+            first = split_sentences(run["transcript"], first_clause_words=FIRST_CLAUSE_WORDS)[0]
             runs.append(paired(run, time_first_sentence(router, engine_voice, first)))
         run = runs[0]
         language = detect_language(split_sentences(run["transcript"])[0])
@@ -413,8 +418,8 @@ HEADER = (
 
 LEGEND = """\
 First audio vs first-sentence synthesis; ms, medians of {repeats} runs (underruns: worst run).
-  synth    the first sentence synthesised by the engine called directly, just after the run
-  ready    0 for speech; chat: when the first sentence's text was complete (next one begun)
+  synth    the first sentence (chat: piece) synthesised by the engine itself, after the run
+  ready    0 for speech; chat: when the first piece's text was complete (next one begun)
   1st aud  first received bytes that decode to audio (wav/mp3/opus: a whole frame after the
            header; pcm: the first byte), from the request
   excess   1st aud - ready - synth (target <= {target:.0f}); ratio = (1st aud - ready) / synth

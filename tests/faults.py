@@ -207,9 +207,10 @@ def drop_captured_logs() -> None:
 
 class StallingLlama(LlamaChatEngine):
     """The real model, which pauses for ``STALL`` seconds right after the token that
-    completes its answer's first sentence, as a busy or slow model does between tokens
-    (a real one cannot be made to pause on cue). ``pauses`` records each pause as
-    (text so far, when it began, when it ended)."""
+    completes the first piece a spoken reply voices (its first sentence, or that sentence's
+    opening clause), as a busy or slow model does between tokens (a real one cannot be made
+    to pause on cue). ``pauses`` records each pause as (text so far, when it began, when it
+    ended)."""
 
     STALL = 2.0
     pauses: list[tuple[str, float, float]] = []
@@ -218,10 +219,12 @@ class StallingLlama(LlamaChatEngine):
         import asyncio
         import time
 
-        from adapters.text.sentences import SentenceBuffer
+        from adapters.text.sentences import FIRST_CLAUSE_WORDS, SentenceBuffer
         from engines.chat import TextDelta
 
-        sentences, stalled, text = SentenceBuffer(), False, ""
+        # Split as gateway.api.chat.voice.SpokenReply does.
+        sentences = SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS)
+        stalled, text = False, ""
         async for event in super().generate(request):
             yield event
             if stalled or not isinstance(event, TextDelta):

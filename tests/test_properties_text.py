@@ -17,16 +17,21 @@ from adapters.text.sentences import SentenceBuffer, split_sentences
 from tests.cuts import cut
 
 # Text that exercises the splitter: words, Latin and CJK terminators, abbreviations,
-# decimals, quotes and brackets after a stop, newlines, runs of spaces, long run-ons.
+# decimals, quotes and brackets after a stop, newlines, runs of spaces, long run-ons, and
+# the clause marks a spoken reply's first piece may end at (with numbers that hold them).
 _pieces = st.sampled_from(
     [
         "Hello", "world", "Dr.", "e.g.", "U.S.", "3.5", "J.", "etc.", ".", "!", "?", "...", "…",
         ";", ",", "、", "，", "。", "！", "？", "」", "”", ")", '"', "'", " ", " ", " ", "\n",
-        "\n\n", "\t", "こんにちは", "天气很好", "a" * 40, "word, " * 5,
+        "\n\n", "\t", "こんにちは", "天气很好", "a" * 40, "word, " * 5, ":", "：", " - ", " — ",
+        "——", "1,000", "10:30", "one two three",
     ]
 )
 texts = st.lists(_pieces | st.text(max_size=6), max_size=40).map("".join)
 max_chars = st.integers(min_value=4, max_value=120)
+# None: sentences only, as the speech engines split; a number: a spoken reply's first
+# piece may end at a clause once it has that many words.
+clause_words = st.none() | st.integers(min_value=1, max_value=6)
 
 
 def _assert_tiles(text: str, pieces: list[str]) -> None:
@@ -41,28 +46,38 @@ def _assert_tiles(text: str, pieces: list[str]) -> None:
     assert text[position:].strip() == ""
 
 
-@given(text=texts, limit=max_chars)
+@given(text=texts, limit=max_chars, words=clause_words)
 @settings(max_examples=400)
-def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit):
-    pieces = split_sentences(text, limit)
+def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit, words):
+    pieces = split_sentences(text, limit, words)
     _assert_tiles(text, pieces)
     for piece in pieces:
         assert piece and piece == piece.strip()
         assert len(piece) <= limit
 
 
-@given(text=texts, limit=max_chars, cuts=st.lists(st.integers(min_value=0), max_size=20))
+@given(
+    text=texts,
+    limit=max_chars,
+    words=clause_words,
+    cuts=st.lists(st.integers(min_value=0), max_size=20),
+)
 @settings(max_examples=400)
 # The buffer used to re-split from its last piece: after a capped cut inside "e.g." the
 # stream lost the abbreviation and spoke "." alone where the whole text had ". Hello".
-@example(text="HelloHelloHelloHelloDr.0:e.g. HelloHelloHelloHello", limit=7, cuts=[29])
-def test_streamed_text_splits_as_the_whole_text_does(text, limit, cuts):
-    buffer = SentenceBuffer(limit)
+@example(
+    text="HelloHelloHelloHelloDr.0:e.g. HelloHelloHelloHello", limit=7, words=None, cuts=[29]
+)
+# Blank lines before the first words are a "sentence" the buffer forgets: the first piece,
+# a clause, is still to come after them.
+@example(text="\n\none two three, four five. Six, seven.", limit=120, words=3, cuts=[3, 20])
+def test_streamed_text_splits_as_the_whole_text_does(text, limit, words, cuts):
+    buffer = SentenceBuffer(limit, first_clause_words=words)
     streamed: list[str] = []
     for chunk in cut(text, cuts):
         streamed += buffer.push(chunk)
     streamed += buffer.flush()
-    assert streamed == split_sentences(text, limit)
+    assert streamed == split_sentences(text, limit, words)
 
 
 @given(text=st.text(max_size=12), markers=st.lists(st.text(min_size=1, max_size=6), max_size=3))

@@ -4,10 +4,11 @@ The chat stream used to pick synthesised audio up only between the model's token
 finished sentence's audio waited for the next token; on a busy engine that is as long as
 the engine takes. Where the chat model and the speech engine have compute slots of their
 own, text keeps streaming while a sentence is voiced: the model here is the real one,
-paused after the token that completes its first sentence (tests/faults.py: StallingLlama;
-a real model cannot be made to pause on cue), and the sentence's audio must reach the
-client during that pause. Where they share the one slot (the default on a small CPU), the
-next token is asked for only once the sentence is voiced, so its audio comes first.
+paused after the token that completes the first piece the reply voices (its first sentence,
+or that sentence's opening clause: tests/faults.py: StallingLlama; a real model cannot be
+made to pause on cue), and that piece's audio must reach the client during that pause.
+Where they share the one slot (the default on a small CPU), the next token is asked for
+only once the piece is voiced, so its audio comes first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import httpx
 import pytest
 
-from adapters.text.sentences import SentenceBuffer
+from adapters.text.sentences import FIRST_CLAUSE_WORDS, SentenceBuffer
 from engines.base import Capability
 from engines.catalog import CATALOG, EngineKind
 from engines.registry import ModelRegistry, ModelSpec
@@ -73,6 +74,11 @@ def _spoken_deltas(client, question: str) -> tuple[list[str], int, float]:
     return deltas, before_audio, first_audio
 
 
+def _first_piece_complete(text: str) -> bool:
+    """Whether the text holds the reply's first piece, split as SpokenReply splits it."""
+    return bool(SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS).push(text))
+
+
 def test_first_sentence_is_heard_while_the_model_is_still_thinking(stalling):
     StallingLlama.pauses.clear()
     deltas, before_audio, first_audio = _spoken_deltas(stalling, "Tell me a short story about a dragon.")
@@ -86,8 +92,8 @@ def test_first_sentence_is_heard_while_the_model_is_still_thinking(stalling):
 def test_on_one_compute_slot_a_finished_sentence_is_heard_before_the_next_token(http):
     """The default config: llama.cpp and Piper take turns on one slot."""
     deltas, before_audio, _ = _spoken_deltas(http, "Tell me a short story about a dragon.")
-    complete = [bool(SentenceBuffer().push("".join(deltas[:n]))) for n in range(len(deltas) + 1)]
-    # The first audio came right after the delta that completed the first sentence: not
+    complete = [_first_piece_complete("".join(deltas[:n])) for n in range(len(deltas) + 1)]
+    # The first audio came right after the delta that completed the first piece: not
     # one token later (the model's next token waited for the voice), not before it.
     assert complete.index(True) == before_audio, (before_audio, deltas[:before_audio + 2])
     assert len(deltas) > before_audio  # and the answer went on after it

@@ -4,6 +4,9 @@ The split is deliberately conservative: it breaks after terminal punctuation (La
 CJK) followed by space or end of text, and keeps common abbreviations ("Dr.", "e.g.")
 and decimals ("3.5") inside their sentence. Over-long sentences are cut at the last comma
 or space before ``max_chars`` so one run-on paragraph does not delay the first audio.
+
+A spoken reply may also end its *first* piece at a clause (``first_clause_words``): see
+:data:`FIRST_CLAUSE_WORDS`.
 """
 
 from __future__ import annotations
@@ -38,8 +41,42 @@ _ABBREVIATIONS = {
 _LATIN_END = re.compile(r"[.!?;…]+[\"'”’)\]]*(?=\s|$)")
 _CJK_END = re.compile(r"[。！？；…]+[」』”’）)]*|\n+")
 
+#: How many words a spoken reply's first piece needs before it may end at a clause rather
+#: than at its sentence's end. Each piece is synthesised on its own, so a very short one
+#: ("Well," "Yes, of course,") is voiced as a clipped utterance of its own; and its audio
+#: must last until the next piece is written and synthesised, or the listener hears a gap
+#: after it. Five words is about 1.7-2 s of speech at 150-180 words a minute: a phrase
+#: with a contour of its own, and longer than the rest of a sentence takes to write (a few
+#: dozen tokens at tens a second) and to voice (a fraction of real time). Chinese and
+#: Japanese are spoken at some 4-5 characters a second, so 8 characters last about as long
+#: (each counts 5/8 of a word; a piece mixing scripts adds both).
+FIRST_CLAUSE_WORDS = 5
+_WORDS_PER_CJK_CHAR = 5 / 8
+# A clause ends at a comma, colon or dash. A Latin one must be followed by whitespace, so
+# "1,000", "3,5" and "10:30" are never cut; a dash only between spaced words ("now - or",
+# "now — or"), not inside "well-known" or "1990–2000".
+_LATIN_CLAUSE = re.compile(r"(?:[,:]|(?<=\s)(?:--?|[–—]))[\"'”’)\]]*(?=\s)")
+_CJK_CLAUSE = re.compile(r"(?:[，、：]|——)[」』”’）)]*")
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+# What may start the rest of the sentence after a clause: a word or an opening quote or
+# bracket, not the sentence's own stop (", ." would leave the stop to be voiced alone).
+_STARTS_MORE_WORDS = re.compile(r"\s*[\w\"'“‘(\[「『（]")
 
-def split_sentences(text: str, max_chars: int = 300) -> list[str]:
+
+def split_sentences(
+    text: str, max_chars: int = 300, first_clause_words: int | None = None
+) -> list[str]:
+    """The text's sentences, none over ``max_chars``; with ``first_clause_words``, the
+    first one may end early at a clause (see :func:`_first_clause_end`)."""
+    clause_end = (
+        _first_clause_end(text, max_chars, first_clause_words) if first_clause_words else None
+    )
+    if clause_end is None:
+        return _sentences(text, max_chars)
+    return [text[:clause_end].strip(), *_sentences(text[clause_end:], max_chars)]
+
+
+def _sentences(text: str, max_chars: int) -> list[str]:
     sentences: list[str] = []
     start = 0
     for end in _boundaries(text):
@@ -59,6 +96,45 @@ def _boundaries(text: str):
         | {m.end() for m in _CJK_END.finditer(text)}
     )
     return marks
+
+
+def _first_clause_end(text: str, max_chars: int, min_words: int) -> int | None:
+    """Where the text's first sentence may be cut at a clause: the first clause mark before
+    that sentence's end with at least ``min_words`` words before it and more words after
+    it, within ``max_chars`` (a longer opening is the cap's to cut).
+
+    Like a sentence end, a clause counts only once more text follows it, and whether it
+    does depends only on the first non-space character after it: so a stream cut at any
+    point picks the same clause as the whole text does, or none yet.
+    """
+    sentence_end = next((end for end in _boundaries(text) if text[:end].strip()), len(text))
+    for end in _clause_marks(text):
+        opening = text[:end].strip()
+        if end >= sentence_end or len(opening) > max_chars:
+            return None
+        if _spoken_words(opening) >= min_words and _STARTS_MORE_WORDS.match(text, end):
+            return end
+    return None
+
+
+def _clause_marks(text: str) -> list[int]:
+    latin = {
+        m.end()
+        for m in _LATIN_CLAUSE.finditer(text)
+        if not _after_abbreviation(text, m.start())
+    }
+    return sorted(latin | {m.end() for m in _CJK_CLAUSE.finditer(text)})
+
+
+def _after_abbreviation(text: str, mark: int) -> bool:
+    """"e.g., wav" or "etc., and": the comma belongs to the abbreviation's aside."""
+    return mark > 0 and text[mark - 1] == "." and _is_abbreviation(text, mark - 1)
+
+
+def _spoken_words(text: str) -> float:
+    cjk_chars = len(_CJK_CHAR.findall(text))
+    latin = [token for token in _CJK_CHAR.sub(" ", text).split() if re.search(r"\w", token)]
+    return len(latin) + cjk_chars * _WORDS_PER_CJK_CHAR
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
@@ -96,25 +172,36 @@ class SentenceBuffer:
     with a count of the pieces already handed out, rather than from the last piece: a
     long sentence's capped pieces may start mid-word, where the abbreviation check would
     see a different word than in the whole text. So the stream splits as the whole does.
+
+    ``first_clause_words``: the first piece may end at a clause (see
+    :data:`FIRST_CLAUSE_WORDS`); the rest of that sentence is the next piece.
     """
 
-    def __init__(self, max_chars: int = 300) -> None:
+    def __init__(self, max_chars: int = 300, first_clause_words: int | None = None) -> None:
         self.max_chars = max_chars
+        self.first_clause_words = first_clause_words
         self._pending = ""
         self._handed = 0  # pieces of ``_pending`` already returned
+        self._from_start = True  # ``_pending`` still starts where the text began
 
     def push(self, text: str) -> list[str]:
         self._pending += text
-        pieces = split_sentences(self._pending, self.max_chars)
+        pieces = self._split(self._pending)
         fresh = pieces[self._handed : -1]
         self._handed = max(self._handed, len(pieces) - 1)
         self._forget_settled()
         return fresh
 
     def flush(self) -> list[str]:
-        rest = split_sentences(self._pending, self.max_chars)[self._handed :]
-        self._pending, self._handed = "", 0
+        rest = self._split(self._pending)[self._handed :]
+        self._pending, self._handed, self._from_start = "", 0, True
         return rest
+
+    def _split(self, text: str) -> list[str]:
+        # Only the text's first piece may be a clause: once a piece has been forgotten,
+        # ``_pending`` starts mid-text.
+        clause_words = self.first_clause_words if self._from_start else None
+        return split_sentences(text, self.max_chars, clause_words)
 
     def _forget_settled(self) -> None:
         """Drop the text before the last boundary that more text follows: no later split
@@ -122,5 +209,8 @@ class SentenceBuffer:
         pending = self._pending
         settled = [end for end in _boundaries(pending) if pending[end:].strip()]
         if settled:
-            self._handed -= len(split_sentences(pending[: settled[-1]], self.max_chars))
+            forgotten = len(self._split(pending[: settled[-1]]))
+            self._handed -= forgotten
             self._pending = pending[settled[-1] :]
+            # Text that was only blank lines held no piece: the first is still to come.
+            self._from_start = self._from_start and not forgotten

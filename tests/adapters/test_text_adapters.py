@@ -6,7 +6,7 @@ import pytest
 
 from adapters.subtitles import to_srt, to_vtt
 from adapters.text.language import detect_language
-from adapters.text.sentences import split_sentences
+from adapters.text.sentences import FIRST_CLAUSE_WORDS, SentenceBuffer, split_sentences
 from adapters.text.tokens import count_audio_tokens, count_text_tokens
 from adapters.voices import VoiceNotFound, VoiceOption, choose_voice
 from engines.base import Segment
@@ -26,6 +26,63 @@ def test_long_sentences_are_capped_at_a_comma_or_space():
     pieces = split_sentences(text, max_chars=60)
     assert all(len(p) <= 60 for p in pieces)
     assert " ".join(pieces).split() == text.split()
+
+
+def streamed(deltas: list[str]) -> list[list[str]]:
+    """What a spoken reply's buffer hands out after each delta, then at the end."""
+    buffer = SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS)
+    return [buffer.push(delta) for delta in deltas] + [buffer.flush()]
+
+
+def test_a_spoken_replys_first_piece_is_its_opening_clause_once_more_words_follow():
+    assert streamed([
+        "The capital of France is Paris,",  # the clause may not be over yet: "Paris,"...
+        " ",
+        "a city",  # ...now it is
+        " known for art, food and history. It has many",
+        " museums, parks, and cafes. Bye",
+    ]) == [
+        [], [], ["The capital of France is Paris,"],
+        # The rest of that sentence, then whole sentences: commas cut only the first piece.
+        ["a city known for art, food and history."],
+        ["It has many museums, parks, and cafes."],
+        ["Bye"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Yes, of course, we can do that today.",  # too few words before either comma
+        "We charged the account 1,000 dollars and 3,5 euros today.",  # numbers, not clauses
+        "The meeting starts at 10:30 on Monday in the big room.",
+        "The gateway reads several formats e.g., wav and mp3 both.",  # an abbreviation's aside
+        "Sure. Paris is the capital of France, and its largest city.",  # first piece: "Sure."
+    ],
+)
+def test_a_first_piece_is_not_cut_at_a_comma_too_early_or_inside_a_number(text):
+    first = split_sentences(text, first_clause_words=FIRST_CLAUSE_WORDS)[0]
+    assert first == split_sentences(text)[0]
+
+
+def test_the_clause_rule_counts_cjk_characters_as_short_words():
+    # Six characters before the first comma are too few; thirteen before the second are not.
+    assert split_sentences("今天天气很好，我们去公园散步吧，好不好？然后回家。",
+                           first_clause_words=FIRST_CLAUSE_WORDS) == [
+        "今天天气很好，我们去公园散步吧，", "好不好？", "然后回家。"
+    ]
+    assert split_sentences("北京是中国的首都、也是一座历史名城。",
+                           first_clause_words=FIRST_CLAUSE_WORDS) == [
+        "北京是中国的首都、", "也是一座历史名城。"
+    ]
+
+
+def test_without_the_clause_rule_text_splits_into_sentences_only():
+    """The speech engines split a whole input so: a clause cut there would only add pauses."""
+    text = "The capital of France is Paris, a city known for art. It is big."
+    assert split_sentences(text) == [
+        "The capital of France is Paris, a city known for art.", "It is big."
+    ]
 
 
 @pytest.mark.parametrize("text,lang", [("Hello", "en"), ("こんにちは", "ja"), ("漢字とかな", "ja"), ("今天天气很好", "zh"), ("안녕하세요", "ko"), ("123 !?", "en")])

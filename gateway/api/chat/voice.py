@@ -6,10 +6,14 @@ tokenises speech) will plug in a different stage with the same ``prepare`` metho
 
 Output: :class:`SpokenReply` voices the reply sentence by sentence *while the text is
 still being generated*: complete sentences go to a background synthesis task whose
-encoded audio the stream picks up between tokens. A speech engine that reads leading
-control tags (Step-Audio-TTS-3B: ``(RAP)``, ``(四川话)``, ``(高兴1)``...) gets the reply's
-leading tags in front of every sentence, since upstream voices the whole reply with them
-and a tag on the first sentence alone would change voice after it.
+encoded audio the stream picks up between tokens. The first piece may be the first
+sentence's opening clause, once it has enough words (``FIRST_CLAUSE_WORDS``): the first
+audio then waits for a few words, not for the whole sentence.
+
+A speech engine that reads leading control tags (Step-Audio-TTS-3B: ``(RAP)``,
+``(四川话)``, ``(高兴1)``...) gets the reply's leading tags in front of every sentence,
+since upstream voices the whole reply with them and a tag on the first sentence alone
+would change voice after it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from adapters.audio.tempo import TempoFilter
 from adapters.chat.transcripts import Transcript, TranscriptCache, transcript_key
 from adapters.step_audio.speech_controls import split_leading_tags
 from adapters.text.language import detect_language
-from adapters.text.sentences import SentenceBuffer
+from adapters.text.sentences import FIRST_CLAUSE_WORDS, SentenceBuffer
 from engines.base import (
     InvalidInput,
     SpeechRequest,
@@ -152,7 +156,10 @@ class SpokenReply:
         self.speed = speed
         self.pipeline = pipeline if pipeline is not None else SpeechAudioPipeline(fmt)
         # ``first_chars``: cut a run-on sentence there, so it does not hold the first audio.
-        self._buffer = SentenceBuffer() if first_chars is None else SentenceBuffer(max_chars=first_chars)
+        # The first piece may end at a clause: the listener hears the answer begin after a
+        # few words rather than after its whole first sentence.
+        limit = {} if first_chars is None else {"max_chars": first_chars}
+        self._buffer = SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS, **limit)
         self.produced = 0  # encoded bytes made so far
         #: (byte offset where a sentence's audio ends, the sentence): what was heard of a
         #: reply cut short (see gateway.api.realtime.speech.heard_transcript).
@@ -167,8 +174,9 @@ class SpokenReply:
         self._voiced = 0  # of those, synthesised and encoded
         self._caught_up: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None  # held back by ready() for its next call
-        # When the first sentence went to synthesis, and its first audio was encoded
-        # (perf_counter; None until then): a realtime turn's latency stages.
+        # When the first piece (a sentence, or its opening clause) went to synthesis, and
+        # its first audio was encoded (perf_counter; None until then): a realtime turn's
+        # latency stages.
         self.first_sentence_at: float | None = None
         self.first_audio_at: float | None = None
 

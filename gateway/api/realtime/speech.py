@@ -2,9 +2,10 @@
 (:class:`~gateway.api.chat.voice.SpokenReply`: one loop for both doors, with its control
 tag carrier, its speed and its audio-out charge), in the session's wire format.
 
-Its marks (where each sentence's audio ends) let a cancelled or truncated reply keep, as
-its transcript, only the words whose audio was actually sent or heard: the next turn's
-context then holds what the user heard, not what the model had planned to say.
+Its marks (where each piece's audio ends: a sentence, or the first sentence's opening
+clause) let a cancelled or truncated reply keep, as its transcript, only the words whose
+audio was actually sent or heard: the next turn's context then holds what the user heard,
+not what the model had planned to say.
 """
 
 from __future__ import annotations
