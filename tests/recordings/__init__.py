@@ -19,6 +19,19 @@ NAMES = [
 ]
 
 
+# What each speaker reads, as written in examples/text.txt of the same Step-Audio-EditX
+# commit (see README.md): the reference for word (English) and character (Chinese) error rates.
+TEXTS = {
+    "en_happy_prompt": "You know, I just finished that big project and feel so relieved. "
+    "Everything seems easier and more colorful, what a wonderful feeling!",
+    "zero_shot_en_prompt": "His political stance was conservative, and he was particularly "
+    "close to margaret thatcher.",
+    "fear_zh_female_prompt": "我总觉得，有人在跟着我，我能听到奇怪的脚步声。",
+    "speed_prompt": "上次你说鞋子有点磨脚，我给你买了一双软软的鞋垫。",
+    "paralingustic_prompt": "我觉得这个计划大概是可行的，不过还需要再仔细考虑一下。",
+}
+
+
 def pcm24k(name: str) -> bytes:
     """The recording as 24 kHz 16-bit mono PCM (what ``audio/pcm`` sessions send)."""
     with wave.open(str(HERE / f"{name}.wav")) as file:
