@@ -2,8 +2,10 @@
 
 The split is deliberately conservative: it breaks after terminal punctuation (Latin and
 CJK) followed by space or end of text, and keeps common abbreviations ("Dr.", "e.g.")
-and decimals ("3.5") inside their sentence. Over-long sentences are cut at the last comma
-or space before ``max_chars`` so one run-on paragraph does not delay the first audio.
+and decimals ("3.5") inside their sentence. Chinese written with ASCII punctuation splits
+at it too. Over-long sentences are cut at the last comma or space before ``max_chars``
+(a CJK character counting three: it takes as long to say) so one run-on paragraph does not
+delay the first audio.
 
 A spoken reply may also end its *first* piece at a clause (``first_clause_words``): see
 :data:`FIRST_CLAUSE_WORDS`.
@@ -56,8 +58,15 @@ _WORDS_PER_CJK_CHAR = 5 / 8
 # "1,000", "3,5" and "10:30" are never cut; a dash only between spaced words ("now - or",
 # "now — or"), not inside "well-known" or "1990–2000".
 _LATIN_CLAUSE = re.compile(r"(?:[,:]|(?<=\s)(?:--?|[–—]))[\"'”’)\]]*(?=\s)")
-_CJK_CLAUSE = re.compile(r"(?:[，、：]|——)[」』”’）)]*")
-_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+# Chinese written with ASCII punctuation (as small models often write it): a stop or a
+# comma with no space after it, between two CJK characters, ends a sentence or a clause.
+_CJK_ASCII_END = re.compile(f"(?<=[{_CJK}])[.!?]+(?=[{_CJK}])")
+_CJK_CLAUSE = re.compile(f"(?:[，、：]|——|(?<=[{_CJK}])[,:](?=[{_CJK}]))[」』”’）)]*")
+# A CJK character takes about as long to say as three Latin letters (4-5 characters a
+# second against some 15): the caps on a piece's length count it so.
+_CJK_WIDTH = 3
 # What may start the rest of the sentence after a clause: a word or an opening quote or
 # bracket, not the sentence's own stop (", ." would leave the stop to be voiced alone).
 _STARTS_MORE_WORDS = re.compile(r"\s*[\w\"'“‘(\[「『（]")
@@ -94,6 +103,7 @@ def _boundaries(text: str):
     marks = sorted(
         {m.end() for m in _LATIN_END.finditer(text) if not _is_abbreviation(text, m.start())}
         | {m.end() for m in _CJK_END.finditer(text)}
+        | {m.end() for m in _CJK_ASCII_END.finditer(text)}
     )
     return marks
 
@@ -110,7 +120,7 @@ def _first_clause_end(text: str, max_chars: int, min_words: int) -> int | None:
     sentence_end = next((end for end in _boundaries(text) if text[:end].strip()), len(text))
     for end in _clause_marks(text):
         opening = text[:end].strip()
-        if end >= sentence_end or len(opening) > max_chars:
+        if end >= sentence_end or _width(opening) > max_chars:
             return None
         if _spoken_words(opening) >= min_words and _STARTS_MORE_WORDS.match(text, end):
             return end
@@ -147,15 +157,30 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha() and token.isupper())
 
 
+def _width(text: str) -> int:
+    return len(text) + (_CJK_WIDTH - 1) * len(_CJK_CHAR.findall(text))
+
+
+def _fit(sentence: str, max_chars: int) -> int:
+    """How many of the sentence's first characters are ``max_chars`` wide (at least one)."""
+    width = 0
+    for i, char in enumerate(sentence):
+        width += _CJK_WIDTH if _CJK_CHAR.match(char) else 1
+        if width > max_chars:
+            return max(1, i)
+    return len(sentence)
+
+
 def _cap(sentence: str, max_chars: int) -> list[str]:
     out = []
-    while len(sentence) > max_chars:
-        window = sentence[:max_chars]
-        cut = max(window.rfind(", "), window.rfind("、"), window.rfind("，"))
-        if cut < max_chars // 3:
+    while (fit := _fit(sentence, max_chars)) < len(sentence):
+        window = sentence[:fit]
+        clauses = [m.end() - 1 for m in _CJK_CLAUSE.finditer(window)]
+        cut = max(window.rfind(", "), clauses[-1] if clauses else -1)
+        if cut < fit // 3:
             cut = window.rfind(" ")
-        if cut < max_chars // 3:
-            cut = max_chars - 1
+        if cut < fit // 3:
+            cut = fit - 1
         out.append(sentence[: cut + 1].strip())
         sentence = sentence[cut + 1 :].strip()
     if sentence:

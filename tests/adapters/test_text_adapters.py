@@ -141,3 +141,25 @@ def test_multipart_folding():
     }
     assert fold_form([("chunking_strategy", '{"type": "server_vad"}')]) == {"chunking_strategy": {"type": "server_vad"}}
     assert fold_form([("timestamp_granularities", "word,segment")], ["timestamp_granularities"]) == {"timestamp_granularities": ["word", "segment"]}
+
+
+def test_chinese_written_with_ascii_punctuation_splits_at_its_stops_and_clauses():
+    """Small models often write Chinese with ASCII commas and stops and no space after:
+    between two CJK characters they end a clause or a sentence; "3.5" and "1,000" still
+    do not."""
+    text = "我知道你想多少天给我打电话,但我们还有一个问题.我们走吧。价格是3.5元,共1,000个。"
+    assert split_sentences(text, 120) == [
+        "我知道你想多少天给我打电话,但我们还有一个问题.", "我们走吧。", "价格是3.5元,共1,000个。"]
+    assert split_sentences(text, 120, first_clause_words=5)[0] == "我知道你想多少天给我打电话,"
+
+
+def test_a_long_chinese_sentence_is_capped_by_how_long_it_takes_to_say():
+    """120 Latin characters are some 8 s of speech, 120 CJK characters nearly 30: a CJK
+    character counts three toward the cap, so the first audio of a run-on Chinese
+    sentence does not wait for half a minute of synthesis."""
+    run_on = "我们今天去公园散步然后去吃饭" * 6  # 84 characters, no punctuation
+    pieces = split_sentences(run_on, 120)
+    assert "".join(pieces) == run_on
+    assert all(len(p) <= 40 for p in pieces), [len(p) for p in pieces]
+    latin = "word " * 40
+    assert [len(p) for p in split_sentences(latin.strip(), 120)][0] > 100
