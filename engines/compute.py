@@ -1,10 +1,12 @@
 """Slots handed out least-served first: the request that has computed least goes next.
 
-Served in arrival order, a chat question sent while a long spoken reply streams waited
-behind that reply's sentences and tokens at every step. Here each waiter names the
+Served in arrival order, a chat question sent while a long spoken reply streams would
+wait behind that reply's sentences and tokens at every step. Here each waiter names the
 :class:`ServiceAccount` of its request (the compute seconds all of the request's calls
 have used so far), and a freed slot goes to the waiter whose account is lowest, ties in
 arrival order; a waiter with no account counts as a request that has used nothing.
+Service is the wall time a call held a slot, what it kept everyone else from: a call
+slowed down by other processes on the host counts in full.
 
 A freed slot is handed out on the event loop's next pass, not at once. A stream calls
 again the moment a call returns (its next token), within the same step of its task; had
