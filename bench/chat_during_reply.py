@@ -6,7 +6,7 @@ first token and its whole answer. The same request is timed alone right before e
 such round, so both see the same load. Printed: medians of the request alone and during
 the reply, their ratio, and whether the reply was still speaking when the answer ended.
 
-    python bench/chat_during_reply.py [--repeats 5] [--max-tokens 60] [--n-threads-batch 1]
+    python bench/chat_during_reply.py [--repeats 5] [--max-tokens 40] [--n-threads-batch 1]
 
 ``--n-threads-batch 1`` evaluates prompts on one thread: on a host whose cores other
 processes share, two spinning threads stall prompts for seconds, alone and during the
@@ -76,8 +76,8 @@ class SpokenReply(threading.Thread):
                 if self.stop.is_set():
                     return  # leaving closes the stream: the gateway stops the reply
                 if line.startswith("data: {") and '"data":"' in line:
-                    chunk = json.loads(line[6:])
-                    if chunk["choices"] and (chunk["choices"][0]["delta"].get("audio") or {}).get("data"):
+                    choices = json.loads(line[6:])["choices"]
+                    if choices and (choices[0]["delta"].get("audio") or {}).get("data"):
                         self.speaking.set()
         self.ended = True
         self.speaking.set()
@@ -97,7 +97,7 @@ def during_reply(client: httpx.Client, url: str, max_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=60)
+    parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--n-threads-batch", type=int, help="the chat model's prompt threads")
     args = parser.parse_args()
     options = {}

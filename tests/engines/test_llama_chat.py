@@ -639,7 +639,9 @@ async def test_a_short_answer_is_not_queued_behind_a_long_generation(engine):
     before that answer ends, exactly as it is alone (the generations' caches stay apart)."""
     question = ChatRequest(user(FRANCE), temperature=0, max_tokens=12)
     alone = text_of(await collect(engine, question))
-    story = ChatRequest(user("Write a very long story about a dragon."), temperature=0, max_tokens=300)
+    story = ChatRequest(
+        user("Write a very long story about a dragon."), temperature=0, max_tokens=300
+    )
     started = asyncio.Event()
     story_done_first = None
 
