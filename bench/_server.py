@@ -18,10 +18,15 @@ from gateway.app import create_app  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 
 
-def start_server(preload: list[str]) -> tuple[uvicorn.Server, str]:
-    """Serve with ``preload`` loaded; return the server and its base URL once ready."""
+def start_server(
+    preload: list[str], options: dict[str, dict] | None = None
+) -> tuple[uvicorn.Server, str]:
+    """Serve with ``preload`` loaded and ``options`` (model id -> engine options) over the
+    defaults; return the server and its base URL once ready."""
     settings = load_settings()
     settings.engines.preload = preload
+    for model_id, extra in (options or {}).items():
+        settings.models[model_id].options = {**settings.models[model_id].options, **extra}
     settings.server.log_level = "warning"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -30,6 +30,7 @@ from .base import (
 from .capabilities import INTERFACES
 from .catalog import CATALOG, EngineKind
 from .chat import ChatEngine
+from .compute import LeastServedFirst
 from .workers import Worker
 
 log = structlog.get_logger(__name__)
@@ -109,7 +110,8 @@ class ModelRegistry:
         self._max_queue = max_queue
         self.idle_unload_seconds = idle_unload_seconds
         self._parallel_inference = max(1, parallel_inference)
-        self._compute: anyio.CapacityLimiter | None = None
+        # What every in-process engine's calls take turns on (engines.workers).
+        self._compute = LeastServedFirst(self._parallel_inference)
         created = int(time.time())
         self._slots: dict[str, _Slot] = {}
         self._names: dict[str, str] = {}
@@ -228,7 +230,7 @@ class ModelRegistry:
                         slot.spec.id,
                         self._max_concurrency,
                         self._max_queue,
-                        self._compute_limiter(),
+                        self._compute,
                     ),
                     cache_dir=self._cache_dir,
                     registry=self,
@@ -250,12 +252,6 @@ class ModelRegistry:
                 log.info("model_loaded", model=slot.spec.id, seconds=round(slot.load_seconds, 3))
                 slot.engine = engine
         return slot.engine  # type: ignore[return-value]
-
-    def _compute_limiter(self) -> anyio.CapacityLimiter:
-        # Created lazily: a limiter belongs to the event loop that first uses it.
-        if self._compute is None:
-            self._compute = anyio.CapacityLimiter(self._parallel_inference)
-        return self._compute
 
     async def preload(self, names: list[str]) -> None:
         """Load ``names`` now; on failure keep serving (lazily) but report it in /ready."""

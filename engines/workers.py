@@ -14,6 +14,12 @@ their thread pools to the whole machine and spin while waiting; two of them comp
 once on a 2-core host (the chat LLM and the TTS voicing its reply) slowed each token by
 two orders of magnitude. Taking turns at the granularity of a token or a sentence keeps
 both streams moving at full speed.
+
+Every wait, for an engine's turn and for the compute limiter, is served least-served
+first (:mod:`engines.compute`): each request's compute seconds add up on its admission
+record, so a new request's calls go before those of one that has been computing for a
+while, and a chat question sent while a long spoken reply streams is not answered at
+the reply's pace.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import AsyncIterator, Callable, Iterator, TypeVar
 import anyio
 
 from .base import EngineOverloaded
+from .compute import LeastServedFirst, ServiceAccount
 
 T = TypeVar("T")
 
@@ -41,13 +48,17 @@ class QueueAdmission:
     its response has started (:func:`commit_admission`), nothing the request asks of any
     gate is refused, so a spoken reply's speech engine cannot fail a chat stream that is
     already under way either.
+
+    ``service`` adds up the compute seconds of all the request's calls: where several
+    calls wait, the one whose request has used the least goes first.
     """
 
-    __slots__ = ("gates", "committed")
+    __slots__ = ("gates", "committed", "service")
 
     def __init__(self) -> None:
         self.gates: set[Gate] = set()
         self.committed = False
+        self.service = ServiceAccount()
 
 
 _admission: contextvars.ContextVar[QueueAdmission | None] = contextvars.ContextVar(
@@ -62,6 +73,12 @@ def open_admission() -> contextvars.Token:
 
 def close_admission(token: contextvars.Token) -> None:
     _admission.reset(token)
+
+
+def _service() -> ServiceAccount | None:
+    """The current request's compute account; None outside any request (counts as new)."""
+    admission = _admission.get()
+    return admission.service if admission is not None else None
 
 
 def commit_admission() -> None:
@@ -102,46 +119,43 @@ class Gate:
     """At most ``slots`` holders at once and at most ``max_queue`` waiting for a turn.
 
     The one place that admits or refuses (:class:`EngineOverloaded`, a 429): worker calls
-    go through one, and so do engines whose turns span many calls (the llama engine serves
-    whole generations one at a time). A semaphore, not a lock or limiter: a turn may be
-    taken by the task that answers a request and given back by the task that streams it.
+    go through one, and so do engines whose turns span many calls (the llama engine's
+    generations, one per context). Turns go least-served first (:mod:`engines.compute`),
+    and may be taken by the task that answers a request and given back by the task that
+    streams it.
     """
 
     def __init__(self, name: str, slots: int = 1, max_queue: int = 16) -> None:
         self.name = name
-        self.slots = max(1, slots)
         self.max_queue = max_queue
-        self._free = anyio.Semaphore(self.slots)
-        self._waiting = 0
+        self._slots = LeastServedFirst(slots)
+
+    @property
+    def slots(self) -> int:
+        return self._slots.slots
 
     @property
     def busy(self) -> int:
-        return self.slots - self._free.value
+        return self._slots.busy
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return self._slots.waiting
 
     async def acquire(self) -> None:
         admission = _admission.get()
         if admission is None or not (admission.committed or self in admission.gates):
-            if self._free.value == 0 and self._waiting >= self.max_queue:
+            if self._slots.would_wait() and self._slots.waiting >= self.max_queue:
                 raise EngineOverloaded(
-                    f"model {self.name!r} has {self._waiting} requests waiting; retry shortly"
+                    f"model {self.name!r} has {self._slots.waiting} requests waiting;"
+                    " retry shortly"
                 )
             if admission is not None:
                 admission.gates.add(self)
-        try:
-            self._free.acquire_nowait()  # only a call that must wait counts as waiting
-        except anyio.WouldBlock:
-            self._waiting += 1
-            try:
-                await self._free.acquire()
-            finally:
-                self._waiting -= 1
+        await self._slots.acquire(_service())
 
     def release(self) -> None:
-        self._free.release()
+        self._slots.release()
 
 
 class Worker:
@@ -150,7 +164,7 @@ class Worker:
         name: str,
         concurrency: int = 1,
         max_queue: int = 16,
-        compute: anyio.CapacityLimiter | None = None,
+        compute: LeastServedFirst | None = None,
     ) -> None:
         self.name = name
         self.max_queue = max_queue
@@ -170,7 +184,7 @@ class Worker:
         try:
             if self._compute is None:
                 return await _uninterrupted(fn, *args)
-            async with self._compute:
+            async with self._compute.serve(_service()):
                 return await _uninterrupted(fn, *args)
         finally:
             self._gate.release()

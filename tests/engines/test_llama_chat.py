@@ -626,10 +626,55 @@ async def test_invalid_requests(engine, request_, param):
 
 @pytest.mark.slow
 async def test_concurrent_requests_take_turns(engine):
+    """More requests than contexts: each gets the answer it gets alone."""
     request = ChatRequest(user(FRANCE), temperature=0, max_tokens=12)
     alone = text_of(await collect(engine, request))
     together = await asyncio.gather(*(collect(engine, request) for _ in range(3)))
     assert [text_of(events) for events in together] == [alone] * 3
+
+
+@pytest.mark.slow
+async def test_a_short_answer_is_not_queued_behind_a_long_generation(engine):
+    """Two contexts: a question asked while a long answer is being written is answered
+    before that answer ends, exactly as it is alone (the generations' caches stay apart)."""
+    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=12)
+    alone = text_of(await collect(engine, question))
+    story = ChatRequest(
+        user("Write a very long story about a dragon."), temperature=0, max_tokens=300
+    )
+    started = asyncio.Event()
+    story_done_first = None
+
+    async def tell() -> list:
+        events = []
+        async for event in engine.generate(story):
+            events.append(event)
+            started.set()
+        return events
+
+    async def ask() -> list:
+        nonlocal story_done_first
+        await started.wait()
+        events = await collect(engine, question)
+        story_done_first = telling.done()
+        return events
+
+    telling = asyncio.create_task(tell())
+    told, answered = await asyncio.gather(telling, ask())
+    assert text_of(answered) == alone
+    assert story_done_first is False
+    assert told[-1].reason == "length"  # the story was still going
+
+
+def test_a_generation_takes_the_context_holding_the_longest_start_of_its_prompt():
+    from engines.embedded.llama import _Context
+
+    engine = LlamaChatEngine("unloaded", EngineContext(Worker("w"), cache_dir=None, registry=None))
+    other, same_chat = _Context(None, [1, 2, 3, 4]), _Context(None, [1, 2, 7, 8, 9])
+    engine._idle = [other, same_chat]
+    with engine._context_for([1, 2, 7, 8, 9, 10, 11]) as context:
+        assert context is same_chat and engine._idle == [other]
+    assert same_chat in engine._idle
 
 
 @pytest.mark.slow

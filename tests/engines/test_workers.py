@@ -6,10 +6,10 @@ import asyncio
 import threading
 import time
 
-import anyio
 import pytest
 
 from engines.base import EngineOverloaded
+from engines.compute import LeastServedFirst
 from engines.workers import Worker, close_admission, commit_admission, open_admission
 
 
@@ -95,7 +95,7 @@ async def test_a_stream_gets_its_first_item_after_one_turn_of_a_busy_engine_not_
     its next token queued, took the turn in between. Iterator and first item now share
     one turn, so the sentence waits only for the token being computed. (Workers with
     sleeping calls stand in for the engines: the limiter's order is what is tested.)"""
-    compute = anyio.CapacityLimiter(1)
+    compute = LeastServedFirst(1)
     llm, speech = Worker("llm", compute=compute), Worker("speech", compute=compute)
     tokens = 0
     stop = False
@@ -122,3 +122,38 @@ async def test_a_stream_gets_its_first_item_after_one_turn_of_a_busy_engine_not_
     stop = True
     await asyncio.gather(*generators)
     assert waited <= 1, waited  # the token being computed when the stream asked
+
+
+async def test_a_new_requests_calls_go_before_those_of_a_request_that_has_computed_longer():
+    """A chat question sent while a long spoken reply streams: its tokens go before the
+    reply's next sentence, which was waiting first, because the reply's earlier calls
+    are on its request's account. (Workers with blocking calls stand in for the engines.)"""
+    compute = LeastServedFirst(1)
+    llm, speech, other = (Worker(name, compute=compute) for name in ("llm", "speech", "other"))
+    blocker, computed, next_sentence = threading.Event(), asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def long_reply():
+        await llm.run(time.sleep, 0.3)  # what it has computed so far
+        computed.set()
+        await next_sentence.wait()
+        await speech.run(order.append, "reply sentence")
+
+    async def question():
+        for token in range(3):
+            await llm.run(order.append, f"token {token}")
+
+    reply = asyncio.create_task(_as_request(long_reply))
+    await computed.wait()
+    holding = asyncio.create_task(other.run(blocker.wait, 30))  # compute is busy
+    while not compute.busy:
+        await asyncio.sleep(0.01)
+    next_sentence.set()
+    while compute.waiting < 1:
+        await asyncio.sleep(0.01)
+    asked = asyncio.create_task(_as_request(question))
+    while compute.waiting < 2:
+        await asyncio.sleep(0.01)
+    blocker.set()
+    await asyncio.gather(holding, asked, reply)
+    assert order == ["token 0", "token 1", "token 2", "reply sentence"]
