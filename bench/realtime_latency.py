@@ -292,6 +292,15 @@ def report(turns: list[Turn], recordings: list[Recording], args, load: tuple) ->
     print("\nclient events, seconds after the end of speech:\n")
     print(head, *(row(f"`{name}`", [t.waits[key] for t in turns if key in t.waits])
                   for key, name in EVENTS.items()), sep="\n")
+    chinese = {r.name for r in recordings if r.chinese}
+    print("\nend of speech → first audio delta, by the language of the turn (and so of the "
+          "voice that answers: Piper for English, Kokoro for Chinese):\n")
+    print(head, *(row(f"{label} ({len(values)} turns)", values) for label, values in (
+        ("English", [t.waits["first_audio"] for t in turns
+                     if "first_audio" in t.waits and t.recording not in chinese]),
+        ("Chinese", [t.waits["first_audio"] for t in turns
+                     if "first_audio" in t.waits and t.recording in chinese]),
+    )), sep="\n")
     fine = max(totals) <= 3 * median
     print(f"\nno turn over 3x the median: {'yes' if fine else 'NO'} (max {max(totals):.2f} s, "
           f"median {median:.2f} s); turns the detector ended inside the recording: "

@@ -78,7 +78,8 @@ class _Recogniser:
             if self.heard:
                 yield SimpleNamespace(text=self.heard)
 
-        return SimpleNamespace(segments=segments())
+        info = SimpleNamespace(language="en", duration=len(audio) / 16_000)
+        return SimpleNamespace(info=info, segments=segments())
 
 
 class _StepAudioChat:

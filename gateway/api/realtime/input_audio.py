@@ -29,8 +29,8 @@ from engines.base import EngineError, TranscriptionOptions
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
-from . import protocol as p
 from . import events as ev
+from . import protocol as p
 from .conversation import Item, new_id
 from .hearing import Heard, TurnHearing
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import structlog
