@@ -197,3 +197,78 @@ async def test_an_out_of_band_response_does_not_wait_for_the_conversations_trans
     assert done["response"]["status"] == "completed"
     assert done["response"]["output"][0]["content"][0]["text"] == "Out of band."
     await session.close()
+
+
+class _Hears:
+    """A recogniser that hears the same words in anything (stands in for Whisper here:
+    what is tested is when replies are begun, not what is heard)."""
+
+    sample_rate = 16_000
+
+    async def transcribe(self, audio, options):
+        from engines.base import Segment, TranscriptionInfo, TranscriptionStream
+
+        async def segments():
+            yield Segment(id=0, seek=0, start=0.0, end=1.0, text=" Hello there.", tokens=[],
+                          temperature=0.0, avg_logprob=0.0, compression_ratio=1.0,
+                          no_speech_prob=0.0)
+
+        return TranscriptionStream(info=TranscriptionInfo(language="en", duration=1.0),
+                                   segments=segments())
+
+
+async def test_no_reply_is_begun_ahead_for_a_key_that_was_refused_a_response():
+    """A key over its limits must not get work done at its pauses that its response would
+    be refused: once refused, the session begins no speculative reply until the key may
+    ask again (the refusal's retry-after)."""
+    import msgspec
+
+    from gateway import metrics
+    from gateway.api.realtime.serving import RealtimeSession
+    from gateway.policy import ANONYMOUS, Policy, RateLimitExceeded
+    from gateway.settings import load_settings
+    from tests.faults import EnginesRegistry
+
+    class OneResponse(Policy):
+        """A key allowed one response this minute."""
+
+        turns = 0
+
+        async def admit_turn(self) -> None:
+            self.turns += 1
+            if self.turns > 1:
+                error = RateLimitExceeded("Rate limit reached for requests.")
+                error.headers = {"retry-after": "60"}
+                raise error
+
+    events: list[dict] = []
+
+    async def send(event):
+        events.append(msgspec.to_builtins(event))
+
+    def begun() -> float:
+        return sum(metrics.REALTIME_SPECULATIONS.labels(outcome=o)._value.get()
+                   for o in ("adopted", "dropped"))
+
+    engines = EnginesRegistry(chat=_OneLine(), transcription=_Hears())
+    session = RealtimeSession(engines, load_settings(), "gpt-realtime", send,
+                              policy=OneResponse(ANONYMOUS))
+    await session.handle(json.dumps({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["text"], "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}}}}))
+    audio = pcm24k("zero_shot_en_prompt") + silence(1.5)  # one turn, a pause inside
+    counts = []
+    for _ in range(3):
+        before = begun()
+        for start in range(0, len(audio), 4_800):
+            piece = base64.b64encode(audio[start : start + 4_800]).decode()
+            await session.handle(json.dumps({"type": "input_audio_buffer.append",
+                                             "audio": piece}))
+            await asyncio.sleep(0)
+        if session.response is not None:
+            await session.response.task
+        counts.append(begun() - before)
+    await session.close()
+    refusals = [e for e in events if e["type"] == "error"]
+    assert [e["error"]["code"] for e in refusals] == ["rate_limit_exceeded"] * 2, refusals
+    assert counts[0] >= 1 and counts[1] >= 1 and counts[2] == 0, counts

@@ -36,6 +36,7 @@ from engines.workers import open_admission
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
+from ...policy import RateLimitExceeded
 from ...turn import AudioBytes
 from ..chat.voice import SpokenReply
 from . import events as ev
@@ -433,7 +434,11 @@ class Responses:
         choice = w.tool_choice if w.tool_choice is not None else self.config.tool_choice
         tool_choice_of(choice, tools)
         response = self.response_of(w)
-        await self.policy.admit_turn()  # a response is one request of the key
+        try:
+            await self.policy.admit_turn()  # a response is one request of the key
+        except RateLimitExceeded as exc:
+            self.refused(exc)
+            raise
         response.speech_stopped_at = self._speech_stopped_at
         response.speech_ended_at = self._speech_ended_at
         self._speech_stopped_at = self._speech_ended_at = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import metrics
-from ...policy import HeldCharges
+from ...policy import HeldCharges, RateLimitExceeded
 from . import protocol as p
 from .conversation import Item
 from .feed import TurnFeed
@@ -43,12 +43,17 @@ class SpeculativeReplies:
     """A part of :class:`~.serving.RealtimeSession` (see the module notes)."""
 
     _speculative_reply: asyncio.Task | None = None
+    # A key refused a response is not worked for ahead of its asking until its window
+    # resets: work begun at a pause must not be a way around the key's limits.
+    _no_speculation_until = 0.0
 
     def _speculate(self, heard: asyncio.Task, item_id: str, audio: np.ndarray) -> None:
         """Begin the reply to the words heard so far (``heard``: their transcription)."""
         self._drop_speculative_reply()
         detection = self.config.turn_detection
         if detection is None or detection.create_response is False or self.response is not None:
+            return
+        if time.monotonic() < self._no_speculation_until:
             return
         self._speculative_reply = asyncio.create_task(self._begin_reply(heard, item_id, audio))
 
@@ -110,10 +115,20 @@ class SpeculativeReplies:
             metrics.REALTIME_SPECULATIONS.labels(outcome="dropped").inc()
             await speculation.feed.stop()
             return None
+        try:
+            await speculation.policy.release()
+        except RateLimitExceeded as exc:
+            self.refused(exc)
+            await speculation.feed.stop()
+            raise
         metrics.REALTIME_SPECULATIONS.labels(outcome="adopted").inc()
         speculation.feed.heard_at = speculation.heard_at
-        await speculation.policy.release()
         return speculation.feed
+
+    def refused(self, error: RateLimitExceeded) -> None:
+        """The key was refused: no reply is begun ahead for it until it may ask again."""
+        retry = int((getattr(error, "headers", None) or {}).get("retry-after", 60))
+        self._no_speculation_until = time.monotonic() + retry
 
 
 _stopping: set[asyncio.Task] = set()  # held here: the loop keeps only weak references
