@@ -260,8 +260,10 @@ async def test_audio_held_in_items_is_budgeted(client, spec):
         await s.until("conversation.item.deleted")
         await conn.send(silence_item(130, "room_again"))  # deleting an item frees its share
         await s.until("conversation.item.done")
-    # 520 s as int16 at 16 kHz is 17 MB; 10 items as float32 were 83 MB and more
-    assert grown < 60, f"RSS grew {grown:.0f} MB"
+    # 520 s as int16 at 16 kHz is 17 MB; without the budget, 40 items held 880 MB. The
+    # process also runs the other tests' gateways, whose own buffers moved this figure from
+    # 34-46 MB (the file alone) to 67 MB once in a full run: the bound leaves them room.
+    assert grown < 90, f"RSS grew {grown:.0f} MB"
 
 
 # ---------------------------------------------------------------------- 5. a deaf client
