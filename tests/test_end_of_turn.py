@@ -123,18 +123,21 @@ def test_gaps_between_words_are_no_pause_and_a_real_one_is():
     assert of_type(heard, Resumed), "speech after the pause resumes the turn"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_semantic_vad_ends_a_complete_turn_soon_after_the_words(name):
-    speech = speech16k(name)
+def after_the_words(speech: np.ndarray) -> tuple[list[tuple], int]:
+    """Stream ``speech`` to a medium semantic_vad detector: its words at once, then from
+    the end of the words on, as the microphone delivers them, with silence after. What it
+    heard from the end of the words, and the sample where they ended."""
     detector = TurnDetector(semantic_medium())
     words = loud_until(speech)
     stream(detector, np.concatenate([silence(500), speech[:words]]), paced=False)
-    end = len(silence(500)) + words
-
-    # from the end of the words, as the microphone delivers them
     after = np.concatenate([speech[words:], silence(MEDIUM.silence_ms + 500)])
-    heard = stream(detector, after, paced=True)
+    return stream(detector, after, paced=True), len(silence(500)) + words
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_semantic_vad_ends_a_complete_turn_soon_after_the_words(name):
+    heard, end = after_the_words(speech16k(name))
 
     paused = of_type(heard, Paused)
     stopped = of_type(heard, SpeechStopped)
@@ -160,14 +163,7 @@ UNFINISHED = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name, seconds", UNFINISHED)
 def test_semantic_vad_waits_when_the_words_are_unfinished(name, seconds):
-    speech = speech16k(name)[: int(seconds * RATE)]
-    detector = TurnDetector(semantic_medium())
-    words = loud_until(speech)
-    stream(detector, np.concatenate([silence(500), speech[:words]]), paced=False)
-    end = len(silence(500)) + words
-
-    after = np.concatenate([speech[words:], silence(MEDIUM.silence_ms + 500)])
-    heard = stream(detector, after, paced=True)
+    heard, end = after_the_words(speech16k(name)[: int(seconds * RATE)])
 
     stopped = of_type(heard, SpeechStopped)
     assert len(stopped) == 1, heard

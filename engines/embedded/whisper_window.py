@@ -71,9 +71,8 @@ class FittedWhisper(WhisperModel):
 
 
 def _same_start(detected: np.ndarray | None, features: np.ndarray) -> bool:
-    """Whether the detection looked at these features from their first frame."""
+    """Whether the detection looked at these features from their first frame (the same
+    memory: ``detected`` is kept alive beside its encoding, so it cannot be reused)."""
     if detected is None:
         return False
-    return np.shares_memory(detected, features) and (
-        detected.__array_interface__["data"][0] == features.__array_interface__["data"][0]
-    )
+    return detected.__array_interface__["data"][0] == features.__array_interface__["data"][0]

@@ -121,7 +121,7 @@ class InputAudio:
 
     async def _on_speech_stopped(self, turn: SpeechStopped) -> None:
         self._speech_stopped_at = time.perf_counter()
-        self._speech_ended_at = self._arrival_of(turn.audio_end_ms * RATE // 1000)
+        self._speech_ended_at = self._arrival_of(self.heard_through(turn))
         await self.send(ev.SpeechStopped(
             audio_end_ms=turn.audio_end_ms, item_id=self._pending_item
         ))
