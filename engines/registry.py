@@ -142,7 +142,11 @@ class ModelRegistry:
         try:
             return self._names[name]
         except KeyError:
-            raise ModelNotFound(f"The model '{name}' does not exist.", param="model") from None
+            configured = ", ".join(sorted(self._names))
+            raise ModelNotFound(
+                f"The model '{name}' does not exist. Configured models: {configured}.",
+                param="model",
+            ) from None
 
     def cards(self) -> list[ModelCard]:
         cards = []

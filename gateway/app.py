@@ -28,7 +28,7 @@ from .allow import options_allow_middleware
 from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
-from .api.models.router import list_models, retrieve_model
+from .api.models.router import list_audio_models, list_models, retrieve_model
 from .api.realtime.router import realtime
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
@@ -48,6 +48,7 @@ ROUTES = [
     health,
     ready,
     list_models,
+    list_audio_models,
     retrieve_model,
     list_voices,
     create_voice,

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from adapters import openai_names
 from adapters.limits import SchemaBudget
 from adapters.voices import OPENAI_VOICES
 
@@ -141,21 +142,8 @@ class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     tokenizer_options: dict[str, Any] = {}
     tts_options: dict[str, Any] = {}
     # The model names OpenAI clients use that move to the Step-Audio models.
-    speech_aliases: list[str] = msgspec.field(
-        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
-    )
-    chat_aliases: list[str] = msgspec.field(
-        default_factory=lambda: [
-            "gpt-4o-audio-preview",
-            "gpt-4o-mini-audio-preview",
-            "gpt-4o",
-            "gpt-4o-mini",
-            "gpt-realtime",
-            "gpt-realtime-mini",
-            "gpt-4o-realtime-preview",
-            "gpt-4o-mini-realtime-preview",
-        ]
-    )
+    speech_aliases: list[str] = msgspec.field(default_factory=lambda: list(openai_names.SPEECH))
+    chat_aliases: list[str] = msgspec.field(default_factory=lambda: list(openai_names.ALL_CHAT))
 
     @property
     def enabled(self) -> bool:

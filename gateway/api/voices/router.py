@@ -33,9 +33,18 @@ class Voice(msgspec.Struct, kw_only=True, omit_defaults=True):
     maps_to: list[str] = []
 
 
+class NamedVoice(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+
+
 class VoiceList(msgspec.Struct, kw_only=True):
+    """``data`` lists every voice of every speech model; ``voices`` is the shape Open
+    WebUI reads (``voices: [{id, name}]``) for its voice picker, each id once."""
+
     object: Literal["list"] = "list"
     data: list[Voice]
+    voices: list[NamedVoice]
 
 
 @get("/v1/audio/voices", summary="List voices", tags=["audio"], responses=error_responses(401, 503))
@@ -59,7 +68,8 @@ async def list_voices(
             if name is not None:  # another key's clone is not shown
                 voice.id = name
                 data.append(voice)
-    return VoiceList(data=data)
+    names = dict.fromkeys(v.id for v in data)  # each id once, in the order listed
+    return VoiceList(data=data, voices=[NamedVoice(id=n, name=n) for n in names])
 
 
 async def _voices_of(registry: ModelRegistry, model: str) -> list[Voice]:
