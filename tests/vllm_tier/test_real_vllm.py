@@ -25,7 +25,7 @@ import pytest
 from engines.base import EngineError
 from engines.step_audio.vllm import CompletionPiece, VLLMReplicaPool
 
-from .conftest import Cluster, report
+from .conftest import Cluster, Replica, report
 
 pytestmark = [
     # The first test also waits for setup and for both servers to start; each test
@@ -131,9 +131,11 @@ async def test_stop_string_ends_the_text(vllm_cluster: Cluster) -> None:
     report(f"stop string {stop!r}: {len(expected)} of {len(full)} characters, finish 'stop'")
 
 
-async def test_closing_the_stream_aborts_generation_in_vllm(vllm_cluster: Cluster) -> None:
-    replica = vllm_cluster.replicas[0]
-    async with asyncio.timeout(120), make_pool([replica.url], vllm_cluster.model) as pool:
+async def close_after_one_piece(replica: Replica, model: str) -> tuple[float | None, float]:
+    """Stream a long answer from ``replica``, close the stream after its first piece, and
+    wait for vLLM to stop. Returns (seconds until vLLM had no request running, or None
+    if it still had one after 10 s; tokens generated before it stopped)."""
+    async with make_pool([replica.url], model) as pool:
         tokens_before = replica.metric("vllm:generation_tokens_total")
         stream = pool.stream_completion(
             chatml(STORY), max_tokens=1500, stop=[], extra={"ignore_eos": True}, **GREEDY
@@ -144,31 +146,62 @@ async def test_closing_the_stream_aborts_generation_in_vllm(vllm_cluster: Cluste
             assert replica.metric("vllm:num_requests_running") == 1
         closed = time.monotonic()  # the consumer went away after one piece
         assert pool.snapshot().outstanding == 0
-        running = 1.0
-        while time.monotonic() - closed < 10:
-            running = replica.metric("vllm:num_requests_running")
-            if running == 0:
+    while time.monotonic() - closed < 10:
+        if replica.metric("vllm:num_requests_running") == 0:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        return None, replica.metric("vllm:generation_tokens_total") - tokens_before
+    stopped_after = time.monotonic() - closed
+    # Generation has really stopped: the token counter no longer moves.
+    await asyncio.sleep(1.0)
+    settled = replica.metric("vllm:generation_tokens_total")
+    await asyncio.sleep(1.0)
+    assert replica.metric("vllm:generation_tokens_total") == settled
+    return stopped_after, settled - tokens_before
+
+
+def misses(missed: list[tuple[Replica, float]]) -> str:
+    return ", ".join(f"{r.name} ({tokens:.0f} tokens after 10 s)" for r, tokens in missed)
+
+
+async def idle(replica: Replica) -> None:
+    """Wait out a generation vLLM did not abort (at most 1500 tokens)."""
+    async with asyncio.timeout(120):
+        while replica.metric("vllm:num_requests_running") > 0:
+            await asyncio.sleep(0.5)
+
+
+async def test_closing_the_stream_aborts_generation_in_vllm(vllm_cluster: Cluster) -> None:
+    """The pool aborts the upstream connection the moment its consumer leaves, and vLLM
+    stops generating. vLLM itself now and then misses a disconnect and generates to the
+    end (vllm-project/vllm issue 54947, open; seen once in about ten runs here, the
+    connection closed as always): each replica is tried once before this fails, and a
+    miss is reported."""
+    missed: list[tuple[Replica, float]] = []
+    async with asyncio.timeout(120):
+        for replica in vllm_cluster.replicas:
+            stopped_after, generated = await close_after_one_piece(replica, vllm_cluster.model)
+            if stopped_after is not None:
                 break
-            await asyncio.sleep(0.05)
-        stopped_after = time.monotonic() - closed
-        assert running == 0, "vLLM kept generating for a closed stream"
+            missed.append((replica, generated))
+        else:
+            raise AssertionError(f"vLLM kept generating for a closed stream: {misses(missed)}")
         assert stopped_after < 3, stopped_after
-        # Generation has really stopped: the token counter no longer moves.
-        await asyncio.sleep(1.0)
-        settled = replica.metric("vllm:generation_tokens_total")
-        await asyncio.sleep(1.0)
-        assert replica.metric("vllm:generation_tokens_total") == settled
-        generated = settled - tokens_before
         assert generated < 300, f"{generated} of 1500 tokens generated before the abort"
         # And the replica is free again at once.
-        sent = time.monotonic()
-        pieces = await collect(pool, chatml("Say hi."), max_tokens=8, stop=[], **GREEDY)
-        next_s = time.monotonic() - sent
+        async with make_pool([replica.url], vllm_cluster.model) as pool:
+            sent = time.monotonic()
+            pieces = await collect(pool, chatml("Say hi."), max_tokens=8, stop=[], **GREEDY)
+            next_s = time.monotonic() - sent
         assert pieces[-1].finish_reason in ("stop", "length")
         assert next_s < 3, next_s
+    for missed_by, _ in missed:  # the tests after this one time an idle cluster
+        await idle(missed_by)
     report(
         f"abort on disconnect: vLLM running=0 {stopped_after * 1000:.0f} ms after the close; "
         f"{generated:.0f} of 1500 tokens generated; next 8-token request took {next_s:.2f} s"
+        + (f"; vLLM missed the disconnect on {misses(missed)}" if missed else "")
     )
 
 

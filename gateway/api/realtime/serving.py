@@ -111,6 +111,16 @@ class RealtimeSession(
                 await task
             except BaseException:  # noqa: BLE001 - closing anyway
                 pass
+        self._forget()
+
+    def _forget(self) -> None:
+        """Let go of the audio and items now. The session's objects refer to each other
+        (tasks, callbacks), so without this what they hold waits for the collector's
+        next full pass, which a busy gateway may not make for minutes."""
+        self.items.clear()
+        self.buffer = []
+        self.buffered = 0
+        self.response = None
 
     # ------------------------------------------------------------------ dispatch
 
