@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from litestar import Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from ... import sse
@@ -87,7 +87,7 @@ async def retrieve_response(
     request: Request,
     response_id: FromPath[str],
     responses_service: NamedDependency[ResponsesService],
-    stream: bool = False,
+    stream: FromQuery[bool] = False,
 ) -> ResponseObject:
     """A stored response (``store`` was not false), while it has not expired."""
     if stream:
@@ -126,9 +126,9 @@ async def list_input_items(
     request: Request,
     response_id: FromPath[str],
     responses_service: NamedDependency[ResponsesService],
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-    after: str | None = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    order: FromQuery[Literal["asc", "desc"]] = "desc",
+    after: FromQuery[str | None] = None,
 ) -> InputItemList:
     """Every input item of the response's conversation (earlier turns' included)."""
     items = (await _stored(responses_service, response_id, request)).input
