@@ -27,7 +27,7 @@ class LogProbAlternative(msgspec.Struct, kw_only=True):
     bytes: list[int] | None
 
 
-class LogProb(msgspec.Struct, kw_only=True):
+class OutputLogProb(msgspec.Struct, kw_only=True):
     token: str
     logprob: float
     bytes: list[int] | None
@@ -37,10 +37,10 @@ class LogProb(msgspec.Struct, kw_only=True):
 class OutputTextPart(msgspec.Struct, kw_only=True, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = []
-    logprobs: list[LogProb] = []
+    logprobs: list[OutputLogProb] = []
 
 
-class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal"):
+class OutputRefusal(msgspec.Struct, tag_field="type", tag="refusal"):
     refusal: str
 
 
@@ -49,7 +49,7 @@ class InputAudioData(msgspec.Struct, kw_only=True):
     format: str = "wav"
 
 
-class InputAudioPart(msgspec.Struct, tag_field="type", tag="input_audio"):
+class InputAudioContent(msgspec.Struct, tag_field="type", tag="input_audio"):
     input_audio: InputAudioData
 
 
@@ -67,7 +67,7 @@ class InputFilePart(msgspec.Struct, kw_only=True, tag_field="type", tag="input_f
 
 
 ContentPart = Union[
-    InputTextPart, OutputTextPart, RefusalPart, InputAudioPart, InputImagePart, InputFilePart
+    InputTextPart, OutputTextPart, OutputRefusal, InputAudioContent, InputImagePart, InputFilePart
 ]
 
 # ------------------------------------------------------------------ input items
@@ -103,7 +103,7 @@ class FunctionToolParam(msgspec.Struct, kw_only=True):
     strict: bool | None = None
 
 
-class FunctionTool(msgspec.Struct, kw_only=True, tag_field="type", tag="function"):
+class ResponseFunctionTool(msgspec.Struct, kw_only=True, tag_field="type", tag="function"):
     """A function tool as the Response object echoes it."""
 
     name: str
@@ -116,31 +116,31 @@ class FunctionToolChoice(msgspec.Struct, kw_only=True, tag_field="type", tag="fu
     name: str
 
 
-class AllowedToolsChoice(msgspec.Struct, kw_only=True, tag_field="type", tag="allowed_tools"):
+class ToolChoiceAllowed(msgspec.Struct, kw_only=True, tag_field="type", tag="allowed_tools"):
     mode: Literal["auto", "required"]
     # Each names a tool in the shape of a tool_choice: {"type": "function", "name": ...}.
     tools: list[dict[str, Any]]
 
 
-ToolChoiceWire = Union[Literal["none", "auto", "required"], FunctionToolChoice, AllowedToolsChoice]
+ToolChoiceWire = Union[Literal["none", "auto", "required"], FunctionToolChoice, ToolChoiceAllowed]
 
 
-class TextFormat(msgspec.Struct, tag_field="type", tag="text"):
+class TextFormatText(msgspec.Struct, tag_field="type", tag="text"):
     pass
 
 
-class JsonObjectFormat(msgspec.Struct, tag_field="type", tag="json_object"):
+class TextFormatJsonObject(msgspec.Struct, tag_field="type", tag="json_object"):
     pass
 
 
-class JsonSchemaFormat(msgspec.Struct, kw_only=True, tag_field="type", tag="json_schema"):
+class TextFormatJsonSchema(msgspec.Struct, kw_only=True, tag_field="type", tag="json_schema"):
     name: str
     schema: dict[str, Any]
     description: str | None = None
     strict: bool | None = None
 
 
-FormatWire = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat]
+FormatWire = Union[TextFormatText, TextFormatJsonObject, TextFormatJsonSchema]
 
 
 class TextParam(msgspec.Struct, kw_only=True):
@@ -242,11 +242,6 @@ class IncompleteDetails(msgspec.Struct, kw_only=True):
     reason: str
 
 
-class Reasoning(msgspec.Struct, kw_only=True, frozen=True):
-    effort: str | None = None
-    summary: str | None = None
-
-
 class ResponseObject(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["response"] = "response"
@@ -261,12 +256,12 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     output: list[OutputItem]
     parallel_tool_calls: bool
     previous_response_id: str | None
-    reasoning: Reasoning = Reasoning()
+    reasoning: None = None  # no reasoning models: nothing to configure
     store: bool
     temperature: float
     text: TextConfig
     tool_choice: ToolChoiceWire
-    tools: list[FunctionTool]
+    tools: list[ResponseFunctionTool]
     top_p: float
     top_logprobs: int
     truncation: str = "disabled"
@@ -361,7 +356,7 @@ class OutputTextDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="respo
     output_index: int
     content_index: int
     delta: str
-    logprobs: list[LogProb]
+    logprobs: list[OutputLogProb]
     sequence_number: int
 
 
@@ -370,7 +365,7 @@ class OutputTextDone(msgspec.Struct, kw_only=True, tag_field="type", tag="respon
     output_index: int
     content_index: int
     text: str
-    logprobs: list[LogProb]
+    logprobs: list[OutputLogProb]
     sequence_number: int
 
 

@@ -37,11 +37,11 @@ from .protocol import (
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
     FunctionCallItem,
-    FunctionTool,
+    ResponseFunctionTool,
     IncompleteDetails,
     InputItem,
     InputTokensDetails,
-    LogProb,
+    OutputLogProb,
     LogProbAlternative,
     MessageItem,
     OutputItem,
@@ -61,7 +61,7 @@ from .protocol import (
     ResponseUsage,
     StoredRecord,
     TextConfig,
-    TextFormat,
+    TextFormatText,
 )
 from .translate import (
     check_budgets,
@@ -102,10 +102,10 @@ class ResponseTurn:
             previous_response_id=r.previous_response_id,
             store=r.store is not False,
             temperature=1.0 if r.temperature is None else r.temperature,
-            text=TextConfig(format=(r.text and r.text.format) or TextFormat()),
+            text=TextConfig(format=(r.text and r.text.format) or TextFormatText()),
             tool_choice=r.tool_choice or "auto",
             tools=[
-                FunctionTool(
+                ResponseFunctionTool(
                     name=t.name, description=t.description, parameters=t.parameters, strict=t.strict
                 )
                 for t in r.tools or []
@@ -178,7 +178,7 @@ class OutputBuilder:
         self._sequence = itertools.count()
         self._message: MessageItem | None = None  # the text item being written
         self._text: list[str] = []
-        self._tokens: list[LogProb] = []
+        self._tokens: list[OutputLogProb] = []
         self._calls: dict[int, FunctionCallItem] = {}  # open calls by the engine's index
 
     def next_number(self) -> int:
@@ -320,9 +320,9 @@ class OutputBuilder:
         return turn.response(self._status(), self.items, **fields)
 
 
-def _logprobs(tokens: list[TokenLogprob] | None) -> list[LogProb]:
+def _logprobs(tokens: list[TokenLogprob] | None) -> list[OutputLogProb]:
     return [
-        LogProb(
+        OutputLogProb(
             token=t.token,
             logprob=t.logprob,
             bytes=t.bytes,

@@ -24,17 +24,17 @@ from ...settings import LimitsSettings
 from ..chat import protocol as chat
 from .protocol import (
     REFUSED_FIELDS,
-    AllowedToolsChoice,
+    ToolChoiceAllowed,
     CreateResponseRequest,
     FunctionCallItem,
     FunctionToolChoice,
-    InputAudioPart,
+    InputAudioContent,
     InputFilePart,
     InputImagePart,
     InputItem,
     InputTextPart,
-    JsonObjectFormat,
-    JsonSchemaFormat,
+    TextFormatJsonObject,
+    TextFormatJsonSchema,
     MessageItem,
     OutputItem,
     OutputTextPart,
@@ -245,7 +245,7 @@ def _chat_turn(item: InputItem, where: str, model: str) -> chat.Message:
     parts: list[chat.UserPart] = []
     for j, part in enumerate(item.content):
         _refuse_media(part, f"{where}.content[{j}]", model)
-        if isinstance(part, InputAudioPart):
+        if isinstance(part, InputAudioContent):
             audio = chat.InputAudio(data=part.input_audio.data, format=part.input_audio.format)
             parts.append(chat.InputAudioPart(input_audio=audio))
         elif isinstance(part, (InputTextPart, OutputTextPart)):
@@ -260,7 +260,7 @@ def _text(content, where: str, model: str) -> str:
     pieces = []
     for j, part in enumerate(content):
         _refuse_media(part, f"{where}[{j}]", model)
-        if isinstance(part, InputAudioPart):
+        if isinstance(part, InputAudioContent):
             raise InvalidRequest(
                 "input_audio is accepted in user messages only.",
                 param=f"{where}[{j}]",
@@ -295,7 +295,7 @@ def _chat_tool(tool) -> chat.ToolDefinition:
 def _chat_tool_choice(choice) -> chat.ToolChoiceWire | None:
     if isinstance(choice, FunctionToolChoice):
         return chat.NamedToolChoice(function=chat.NamedFunction(choice.name))
-    if isinstance(choice, AllowedToolsChoice):
+    if isinstance(choice, ToolChoiceAllowed):
         named = []
         for i, tool in enumerate(choice.tools):
             if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
@@ -314,12 +314,12 @@ def _chat_tool_choice(choice) -> chat.ToolChoiceWire | None:
 
 def _chat_format(request: CreateResponseRequest):
     fmt = request.text.format if request.text is not None else None
-    if isinstance(fmt, JsonSchemaFormat):
+    if isinstance(fmt, TextFormatJsonSchema):
         spec = chat.JsonSchemaSpec(
             name=fmt.name, description=fmt.description, schema=fmt.schema, strict=fmt.strict
         )
         return chat.JsonSchemaFormat(json_schema=spec)
-    if isinstance(fmt, JsonObjectFormat):
+    if isinstance(fmt, TextFormatJsonObject):
         return chat.JsonObjectFormat()
     return None
 
