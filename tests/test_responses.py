@@ -409,3 +409,55 @@ def test_a_failure_mid_stream_ends_with_error_and_response_failed(tmp_path, spec
             assert client.get(f"/v1/responses/{failed['id']}").status_code == 404  # nothing kept
     finally:
         live.stop()
+
+
+# ------------------------------------------------------------------ docs/compatibility.md's table
+
+# A value for each field the table calls ignored or refused, as a client would send it.
+SAMPLES = {
+    "stream_options": {"include_obfuscation": False},
+    "max_tool_calls": 3,
+    "reasoning": {"effort": "high", "summary": "auto"},
+    "user": "user-1234",
+    "safety_identifier": "hashed-user-1234",
+    "service_tier": "flex",
+    "prompt_cache_key": "docs-tests",
+    "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"ttl": "24h"},
+    "background": True,
+    "conversation": "conv_123",
+    "prompt": {"id": "pmpt_123"},
+    "moderation": {"mode": "default"},
+    "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+}
+
+
+def _rows(status: str) -> list[str]:
+    from tests.test_compatibility import tables
+
+    return sorted(f for f, s in tables()["CreateResponse"].items() if s == status)
+
+
+def test_every_ignored_or_refused_field_has_a_sample_and_refused_ones_are_decoded():
+    from gateway.api.responses.protocol import CreateResponseRequest
+
+    assert set(_rows("ignored")) | set(_rows("refused")) == set(SAMPLES)
+    decoded = set(CreateResponseRequest.__struct_fields__)
+    assert not set(_rows("refused")) - decoded  # an undecoded field is dropped, not refused
+
+
+@pytest.mark.parametrize("field", _rows("ignored"))
+def test_ignored_field_is_answered_as_without_it(raw, field):
+    body = {"model": MODEL, "input": "Say one word.", "max_output_tokens": 16, "temperature": 0, "store": False}
+    plain = raw.post("/v1/responses", json=body)
+    answered = raw.post("/v1/responses", json={**body, field: SAMPLES[field]})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["output"][0]["content"][0]["text"] == plain.json()["output"][0]["content"][0]["text"]
+
+
+@pytest.mark.parametrize("field", _rows("refused"))
+def test_refused_field_is_a_400_naming_it(raw, field):
+    response = raw.post("/v1/responses", json={"model": MODEL, "input": ASK, field: SAMPLES[field]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and error["type"] == "invalid_request_error" and error["message"]

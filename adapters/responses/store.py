@@ -28,8 +28,9 @@ class StoredResponse:
 
 class ResponseStore(abc.ABC):
     @abc.abstractmethod
-    async def put(self, response_id: str, record: bytes, ttl_seconds: int, *, owner: str) -> None:
-        ...
+    async def put(
+        self, response_id: str, record: bytes, ttl_seconds: int, *, owner: str
+    ) -> None: ...
 
     @abc.abstractmethod
     async def get(self, response_id: str, *, owner: str) -> StoredResponse | None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from adapters.chat.audio_store import AudioStore
 from adapters.chat.transcripts import TranscriptCache
-from adapters.responses.store import ResponseStore
 from adapters.errors import EngineError
+from adapters.responses.store import ResponseStore
 
 WINDOW_SECONDS = 60
 

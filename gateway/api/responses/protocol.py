@@ -37,7 +37,8 @@ class OutputLogProb(msgspec.Struct, kw_only=True):
 class OutputTextPart(msgspec.Struct, kw_only=True, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = []
-    logprobs: list[OutputLogProb] = []
+    # None only as a client may echo an earlier output back; ours always send a list.
+    logprobs: list[OutputLogProb] | None = []
 
 
 class OutputRefusal(msgspec.Struct, tag_field="type", tag="refusal"):
@@ -321,13 +322,17 @@ class ResponseFailed(_Lifecycle, tag_field="type", tag="response.failed"):
     pass
 
 
-class OutputItemAdded(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.added"):
+class OutputItemAdded(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.added"
+):
     output_index: int
     item: OutputItem
     sequence_number: int
 
 
-class OutputItemDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.done"):
+class OutputItemDone(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.done"
+):
     output_index: int
     item: OutputItem
     sequence_number: int
@@ -343,7 +348,9 @@ class ContentPartAdded(
     sequence_number: int
 
 
-class ContentPartDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.content_part.done"):
+class ContentPartDone(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="response.content_part.done"
+):
     item_id: str
     output_index: int
     content_index: int
@@ -351,7 +358,9 @@ class ContentPartDone(msgspec.Struct, kw_only=True, tag_field="type", tag="respo
     sequence_number: int
 
 
-class OutputTextDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.delta"):
+class OutputTextDelta(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.delta"
+):
     item_id: str
     output_index: int
     content_index: int
@@ -360,7 +369,9 @@ class OutputTextDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="respo
     sequence_number: int
 
 
-class OutputTextDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.done"):
+class OutputTextDone(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.done"
+):
     item_id: str
     output_index: int
     content_index: int

@@ -37,16 +37,15 @@ from .protocol import (
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
     FunctionCallItem,
-    ResponseFunctionTool,
     IncompleteDetails,
     InputItem,
     InputTokensDetails,
-    OutputLogProb,
     LogProbAlternative,
     MessageItem,
     OutputItem,
     OutputItemAdded,
     OutputItemDone,
+    OutputLogProb,
     OutputTextDelta,
     OutputTextDone,
     OutputTextPart,
@@ -55,6 +54,7 @@ from .protocol import (
     ResponseCreated,
     ResponseError,
     ResponseFailed,
+    ResponseFunctionTool,
     ResponseIncomplete,
     ResponseInProgress,
     ResponseObject,
@@ -64,8 +64,8 @@ from .protocol import (
     TextFormatText,
 )
 from .translate import (
-    check_budgets,
     chat_request,
+    check_budgets,
     input_items,
     new_id,
     output_as_input,
@@ -208,7 +208,10 @@ class OutputBuilder:
             return self._close_call(event.index)
         if isinstance(event, Finish):
             self.finish = event
-            return [*self._close_message(), *(e for i in list(self._calls) for e in self._close_call(i))]
+            return [
+                *self._close_message(),
+                *(e for i in list(self._calls) for e in self._close_call(i)),
+            ]
         return []
 
     def _index(self, item: OutputItem) -> int:
@@ -297,7 +300,9 @@ class OutputBuilder:
                 arguments=call.arguments,
                 sequence_number=self.next_number(),
             ),
-            OutputItemDone(output_index=output_index, item=call, sequence_number=self.next_number()),
+            OutputItemDone(
+                output_index=output_index, item=call, sequence_number=self.next_number()
+            ),
         ]
 
     def response(self, turn: ResponseTurn) -> ResponseObject:

@@ -24,7 +24,6 @@ from ...settings import LimitsSettings
 from ..chat import protocol as chat
 from .protocol import (
     REFUSED_FIELDS,
-    ToolChoiceAllowed,
     CreateResponseRequest,
     FunctionCallItem,
     FunctionToolChoice,
@@ -33,11 +32,12 @@ from .protocol import (
     InputImagePart,
     InputItem,
     InputTextPart,
-    TextFormatJsonObject,
-    TextFormatJsonSchema,
     MessageItem,
     OutputItem,
     OutputTextPart,
+    TextFormatJsonObject,
+    TextFormatJsonSchema,
+    ToolChoiceAllowed,
 )
 
 LOGPROBS = "message.output_text.logprobs"
@@ -124,7 +124,9 @@ def input_items(request: CreateResponseRequest) -> list[InputItem]:
 
 
 def _message(role: str, content: list) -> InputItem:
-    return InputItem(type="message", id=new_id("msg"), role=role, content=content, status="completed")
+    return InputItem(
+        type="message", id=new_id("msg"), role=role, content=content, status="completed"
+    )
 
 
 def _replace(item: InputItem, **changes) -> InputItem:
