@@ -9,6 +9,8 @@ The embedded chat model is SmolLM2-135M: tests assert the contract, not its wisd
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 
@@ -177,6 +179,22 @@ def test_logprobs_are_included_when_asked(client):
     part = response.output[0].content[0]
     assert "".join(t.token for t in part.logprobs) == part.text
     assert all(t.logprob <= 0 and len(t.top_logprobs) <= 2 for t in part.logprobs)
+
+
+def test_a_spoken_question_is_answered_as_the_words_heard(client):
+    """input_audio parts go the chat path's way (transcribed for a text engine); the
+    reference is what the gateway's own transcription model hears in this recording."""
+    wav = client.audio.speech.create(model="tts-1", voice="alloy", input=ASK, response_format="wav").content
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", io.BytesIO(wav))).text.strip()
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
+    by_voice = client.responses.create(model=MODEL, temperature=0, max_output_tokens=30,
+                                       input=[{"role": "user", "content": [audio]}])
+    by_text = client.responses.create(model=MODEL, temperature=0, max_output_tokens=30, input=heard)
+    assert heard and by_voice.output_text == by_text.output_text
+    assert by_voice.usage.input_tokens > by_text.usage.input_tokens  # the audio is counted
+    follow = client.responses.create(model=MODEL, previous_response_id=by_voice.id, input="Thanks.",
+                                     max_output_tokens=16)
+    assert follow.usage.input_tokens > by_voice.usage.input_tokens
 
 
 # ------------------------------------------------------------------ function tools

@@ -252,6 +252,10 @@ def _chat_turn(item: InputItem, where: str, model: str) -> chat.Message:
             parts.append(chat.InputAudioPart(input_audio=audio))
         elif isinstance(part, (InputTextPart, OutputTextPart)):
             parts.append(chat.TextPart(part.text))
+    if all(isinstance(part, chat.TextPart) for part in parts):
+        # Text alone goes as a string, joined as chat joins text parts: a list makes the
+        # chat path ask the engine whether it reads audio, for nothing.
+        return chat.UserMessage(content="\n".join(p.text for p in parts if p.text))
     return chat.UserMessage(content=parts)
 
 
