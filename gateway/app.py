@@ -30,6 +30,13 @@ from .api.chat.serving import ChatService
 from .api.health.router import health, ready
 from .api.models.router import list_audio_models, list_models, retrieve_model
 from .api.realtime.router import realtime
+from .api.responses.router import (
+    create_response,
+    delete_response,
+    list_input_items,
+    retrieve_response,
+)
+from .api.responses.serving import ResponsesService
 from .api.speech.router import create_speech
 from .api.transcription.router import create_transcription, create_translation
 from .api.voices.router import create_voice, list_voices
@@ -56,6 +63,10 @@ ROUTES = [
     create_transcription,
     create_translation,
     create_chat_completion,
+    create_response,
+    retrieve_response,
+    delete_response,
+    list_input_items,
     realtime,
 ]
 
@@ -141,6 +152,10 @@ def create_app(
         voice_owners=voice_owners,
         transcripts=state_backend.transcripts,
     )
+    # POST /v1/responses runs through the chat service; its stored responses are shared.
+    responses_service = ResponsesService(
+        chat_service, state_backend.responses, settings.chat.response_ttl_seconds
+    )
     if configure_logs:
         configure_logging(settings.server.log_level, settings.server.log_format)
     metrics = prometheus_config()
@@ -173,6 +188,9 @@ def create_app(
             "registry": Provide(lambda: registry, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "chat_service": Provide(lambda: chat_service, use_cache=True, sync_to_thread=False),
+            "responses_service": Provide(
+                lambda: responses_service, use_cache=True, sync_to_thread=False
+            ),
             "voice_owners": Provide(lambda: voice_owners, use_cache=True, sync_to_thread=False),
         },
         middleware=[metrics.middleware],

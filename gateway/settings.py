@@ -109,6 +109,8 @@ class ChatSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     speech_model: str = "tts-1"
     # How long a spoken reply stays resolvable by its audio id.
     audio_ttl_seconds: int = 3600
+    # How long a stored /v1/responses response can be read back or continued.
+    response_ttl_seconds: int = 86400
 
 
 class StepAudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -65,6 +65,21 @@ def test_chat_completion_and_its_chunks_match_the_document(http):
     assert len(check_events("/v1/chat/completions", streamed)) >= 3
 
 
+def test_responses_bodies_and_events_match_the_document(http):
+    tools = [{"type": "function", "name": "get_weather", "strict": True,
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    ask = {"model": "gpt-4o-mini", "input": "What's the weather in Paris?", "max_output_tokens": 16}
+    for extra in ({}, {"tools": tools, "tool_choice": "required"}):
+        whole = http.post("/v1/responses", json={**ask, **extra})
+        assert whole.status_code == 200, whole.text
+        documented("/v1/responses", media_type(whole)).validate(whole.json())
+        read = http.get(f"/v1/responses/{whole.json()['id']}")
+        assert read.json() == whole.json()
+        streamed = http.post("/v1/responses", json={**ask, **extra, "stream": True})
+        kinds = [e["type"] for e in check_events("/v1/responses", streamed)]
+        assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+
+
 def test_spoken_chat_chunks_match_the_document(http):
     streamed = http.post("/v1/chat/completions", json={
         "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 12, "stream": True,

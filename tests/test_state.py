@@ -1,6 +1,6 @@
 """The state backends, in-memory and Redis (a real redis-server the suite starts), held to
 the same contract: atomic admission, whole-or-nothing and partial charges, refunds, audio
-ids with a TTL and an owner, transcripts and cloned voices' metadata."""
+ids and stored responses with a TTL and an owner, transcripts and cloned voices' metadata."""
 
 from __future__ import annotations
 
@@ -129,6 +129,27 @@ def test_audio_ids_are_shared_expire_and_belong_to_their_owner(make_backend):
     assert seen is not None and seen.transcript == "hello" and seen.owner == "key_a"
     assert stranger is None
     assert expired is None
+
+
+def test_stored_responses_are_shared_expire_and_belong_to_their_owner(make_backend):
+    async def scenario():
+        one, other = make_backend(), make_backend()
+        await one.responses.put("resp_1", b'{"kept": 1}', 60, owner="key_a")
+        await one.responses.put("resp_2", b'{"kept": 2}', 1, owner="key_a")
+        seen = await other.responses.get("resp_1", owner="key_a")
+        stranger = await other.responses.get("resp_1", owner="key_b")
+        stranger_deleted = await other.responses.delete("resp_1", owner="key_b")
+        await asyncio.sleep(2.1)
+        expired = await other.responses.get("resp_2", owner="key_a")
+        deleted = await other.responses.delete("resp_1", owner="key_a")
+        gone = await one.responses.get("resp_1", owner="key_a")
+        return seen, stranger, stranger_deleted, expired, deleted, gone
+
+    seen, stranger, stranger_deleted, expired, deleted, gone = run(scenario(), make_backend)
+    assert seen is not None and seen.record == b'{"kept": 1}' and seen.owner == "key_a"
+    assert stranger is None and stranger_deleted is False
+    assert expired is None
+    assert deleted is True and gone is None
 
 
 def test_transcripts_and_cloned_voices_are_shared(make_backend):

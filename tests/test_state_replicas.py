@@ -1,6 +1,7 @@
 """Two gateway processes (``step-audio-gateway serve``) sharing one real redis-server, as
 replicas behind a load balancer: a key's limit is one limit, exact under 200 concurrent
-requests split across both; a spoken reply's audio id made on one resolves on the other;
+requests split across both; a spoken reply's audio id made on one resolves on the other, and
+a /v1/responses response made on one is continued on the other;
 and a Redis outage fails closed or open as configured, visibly in /ready and /metrics."""
 
 from __future__ import annotations
@@ -146,6 +147,47 @@ def test_an_audio_id_made_on_one_gateway_resolves_on_the_other(redis_server):
     assert on_other.status_code == 200, on_other.text
     assert unknown.status_code == 400  # what the other replica said before Redis
     assert "audio" in unknown.json()["error"]["param"]
+
+
+def test_a_response_made_on_one_gateway_is_continued_on_the_other(redis_server):
+    """previous_response_id across replicas; another key's id reads as an unknown one."""
+    gateways = replicas(redis_server, preload='["gpt-4o-mini"]', prefix="responses")
+    one, two = gateways
+    owner, stranger = (
+        {"authorization": "Bearer sk-other"},
+        {"authorization": "Bearer sk-shared"},
+    )
+    ask = {"model": "gpt-4o-mini", "max_output_tokens": 16, "temperature": 0}
+    try:
+        first = httpx.post(
+            one.url + "/v1/responses",
+            headers=owner,
+            json={**ask, "input": "My name is Ada."},
+            timeout=300,
+        )
+        assert first.status_code == 200, first.text
+        made = first.json()
+        follow = httpx.post(
+            two.url + "/v1/responses",
+            headers=owner,
+            json={**ask, "input": "What is my name?", "previous_response_id": made["id"]},
+            timeout=300,
+        )
+        read = httpx.get(f"{two.url}/v1/responses/{made['id']}", headers=owner)
+        theirs = httpx.get(f"{two.url}/v1/responses/{made['id']}", headers=stranger)
+        unknown = httpx.get(f"{two.url}/v1/responses/resp_{'0' * 32}", headers=stranger)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    assert follow.status_code == 200, follow.text
+    continued = follow.json()
+    assert continued["previous_response_id"] == made["id"]
+    # The other replica put the first turn and its answer before the new question.
+    seen_before = made["usage"]["input_tokens"] + made["usage"]["output_tokens"]
+    assert continued["usage"]["input_tokens"] > seen_before
+    assert read.status_code == 200 and read.json() == made
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.text.replace(made["id"], "ID") == unknown.text.replace(f"resp_{'0' * 32}", "ID")
 
 
 @pytest.mark.parametrize("policy", ["closed", "open"])

@@ -3,8 +3,8 @@
 One gateway process can keep everything in memory. Several replicas behind a load
 balancer cannot: a spoken reply's audio id made on one must resolve on the next, and a
 key's per-minute budget must be one budget, not one per replica. So the gateway asks a
-:class:`StateBackend` for its limit counters, its audio store, its transcript cache and
-its cloned voices' metadata; the in-memory backend serves one process, the Redis one
+:class:`StateBackend` for its limit counters, its audio store, its transcript cache,
+its cloned voices' metadata and its stored Responses API responses; the in-memory backend serves one process, the Redis one
 any number of them.
 
 Limits are counted in fixed one-minute windows per owner (the API key's id). KeyAdmission is
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from adapters.chat.audio_store import AudioStore
 from adapters.chat.transcripts import TranscriptCache
 from adapters.errors import EngineError
+from adapters.responses.store import ResponseStore
 
 WINDOW_SECONDS = 60
 
@@ -76,6 +77,7 @@ class StateBackend(abc.ABC):
     audio_store: AudioStore
     transcripts: TranscriptCache
     voices: "VoiceRecords"
+    responses: ResponseStore
 
     @abc.abstractmethod
     async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> KeyAdmission:

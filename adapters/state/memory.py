@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from adapters.chat.audio_store import MemoryAudioStore
 from adapters.chat.transcripts import MemoryTranscriptCache
+from adapters.responses.store import MemoryResponseStore
 
 from .base import (
     FIELDS,
@@ -46,6 +47,7 @@ class MemoryBackend(StateBackend):
         self.audio_store = MemoryAudioStore(clock=clock)
         self.transcripts = MemoryTranscriptCache()
         self.voices = MemoryVoiceRecords()
+        self.responses = MemoryResponseStore(clock=clock)
 
     def _window(self, owner: str, window: int) -> dict[str, int]:
         counters = self._windows.get((owner, window))

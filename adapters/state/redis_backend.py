@@ -1,4 +1,5 @@
-"""The shared backend: every replica's limits, audio ids, transcripts and clones in Redis.
+"""The shared backend: every replica's limits, audio ids, transcripts, clones and stored
+responses in Redis.
 
 KeyAdmission, charges and releases are Lua scripts, so each is one atomic step on the Redis
 server whatever number of replicas race; the window is computed from Redis' own clock
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 
 from adapters.chat.audio_store import AudioStore, StoredAudio
 from adapters.chat.transcripts import Transcript, TranscriptCache
+from adapters.responses.store import ResponseStore, StoredResponse
 
 from .base import (
     FIELDS,
@@ -148,6 +150,34 @@ class RedisAudioStore(AudioStore):
         return StoredAudio(audio_id, data["t"], data["e"], data["o"])
 
 
+class RedisResponseStore(ResponseStore):
+    """One key per response, expiring with it; the owner is kept beside the record."""
+
+    def __init__(self, call: _Redis) -> None:
+        self._call = call
+
+    def _key(self, response_id: str) -> str:
+        return f"{self._call.prefix}:response:{response_id}"
+
+    async def put(self, response_id: str, record: bytes, ttl_seconds: int, *, owner: str) -> None:
+        value = json.dumps({"o": owner, "r": record.decode()})
+        await self._call("set", self._key(response_id), value, max(1, ttl_seconds))
+
+    async def get(self, response_id: str, *, owner: str) -> StoredResponse | None:
+        raw = await self._call("get", self._key(response_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if not hmac.compare_digest(data["o"], owner):
+            return None
+        return StoredResponse(response_id, data["r"].encode(), data["o"])
+
+    async def delete(self, response_id: str, *, owner: str) -> bool:
+        if await self.get(response_id, owner=owner) is None:
+            return False
+        return bool(await self._call("delete", self._key(response_id)))
+
+
 class RedisTranscriptCache(TranscriptCache):
     """Kept a day past its last use: a conversation is replayed within one."""
 
@@ -213,6 +243,7 @@ class RedisBackend(StateBackend):
         self.audio_store = RedisAudioStore(self._call)
         self.transcripts = RedisTranscriptCache(self._call)
         self.voices = RedisVoiceRecords(self._call)
+        self.responses = RedisResponseStore(self._call)
 
     def _keys(self, owner: str) -> list[str]:
         return [f"{self.prefix}:rl:{owner}", f"{self.prefix}:streams:{owner}"]
