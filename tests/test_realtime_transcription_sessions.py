@@ -104,6 +104,44 @@ async def test_a_turn_is_streamed_as_deltas_then_completed_with_the_whole_transc
     assert not s.of("response.created")  # a transcription session never answers
 
 
+async def test_the_agents_sdk_default_semantic_vad_over_a_plain_websocket(server, spec):
+    """What openai-agents 0.24's streamed STT sends, byte for byte in shape: a plain
+    WebSocket with the key in the Authorization header, ``{"type": "semantic_vad"}``."""
+    name = "zero_shot_en_prompt"
+    url = server.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    events: list[dict] = []
+
+    async def until(ws, type_: str) -> dict:
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            spec.validate(event, "RealtimeServerEvent")
+            events.append(event)
+            assert event["type"] != "error", event
+            if event["type"] == type_:
+                return event
+
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer sk"}) as ws:
+        await until(ws, "session.created")
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "transcription",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                "transcription": {"model": "gpt-4o-transcribe"},
+                                "turn_detection": {"type": "semantic_vad"}}},
+        }}))
+        updated = (await until(ws, "session.updated"))["session"]
+        audio = pcm24k(name) + bytes(48_000 * 3)
+        for start in range(0, len(audio), 4_800):
+            piece = base64.b64encode(audio[start:start + 4_800]).decode()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+            await asyncio.sleep(0.1)
+        completed = await until(ws, "conversation.item.input_audio_transcription.completed")
+    assert updated["audio"]["input"]["turn_detection"] == {"type": "semantic_vad",
+                                                           "eagerness": "auto"}
+    committed = [e for e in events if e["type"] == "input_audio_buffer.committed"]
+    assert [e["item_id"] for e in committed] == [completed["item_id"]]
+    assert wer(TEXTS[name], completed["transcript"]) <= 0.2, completed["transcript"]
+
+
 async def test_manual_commit_with_logprobs_and_what_a_transcription_session_refuses(server, spec):
     """Pipecat's default: turn_detection null, the client commits. include asks for
     logprobs; response.create and a realtime session.update are refused with an error event

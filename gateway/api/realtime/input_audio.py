@@ -218,8 +218,10 @@ class InputAudio:
     def _hear_phrase(self, item_id: str) -> None:
         """Give the recogniser the audio since the last phrase (of item ``item_id``'s turn,
         whose transcript it announces)."""
+        if not self.buffer:
+            return
         skip = max(0, self._hearing.heard_until - self.buffer_start)
-        audio = np.concatenate(self.buffer)[skip:] if self.buffer else self.buffer
+        audio = np.concatenate(self.buffer)[skip:]
         if len(audio):
             async def announce(phrase: Heard, first: bool) -> None:
                 try:
