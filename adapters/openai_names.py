@@ -53,4 +53,10 @@ ALL_CHAT = CHAT + AUDIO_CHAT + REALTIME
 SPEECH = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 #: Speech to text (diarization, ``gpt-4o-transcribe-diarize``, is not served yet).
-TRANSCRIPTION = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-transcribe")
+TRANSCRIPTION = (
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-transcribe",
+    "gpt-realtime-whisper",  # Pipecat's OpenAIRealtimeSTTService default
+)

@@ -51,9 +51,9 @@ async def hear_turn(registry, name: str, monkeypatch) -> dict:
     given_at_stop: list[float] = []
     hear = TurnHearing.hear
 
-    def handed(self, audio, end):
+    def handed(self, audio, end, announce=None):
         given.append(len(audio) / RATE)
-        hear(self, audio, end)
+        hear(self, audio, end, announce)
 
     monkeypatch.setattr(TurnHearing, "hear", handed)
 

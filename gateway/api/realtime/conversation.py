@@ -125,6 +125,8 @@ def item_from_wire(wire: p.Item) -> Item:
 @dataclass
 class Config:
     model: str
+    # "realtime" (a conversation) or "transcription" (only heard: transcription_session.py)
+    type: str = "realtime"
     instructions: str = DEFAULT_INSTRUCTIONS
     output_modalities: list[str] = field(default_factory=lambda: ["audio"])
     input_format: str = "audio/pcm"
@@ -138,6 +140,11 @@ class Config:
     tools: list[p.FunctionTool] = field(default_factory=list)
     tool_choice: Any = "auto"
     max_output_tokens: int | str = "inf"
+    include: list[str] = field(default_factory=list)
+
+    @property
+    def logprobs(self) -> bool:
+        return "item.input_audio_transcription.logprobs" in self.include
 
     def vad(self) -> VadSettings:
         td = self.turn_detection

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ..transcription.protocol import LogProb
 from .conversation import new_id
 
 
@@ -83,6 +84,8 @@ class TranscriptionDelta(
     item_id: str
     content_index: int = 0
     delta: str
+    # only when the session's include asks for item.input_audio_transcription.logprobs
+    logprobs: list[LogProb] | UnsetType = UNSET
 
 
 class TranscriptionCompleted(
@@ -91,6 +94,7 @@ class TranscriptionCompleted(
     item_id: str
     content_index: int = 0
     transcript: str
+    logprobs: list[LogProb] | UnsetType = UNSET
     usage: dict[str, Any]
 
 

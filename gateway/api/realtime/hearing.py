@@ -6,6 +6,10 @@ as its prompt and their language as its own. A user who goes on after a pause do
 make the recogniser start over: when the turn ends, only its last phrase is left to hear,
 and that began at the last pause. Cutting at pauses, not at fixed lengths, never splits a
 word; the recorded turns are heard with the same words (tests/test_realtime_hearing.py).
+
+Each phrase can be announced as soon as it is heard (``hear``'s ``announce``): the
+transcription deltas a client reads while the user is still speaking. Phrases are heard
+one after another, so they are announced in order.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import numpy as np
+
+from engines.base import Word
 
 # What of the words before a phrase is its prompt: Whisper reads at most half its 448-token
 # context as prompt, and the last sentence or two carry what the next words need.
@@ -27,6 +33,7 @@ class Heard:
 
     pieces: list[str] = field(default_factory=list)
     language: str | None = None
+    words: list[Word] = field(default_factory=list)  # with their probabilities, if asked
 
     @property
     def text(self) -> str:
@@ -35,6 +42,8 @@ class Heard:
 
 #: The recogniser: (audio at 16 kHz, prompt, language or None) -> what it heard.
 Recognise = Callable[[np.ndarray, str | None, str | None], Awaitable[Heard]]
+#: Told of each phrase once heard: (its words, whether it is the turn's first).
+Announce = Callable[[Heard, bool], Awaitable[None]]
 
 
 class TurnHearing:
@@ -44,9 +53,10 @@ class TurnHearing:
         self._last: asyncio.Task[Heard] | None = None
         self._tasks: list[asyncio.Task[Heard]] = []
 
-    def hear(self, audio: np.ndarray, end: int) -> None:
-        """Hear the phrase ``audio`` (up to session sample ``end``) after those before it."""
-        self._last = asyncio.create_task(self._phrase(self._last, audio))
+    def hear(self, audio: np.ndarray, end: int, announce: Announce | None = None) -> None:
+        """Hear the phrase ``audio`` (up to session sample ``end``) after those before it,
+        and ``announce`` it once heard."""
+        self._last = asyncio.create_task(self._phrase(self._last, audio, announce))
         self._tasks.append(self._last)
         self.heard_until = end
 
@@ -55,12 +65,17 @@ class TurnHearing:
         """The task that ends with every phrase given so far heard, if any was given."""
         return self._last
 
-    async def _phrase(self, before: asyncio.Task[Heard] | None, audio: np.ndarray) -> Heard:
+    async def _phrase(
+        self, before: asyncio.Task[Heard] | None, audio: np.ndarray, announce: Announce | None
+    ) -> Heard:
         earlier = await asyncio.shield(before) if before is not None else Heard()
         prompt = earlier.text[-_PROMPT_CHARS:] or None
         heard = await self._recognise(audio, prompt, earlier.language)
-        return Heard(earlier.pieces + _spaced(earlier.pieces, heard.pieces),
-                     earlier.language or heard.language)
+        phrase = Heard(_spaced(earlier.pieces, heard.pieces), heard.language, heard.words)
+        if announce is not None:
+            await announce(phrase, not earlier.pieces)
+        return Heard(earlier.pieces + phrase.pieces, earlier.language or heard.language,
+                     earlier.words + heard.words)
 
     def cancel(self) -> None:
         for task in self._tasks:

@@ -1,7 +1,13 @@
 """Input audio and turn detection: ``input_audio_buffer.*`` events, the turn detector
 (Silero) on what is heard, commits that become user items, and their transcription (heard
 speculatively from the first pause, kept if the turn really ended), within the session's
-budgets of audio held and transcription work queued."""
+budgets of audio held and transcription work queued.
+
+When the session asked for transcripts, each phrase heard at a pause is sent as a
+``conversation.item.input_audio_transcription.delta`` at once, while the user may still be
+speaking (with the item id ``speech_started`` gave, which the commit keeps); ``completed``
+follows with the whole turn's transcript. A turn heard whole (a manual commit, no pause
+heard) is one delta."""
 
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ from adapters.realtime.vad import (
     TurnDetector,
     VadSettings,
 )
-from engines.base import EngineError, TranscriptionOptions
+from engines.base import EngineError, TranscriptionOptions, Word
 
 from ... import metrics
 from ...errors import InvalidRequest, error_from_engine
+from ..transcription.serving import word_logprobs
 from . import events as ev
 from . import protocol as p
 from .conversation import Item, new_id
@@ -111,7 +118,7 @@ class InputAudio:
             # session's full share of work.
             room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
             if self.buffer and room:
-                self._hear_phrase()
+                self._hear_phrase(self._pending_item)
                 words = self._hearing.words
                 self._speculate(words, self._pending_item, np.concatenate(self.buffer))
         elif isinstance(turn, Resumed):
@@ -126,9 +133,11 @@ class InputAudio:
             audio_end_ms=turn.audio_end_ms, item_id=self._pending_item
         ))
         hearing = self._hearing
+        if hearing.words is not None and hearing.heard_until < self.heard_through(turn):
+            # Words after the last pause heard (its phrase found no room then): they are
+            # the last phrase, not a reason to hear the phrases already announced again.
+            self._hear_phrase(self._pending_item)
         heard = hearing.words
-        if heard is not None and hearing.heard_until < self.heard_through(turn):
-            heard = None  # words after the last pause: the item is heard whole
         self._new_hearing(cancel=False)  # the item takes these words
         item = None
         try:
@@ -141,7 +150,7 @@ class InputAudio:
         finally:
             if item is None:
                 hearing.cancel()
-        if item is None or self.config.turn_detection.create_response is False:
+        if item is None or not self._answers_turns():
             self._drop_speculative_reply()
             return
         try:
@@ -149,6 +158,15 @@ class InputAudio:
         except BaseException:
             self._drop_speculative_reply()
             raise
+
+    def _answers_turns(self) -> bool:
+        """Whether the end of a turn begins a response (never in a transcription session)."""
+        detection = self.config.turn_detection
+        return (
+            not self.transcribes_only
+            and detection is not None
+            and detection.create_response is not False
+        )
 
     def _arrival_of(self, sample: int) -> float | None:
         """When the audio holding session sample ``sample`` arrived, if still known."""
@@ -197,12 +215,21 @@ class InputAudio:
             self._hearing.cancel()
         self._hearing = TurnHearing(self._recognise, getattr(self, "buffer_start", 0))
 
-    def _hear_phrase(self) -> None:
-        """Give the recogniser the audio since the last phrase."""
+    def _hear_phrase(self, item_id: str) -> None:
+        """Give the recogniser the audio since the last phrase (of item ``item_id``'s turn,
+        whose transcript it announces)."""
+        if not self.buffer:
+            return
         skip = max(0, self._hearing.heard_until - self.buffer_start)
         audio = np.concatenate(self.buffer)[skip:]
         if len(audio):
-            self._hearing.hear(audio, self.heard)
+            async def announce(phrase: Heard, first: bool) -> None:
+                try:
+                    await self._announce(item_id, phrase, first)
+                except Exception:  # noqa: BLE001 - the client went: the router closes the session
+                    pass  # (the words are still the turn's; only their delta is lost)
+
+            self._hearing.hear(audio, self.heard, announce)
 
     @staticmethod
     def heard_through(turn: SpeechStopped) -> int:
@@ -227,7 +254,7 @@ class InputAudio:
                     code="input_audio_buffer_commit_empty",
                 )
             return None
-        self._check_items_budget()
+        self._make_room_for_turn()
         self._check_transcription_room()
         audio = np.concatenate(self.buffer)
         try:  # heard audio is charged whole on commit, or refused charging nothing
@@ -256,6 +283,15 @@ class InputAudio:
         cfg = self.config.transcription
         return (cfg.model if cfg else None) or self.settings.chat.input_audio_model
 
+    def _language(self) -> str | None:
+        """The language the session named: ``language``, or ``languages`` if it is one."""
+        cfg = self.config.transcription
+        if cfg is None:
+            return None
+        if cfg.language:
+            return cfg.language
+        return cfg.languages[0] if cfg.languages and len(cfg.languages) == 1 else None
+
     async def _recognise(
         self, audio: np.ndarray, prompt: str | None = None, language: str | None = None
     ) -> Heard:
@@ -267,20 +303,38 @@ class InputAudio:
             if engine.sample_rate != RATE:
                 audio = resample(audio, RATE, engine.sample_rate)
             options = TranscriptionOptions(
-                language=(cfg.language if cfg and cfg.language else language),
+                language=self._language() or language,
                 prompt=" ".join(p for p in prompts if p) or None,
+                logprobs=self.config.logprobs,
             )
             stream = await engine.transcribe(audio, options)
-            pieces = [segment.text async for segment in stream.segments]
-            return Heard(pieces, stream.info.language)
+            segments = [segment async for segment in stream.segments]
+            words = [w for s in segments for w in s.words] if self.config.logprobs else []
+            return Heard([s.text for s in segments], stream.info.language, words)
+
+    async def _announce(self, item_id: str, phrase: Heard, first: bool) -> None:
+        """A phrase of the item's transcript, as a delta (if the session asked for
+        transcripts, and the phrase has words)."""
+        text = "".join(phrase.pieces)
+        text = text.lstrip() if first else text
+        if self.config.transcription is None or not text.strip():
+            return
+        await self.send(ev.TranscriptionDelta(
+            item_id=item_id, delta=text, **self._logprobs_of(phrase.words)
+        ))
+
+    def _logprobs_of(self, words: list[Word]) -> dict:
+        """The ``logprobs`` field, when the session's ``include`` asks for it."""
+        return {"logprobs": word_logprobs(words)} if self.config.logprobs else {}
 
     async def _transcribe(self, item: Item, heard: asyncio.Task | None = None) -> None:
         """Transcribe a committed user item (or take the speculative transcription that
         started at the pause), announcing it when the session asked for transcripts."""
         announce = self.config.transcription is not None
+        seconds = len(item.audio) / RATE
         try:
             words = None
-            if heard is not None:
+            if heard is not None:  # its phrases were announced as they were heard
                 try:
                     words = await heard
                 except asyncio.CancelledError:
@@ -288,21 +342,17 @@ class InputAudio:
                         raise
             if words is None:
                 words = await self._recognise(item.samples())
-            pieces = words.pieces
-            transcript = "".join(pieces).strip()
-            if announce:
-                for i, piece in enumerate(x for x in pieces if x.strip()):
-                    await self.send(ev.TranscriptionDelta(
-                        item_id=item.id, delta=piece.lstrip() if i == 0 else piece
-                    ))
+                await self._announce(item.id, words, True)
+            transcript = words.text
             item.content[0]["transcript"] = transcript
-            seconds = len(item.audio) / RATE
-            metrics.count_audio("realtime", "in", self.config.model, seconds)
+            model = self._transcription_model() if self.transcribes_only else self.config.model
+            metrics.count_audio("realtime", "in", model, seconds)
             if announce:
                 await self.send(ev.TranscriptionCompleted(
                     item_id=item.id,
                     transcript=transcript,
                     usage={"type": "duration", "seconds": round(seconds, 3)},
+                    **self._logprobs_of(words.words),
                 ))
         except EngineError as exc:
             item.content[0]["transcript"] = ""
@@ -313,3 +363,5 @@ class InputAudio:
                     type=error.type, code=error.code, message=error.message, param=error.param
                 ),
             ))
+        finally:
+            self._transcribed(item)

@@ -35,6 +35,9 @@ class AudioFormat(msgspec.Struct, kw_only=True):
 class Transcription(msgspec.Struct, kw_only=True):
     model: str | None = None
     language: str | None = None
+    # gpt-transcribe's list of the languages to expect: Whisper takes one, so one alone is
+    # its language and several leave it to detect (the Agents SDK and LiveKit send this).
+    languages: Annotated[list[str], Meta(min_length=1)] | None = None
     prompt: str | None = None
 
 
@@ -82,8 +85,16 @@ class NamedFunction(msgspec.Struct, kw_only=True):
 ToolChoice = Union[Literal["auto", "none", "required"], NamedFunction]
 
 
+# What ``include`` may ask for (the spec's enum, in both kinds of session).
+Includable = Literal["item.input_audio_transcription.logprobs"]
+
+
 class SessionConfig(msgspec.Struct, kw_only=True):
-    type: Literal["realtime"] = "realtime"
+    """A realtime session's configuration, or a transcription session's (the spec's
+    ``RealtimeTranscriptionSessionCreateRequestGA``: ``type``, ``audio.input``, ``include``;
+    the other fields are not read in one). ``type`` left out means the session's own."""
+
+    type: Literal["realtime", "transcription"] | None = None
     model: str | None = None
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
@@ -92,7 +103,7 @@ class SessionConfig(msgspec.Struct, kw_only=True):
     tool_choice: ToolChoice | None = None
     max_output_tokens: MaxOutputTokens | None = None
     tracing: Any = None
-    include: list[str] | None = None
+    include: list[Includable] | None = None
     truncation: Any = None
     prompt: Any = None
 

@@ -1,5 +1,9 @@
 """``GET /v1/realtime?model=...`` upgraded to a WebSocket: the OpenAI Realtime GA contract.
 
+``?intent=transcription`` opens a transcription session instead (as OpenAI does): its
+``model``, if the query names one, is a transcription model (LiveKit names it there; the
+Agents SDK and Pipecat name it in ``session.update``), and the key's policy is the same.
+
 Keys are checked before the upgrade by the app's key middleware (``Authorization``, or
 the ``openai-insecure-api-key.<key>`` subprotocol browsers send); the ``realtime``
 subprotocol a browser offers is answered. The key's policy (gateway.policy) is applied at
@@ -105,10 +109,15 @@ class SessionLimitReached(EngineError):
 
 async def _admit(socket: WebSocket, policy: Policy) -> EngineError | None:
     """Why this session may not open (a model unknown or not the key's, the key's
-    limits), or None: then the session holds one of its key's concurrent streams."""
+    limits), or None: then the session holds one of its key's concurrent streams. A
+    transcription session opened with no model is checked on the model it names later
+    (or the default, when it first uses it): transcription_session.py."""
     try:
-        socket.app.state["registry"].check(_model(socket), Capability.CHAT)
-        policy.check_model(_model(socket))
+        model = _model(socket)
+        if model is not None:
+            capability = Capability.TRANSCRIPTION if _transcribes(socket) else Capability.CHAT
+            socket.app.state["registry"].check(model, capability)
+            policy.check_model(model)
         await policy.admit(stream=True)
     except EngineError as exc:
         error = error_from_engine(exc)
@@ -118,8 +127,16 @@ async def _admit(socket: WebSocket, policy: Policy) -> EngineError | None:
     return None
 
 
-def _model(socket: WebSocket) -> str:
-    return socket.query_params.get("model") or DEFAULT_MODEL
+def _transcribes(socket: WebSocket) -> bool:
+    return socket.query_params.get("intent") == "transcription"
+
+
+def _model(socket: WebSocket) -> str | None:
+    """The model the session runs: for a transcription session, the one the query names
+    (None: the default transcription model); otherwise the chat model, gpt-realtime's by
+    default."""
+    named = socket.query_params.get("model") or None
+    return named if _transcribes(socket) else named or DEFAULT_MODEL
 
 
 @websocket("/v1/realtime", include_in_schema=False)
@@ -163,7 +180,8 @@ async def _serve(socket: WebSocket, policy: Policy) -> None:
     settings = socket.app.state["settings"]
     outbox = Outbox(settings.realtime)
     session = RealtimeSession(
-        socket.app.state["registry"], settings, _model(socket), outbox.put, policy
+        socket.app.state["registry"], settings, _model(socket), outbox.put, policy,
+        transcription=_transcribes(socket),
     )
     writing = asyncio.create_task(outbox.write_to(socket))
     stalling = asyncio.create_task(outbox.stalled.wait())

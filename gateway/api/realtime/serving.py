@@ -8,6 +8,10 @@ that the recogniser transcribes in the background; a response turns the conversa
 into a :class:`~engines.chat.ChatRequest`, streams the chat engine's text, tool calls
 and (for audio output) sentence-by-sentence speech, and can be cancelled at any point:
 by ``response.cancel`` or by the user speaking over it (barge-in).
+
+A transcription session (``?intent=transcription``) is this session with
+``config.type == "transcription"``: it hears and transcribes, and never answers
+(:mod:`.transcription_session`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .items import ConversationItems
 from .response import Responses
 from .session_config import SessionConfigEvents
 from .speculation import SpeculativeReplies
+from .transcription_session import TranscriptionSession, transcription_config
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +56,12 @@ class SessionClosed(Exception):
 
 
 class RealtimeSession(
-    SessionConfigEvents, InputAudio, SpeculativeReplies, ConversationItems, Responses
+    SessionConfigEvents,
+    InputAudio,
+    SpeculativeReplies,
+    ConversationItems,
+    Responses,
+    TranscriptionSession,
 ):
     """The session's state, and the dispatch of client events to the modules that
     handle each family (session_config, input_audio, items, response)."""
@@ -60,10 +70,14 @@ class RealtimeSession(
         self,
         registry: ModelRegistry,
         settings: Settings,
-        model: str,
+        model: str | None,
         send: Send,
         policy: Policy = UNLIMITED,
+        *,
+        transcription: bool = False,
     ) -> None:
+        """``model``: the chat model; for a ``transcription`` session, the transcription
+        model the handshake named, or None for the default."""
         self.registry = registry
         self.settings = settings
         # The key's limits, admitted at the handshake (the session holds one of its
@@ -72,7 +86,7 @@ class RealtimeSession(
         self.limits = settings.realtime
         self._send = send
         self.id = _id("sess")
-        self.config = Config(model=model)
+        self.config = transcription_config(model) if transcription else Config(model=model)
         self.items: dict[str, Item] = {}
         self.response: Response | None = None
         self.expires_at = int(time.time()) + 3600
@@ -189,6 +203,7 @@ class RealtimeSession(
             p.ResponseCreate: self.create_response,
             p.ResponseCancel: self._cancel,
         }
+        self._check_event_kind(event)
         await handlers[type(event)](event)
 
 

@@ -1,8 +1,8 @@
 """``session.update``: the session's configuration, checked whole before any of it applies,
-and its wire shape (``session.created`` / ``session.updated``)."""
+and its wire shape (``session.created`` / ``session.updated``). A transcription session
+takes only the audio input and ``include`` (:mod:`.transcription_session`)."""
 
 from __future__ import annotations
-
 
 import msgspec
 
@@ -26,8 +26,10 @@ class SessionConfigEvents:
     """A part of :class:`~.serving.RealtimeSession` (see the module notes)."""
 
     def session_wire(self) -> dict:
+        if self.transcribes_only:
+            return self.transcription_session_wire()
         c = self.config
-        return {
+        wire = {
             "type": "realtime",
             "object": "realtime.session",
             "id": self.id,
@@ -53,24 +55,23 @@ class SessionConfigEvents:
                 "output": {"format": format_wire(c.output_format), "voice": c.voice, "speed": c.speed},
             },
         }
+        if c.include:  # the spec's include is a list, never null: absent until asked for
+            wire["include"] = list(c.include)
+        return wire
 
     async def _update(self, event: p.SessionUpdate) -> None:
         new = event.session
+        self._check_session_type(new)
+        audio = new.audio or p.AudioConfig()
+        if self.transcribes_only:  # a transcription session reads its audio input alone
+            new = p.SessionConfig(audio=p.AudioConfig(input=audio.input), include=new.include)
+            audio = new.audio
         c = self.config
         if new.model is not None:
             self.registry.check(new.model, Capability.CHAT)
             self.policy.check_model(new.model)
-        audio = new.audio or p.AudioConfig()
         if audio.input is not None:
-            fmt = audio.input.format
-            if fmt is not None:
-                check_rate(fmt, "session.audio.input.format.rate")
-            if isinstance(audio.input.transcription, p.Transcription):
-                named = audio.input.transcription.model
-                self.registry.check(named or self.settings.chat.input_audio_model,
-                                    Capability.TRANSCRIPTION)
-                if named is not None:  # one the client chose is held to the key's list
-                    self.policy.check_model(named)
+            self._check_audio_input(audio.input)
         if audio.output is not None:
             if audio.output.format is not None:
                 check_rate(audio.output.format, "session.audio.output.format.rate")
@@ -95,15 +96,10 @@ class SessionConfigEvents:
             c.tool_choice = new.tool_choice
         if new.max_output_tokens is not None:
             c.max_output_tokens = new.max_output_tokens
+        if new.include is not None:
+            c.include = list(new.include)
         if audio.input is not None:
-            if audio.input.format is not None and audio.input.format.type != c.input_format:
-                c.input_format = audio.input.format.type
-                self._reset_input()
-            if audio.input.transcription is not msgspec.UNSET:
-                c.transcription = audio.input.transcription
-            if audio.input.turn_detection is not msgspec.UNSET:
-                c.turn_detection = audio.input.turn_detection
-                self._reset_input()
+            self._apply_audio_input(audio.input)
         if audio.output is not None:
             if audio.output.format is not None:
                 c.output_format = audio.output.format.type
@@ -112,6 +108,25 @@ class SessionConfigEvents:
             if audio.output.speed is not None:
                 c.speed = audio.output.speed
         await self.send(ev.SessionUpdated(session=self.session_wire()))
+
+    def _check_audio_input(self, audio: p.AudioInput) -> None:
+        if audio.format is not None:
+            check_rate(audio.format, "session.audio.input.format.rate")
+        if isinstance(audio.transcription, p.Transcription):
+            self._check_transcription_model(audio.transcription.model)
+
+    def _apply_audio_input(self, audio: p.AudioInput) -> None:
+        c = self.config
+        if audio.format is not None and audio.format.type != c.input_format:
+            c.input_format = audio.format.type
+            self._reset_input()
+        if audio.transcription is not msgspec.UNSET:
+            c.transcription = audio.transcription
+            if c.transcription is None and self.transcribes_only:
+                c.transcription = p.Transcription()  # it always transcribes: the default model
+        if audio.turn_detection is not msgspec.UNSET:
+            c.turn_detection = audio.turn_detection
+            self._reset_input()
 
     async def _check_voice(self, voice: str, param: str) -> None:
         async with self.registry.speech(self.settings.chat.speech_model) as engine:

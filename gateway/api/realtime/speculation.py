@@ -50,8 +50,7 @@ class SpeculativeReplies:
     def _speculate(self, heard: asyncio.Task, item_id: str, audio: np.ndarray) -> None:
         """Begin the reply to the words heard so far (``heard``: their transcription)."""
         self._drop_speculative_reply()
-        detection = self.config.turn_detection
-        if detection is None or detection.create_response is False or self.response is not None:
+        if not self._answers_turns() or self.response is not None:
             return
         if time.monotonic() < self._no_speculation_until:
             return

@@ -154,7 +154,7 @@ async def run(
 # ------------------------------------------------------------------ complete responses
 
 
-def _logprobs(words: list[Word]) -> list[LogProb]:
+def word_logprobs(words: list[Word]) -> list[LogProb]:
     return [
         LogProb(
             token=w.word, logprob=math.log(max(w.probability, 1e-12)), bytes=list(w.word.encode())
@@ -214,7 +214,7 @@ def render(
             ),
             "application/json",
         )
-    logprobs = _logprobs([w for s in segments for w in s.words]) if options.logprobs else None
+    logprobs = word_logprobs([w for s in segments for w in s.words]) if options.logprobs else None
     return Transcription(text=text, usage=usage, logprobs=logprobs), "application/json"
 
 
@@ -234,7 +234,7 @@ async def events(
                 continue
             parts.append(delta)
             output_tokens += len(segment.tokens)
-            delta_logprobs = _logprobs(segment.words) if logprobs and segment.words else None
+            delta_logprobs = word_logprobs(segment.words) if logprobs and segment.words else None
             if delta_logprobs:
                 options_logprobs.extend(delta_logprobs)
             yield TranscriptTextDelta(delta=delta, logprobs=delta_logprobs)
