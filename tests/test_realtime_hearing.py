@@ -83,10 +83,10 @@ async def hear_turn(registry, name: str, monkeypatch) -> dict:
         await session.handle(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
     item = next(iter(session.items.values()))
     await item.transcription
+    assert len(session.items) == 1, "the recording was heard as one turn"
     await session.close()
     stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
-    assert len(session.items) == 1, "the recording was heard as one turn"
     return {"transcript": item.content[0]["transcript"], "calls": calls,
             "given_at_stop": given_at_stop[0],
             "speech": (stopped["audio_end_ms"] - started["audio_start_ms"]) / 1000}
