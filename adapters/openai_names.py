@@ -52,5 +52,8 @@ ALL_CHAT = CHAT + AUDIO_CHAT + REALTIME
 #: Text to speech.
 SPEECH = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
-#: Speech to text (diarization, ``gpt-4o-transcribe-diarize``, is not served yet).
+#: Speech to text.
 TRANSCRIPTION = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-transcribe")
+
+#: Speech to text with speakers (``response_format: "diarized_json"``).
+DIARIZATION = ("gpt-4o-transcribe-diarize",)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import VadSettings
 from .embedded.speaker_encoder import (
     HOP,
     PARTIAL_FRAMES,
@@ -37,15 +38,6 @@ FRAME = HOP / RATE  # 10 ms
 WINDOW_STEP = PARTIAL_FRAMES // 2  # 0.8 s
 MIN_REGION_FRAMES = 30  # speech shorter than 0.3 s carries no usable voice
 BATCH = 64  # windows through the LSTM at once (64 x 160 x 1024 floats: 42 MB)
-
-
-@dataclass(frozen=True)
-class VadSettings:
-    """Silero's settings: OpenAI's server_vad fields, or the defaults for ``"auto"``."""
-
-    threshold: float = 0.5
-    silence_ms: int = 300
-    padding_ms: int = 200
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class FasterWhisperEngine(TranscriptionEngine):
             word_timestamps=options.word_timestamps or options.logprobs,
             condition_on_previous_text=False,
             vad_filter=True,
+            vad_parameters=_vad_parameters(options),
         )
         return segments, info
 
@@ -130,6 +131,18 @@ class FasterWhisperEngine(TranscriptionEngine):
     async def _segments(self, segments) -> AsyncIterator[Segment]:
         async for raw in self.worker.iterate(lambda: iter(segments)):
             yield _segment(raw)
+
+
+def _vad_parameters(options: TranscriptionOptions) -> dict | None:
+    """The client's chunking_strategy (server_vad) as Silero's settings; None keeps
+    faster-whisper's defaults (2 s of silence ends a chunk, 400 ms of padding)."""
+    if options.vad is None:
+        return None
+    return {
+        "threshold": options.vad.threshold,
+        "min_silence_duration_ms": options.vad.silence_ms,
+        "speech_pad_ms": options.vad.padding_ms,
+    }
 
 
 def _segment(raw) -> Segment:
