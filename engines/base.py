@@ -179,6 +179,9 @@ class TranscriptionOptions:
     #: The client's ``chunking_strategy`` as VAD settings; None: the engine's own.
     vad: VadSettings | None = None
     known_speakers: tuple[KnownSpeaker, ...] = ()
+    #: (start, end) seconds of the only stretches to transcribe (the diarizer's speaker
+    #: turns), in place of the engine's own VAD; empty: all of the audio.
+    clips: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .base import (
 from .diarization import ClusterSettings, Timeline, diarize
 
 SEGMENT_PAUSE = 1.0  # seconds between two words of one speaker that end a segment
+CLIP_PADDING = 0.2  # seconds of audio kept either side of a speaker turn for Whisper
 
 
 class DiarizingTranscriber(TranscriptionEngine):
@@ -98,8 +99,17 @@ class DiarizingTranscriber(TranscriptionEngine):
         timeline = await self.worker.run(
             diarize, self._encoder, audio, vad, self.settings, references
         )
+        # Each speaker turn is decoded on its own: Whisper neither skips a turn inside a
+        # 30 s window (it dropped a whole 16 s turn of the bench's conversation) nor runs
+        # one speaker's words into the next one's.
+        duration = len(audio) / self.sample_rate
+        clips = tuple(
+            (max(t.start - CLIP_PADDING, 0.0), min(t.end + CLIP_PADDING, duration))
+            for t in timeline.turns
+        )
         heard = await self.member.transcribe(
-            audio, replace(options, word_timestamps=True, diarize=False, known_speakers=())
+            audio,
+            replace(options, word_timestamps=True, diarize=False, known_speakers=(), clips=clips),
         )
         return TranscriptionStream(
             info=heard.info, segments=_by_speaker(timeline, heard.segments)

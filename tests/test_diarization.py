@@ -8,6 +8,7 @@ import base64
 import functools
 import io
 import json
+import subprocess
 
 import httpx
 import numpy as np
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 from gateway.settings import KeyLimitSettings, load_settings
-from tests.conftest import live_server
+from tests.conftest import NODE_DIR, live_server
 from tests.conversations import RATE, Conversation, Turn, assemble, der, load, phrases
 
 MODEL = "gpt-4o-transcribe-diarize"
@@ -291,3 +292,31 @@ def test_reference_clips_count_as_audio_heard(gateway):
         assert served.json()["segments"]
         again = post()  # 15 s more does not fit in the 5 s left
         assert again.status_code == 429, again.text
+
+
+def test_node_sdk_reads_diarized_json_and_its_stream(gateway, node_sdk, tmp_path):
+    talk = conversation("two-english")
+    (tmp_path / "talk.wav").write_bytes(talk.wav())
+    (tmp_path / "agent.wav").write_bytes(wav(np.concatenate(phrases(load("en_happy_prompt")))))
+    result = subprocess.run(
+        [node_sdk, str(NODE_DIR / "diarize.mjs"), gateway.url + "/v1", str(tmp_path / "talk.wav"),
+         str(tmp_path / "agent.wav")],
+        cwd=NODE_DIR, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    diarized = seen["diarized"]
+    assert diarized["task"] == "transcribe" and diarized["usage"]["type"] == "duration"
+    # ann (en_happy_prompt) is named "agent"; the other speaker is A.
+    assert {s["speaker"] for s in diarized["segments"]} == {"agent", "A"}
+    for segment in diarized["segments"]:
+        expected = "agent" if truth_of(Turn(segment["start"], segment["end"], ""), talk.turns) == "ann" else "A"
+        assert segment["speaker"] == expected, segment
+    assert der(talk.turns, [Turn(s["start"], s["end"], s["speaker"]) for s in diarized["segments"]],
+               talk.duration) <= 0.10
+    stream = seen["stream"]
+    assert stream["types"][-1] == "transcript.text.done"
+    assert set(stream["types"][:-1]) == {"transcript.text.delta", "transcript.text.segment"}
+    assert len(stream["segments"]) == len(diarized["segments"])
+    assert {s["speaker"] for s in stream["segments"]} == {"A", "B"}
+    assert stream["done"].split() == diarized["text"].split()
