@@ -7,8 +7,8 @@ see :mod:`.diarization`), then transcribed with word timestamps; each word takes
 speaker of the frames it spans, and a segment ends where the speaker changes (or after
 a pause of a second or more), so its text belongs to one speaker. Segments are handed on
 as soon as the word after them shows they are over, while Whisper decodes on. A request
-that does not ask for speakers (``json``, ``text``) goes to the member, with word timestamps
-on as for speakers, so that both answers carry the same words.
+that does not ask for speakers (``json``, ``text``) is decoded the same way, so that every
+format of this model carries the same words; its renderer leaves the speakers out.
 """
 
 from __future__ import annotations
@@ -92,8 +92,6 @@ class DiarizingTranscriber(TranscriptionEngine):
     async def transcribe(
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> TranscriptionStream:
-        if not options.diarize:  # decoded as for speakers, so json says the same words
-            return await self.member.transcribe(audio, replace(options, word_timestamps=True))
         references = [(s.name, s.audio) for s in options.known_speakers]
         vad = options.vad or VadSettings()
         timeline = await self.worker.run(
@@ -102,11 +100,7 @@ class DiarizingTranscriber(TranscriptionEngine):
         # Each speaker turn is decoded on its own: Whisper neither skips a turn inside a
         # 30 s window (it dropped a whole 16 s turn of the bench's conversation) nor runs
         # one speaker's words into the next one's.
-        duration = len(audio) / self.sample_rate
-        clips = tuple(
-            (max(t.start - CLIP_PADDING, 0.0), min(t.end + CLIP_PADDING, duration))
-            for t in timeline.turns
-        )
+        clips = _clips(timeline, len(audio) / self.sample_rate)
         heard = await self.member.transcribe(
             audio,
             replace(options, word_timestamps=True, diarize=False, known_speakers=(), clips=clips),
@@ -116,21 +110,36 @@ class DiarizingTranscriber(TranscriptionEngine):
         )
 
 
+def _clips(timeline: Timeline, duration: float) -> tuple[tuple[float, float], ...]:
+    """The speaker turns, padded into the silence around them but never into the next or
+    previous turn (overlapping clips would be transcribed twice)."""
+    turns = timeline.turns
+    clips = []
+    for i, turn in enumerate(turns):
+        low = turns[i - 1].end if i else 0.0
+        high = turns[i + 1].start if i + 1 < len(turns) else duration
+        clips.append((max(turn.start - CLIP_PADDING, low), min(turn.end + CLIP_PADDING, high)))
+    return tuple(clips)
+
+
 async def _by_speaker(timeline: Timeline, segments: AsyncIterator[Segment]):
     """Whisper's segments re-cut at speaker changes, each word with its speaker."""
     run: list[Word] = []
     speaker: str | None = None
     source: Segment | None = None
     count = 0
+    last_end = 0.0
 
     def close() -> Segment:
-        nonlocal count
+        nonlocal count, last_end
         assert source is not None and speaker is not None
+        start = max(run[0].start, last_end)  # segments never overlap
+        last_end = max(run[-1].end, start)
         segment = Segment(
             id=count,
             seek=source.seek,
-            start=run[0].start,
-            end=run[-1].end,
+            start=start,
+            end=last_end,
             text="".join(w.word for w in run),  # words keep their leading spaces
             tokens=[],
             temperature=source.temperature,
