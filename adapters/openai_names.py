@@ -52,7 +52,7 @@ ALL_CHAT = CHAT + AUDIO_CHAT + REALTIME
 #: Text to speech.
 SPEECH = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
-#: Speech to text (diarization, ``gpt-4o-transcribe-diarize``, is not served yet).
+#: Speech to text.
 TRANSCRIPTION = (
     "whisper-1",
     "gpt-4o-transcribe",
@@ -60,3 +60,6 @@ TRANSCRIPTION = (
     "gpt-transcribe",
     "gpt-realtime-whisper",  # Pipecat's OpenAIRealtimeSTTService default
 )
+
+#: Speech to text with speakers (``response_format: "diarized_json"``).
+DIARIZATION = ("gpt-4o-transcribe-diarize",)

@@ -148,6 +148,25 @@ class SpeechEngine(Engine):
 
 
 @dataclass(frozen=True)
+class VadSettings:
+    """How speech is found in a long upload (OpenAI's ``chunking_strategy``): Silero's
+    speech threshold, the silence that ends a stretch of speech, and the padding kept
+    around it."""
+
+    threshold: float = 0.5
+    silence_ms: int = 300
+    padding_ms: int = 200
+
+
+@dataclass(frozen=True, eq=False)
+class KnownSpeaker:
+    """A speaker named by the client, and a short clip of their voice (16 kHz mono)."""
+
+    name: str
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
 class TranscriptionOptions:
     language: str | None = None
     prompt: str | None = None
@@ -155,6 +174,14 @@ class TranscriptionOptions:
     task: str = "transcribe"  # or "translate" (into English)
     word_timestamps: bool = False
     logprobs: bool = False
+    #: Label each segment with its speaker (engines whose ``diarizes`` is True).
+    diarize: bool = False
+    #: The client's ``chunking_strategy`` as VAD settings; None: the engine's own.
+    vad: VadSettings | None = None
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+    #: (start, end) seconds of the only stretches to transcribe (the diarizer's speaker
+    #: turns), in place of the engine's own VAD; empty: all of the audio.
+    clips: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +205,7 @@ class Segment:
     compression_ratio: float
     no_speech_prob: float
     words: list[Word] = field(default_factory=list)
+    speaker: str | None = None  # set by diarizing engines
 
 
 @dataclass(frozen=True)
@@ -196,6 +224,8 @@ class TranscriptionStream:
 
 class TranscriptionEngine(Engine):
     sample_rate: int = 16_000
+    #: Whether ``options.diarize`` is served: segments then carry their speaker.
+    diarizes: bool = False
 
     @abc.abstractmethod
     async def transcribe(

@@ -35,6 +35,10 @@ CATALOG: dict[str, EngineKind] = {
         "engines.embedded.whisper:FasterWhisperEngine",
         frozenset({Capability.TRANSCRIPTION, Capability.TRANSLATION}),
     ),
+    # Whisper composed with a speaker encoder: segments labelled with their speaker.
+    "diarizing-transcriber": EngineKind(
+        "engines.diarizing:DiarizingTranscriber", frozenset({Capability.TRANSCRIPTION})
+    ),
     "piper": EngineKind("engines.embedded.piper:PiperEngine", _SPEECH),
     "kokoro": EngineKind("engines.embedded.kokoro:KokoroEngine", _SPEECH),
     "speech-ensemble": EngineKind("engines.speech_ensemble:SpeechEnsemble", _SPEECH),

@@ -19,6 +19,7 @@ SERVED_AS = [
     (openai_names.REALTIME, Capability.CHAT),
     (openai_names.SPEECH, Capability.SPEECH),
     (openai_names.TRANSCRIPTION, Capability.TRANSCRIPTION),
+    (openai_names.DIARIZATION, Capability.TRANSCRIPTION),
 ]
 
 

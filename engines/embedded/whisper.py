@@ -107,7 +107,7 @@ class FasterWhisperEngine(TranscriptionEngine):
             beam_size=self.beam_size,
             word_timestamps=options.word_timestamps or options.logprobs,
             condition_on_previous_text=False,
-            vad_filter=True,
+            **_chunking(options),
         )
         return segments, info
 
@@ -130,6 +130,25 @@ class FasterWhisperEngine(TranscriptionEngine):
     async def _segments(self, segments) -> AsyncIterator[Segment]:
         async for raw in self.worker.iterate(lambda: iter(segments)):
             yield _segment(raw)
+
+
+def _chunking(options: TranscriptionOptions) -> dict:
+    """Given clips (a diarizer's speaker turns) are decoded one by one, and nothing else;
+    otherwise Silero finds the speech, with the client's chunking_strategy (server_vad) as
+    its settings, or faster-whisper's defaults (2 s of silence ends a chunk, 400 ms of
+    padding)."""
+    if options.clips:
+        return {"vad_filter": False, "clip_timestamps": [t for clip in options.clips for t in clip]}
+    if options.vad is None:
+        return {"vad_filter": True}
+    return {
+        "vad_filter": True,
+        "vad_parameters": {
+            "threshold": options.vad.threshold,
+            "min_silence_duration_ms": options.vad.silence_ms,
+            "speech_pad_ms": options.vad.padding_ms,
+        },
+    }
 
 
 def _segment(raw) -> Segment:

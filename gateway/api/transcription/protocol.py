@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+TranscriptionFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
+
+
+class ServerVadChunking(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``chunking_strategy`` as an object (OpenAI's ``VadConfig``)."""
+
+    type: Literal["server_vad"]
+    prefix_padding_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 300
+    silence_duration_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 200
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
 
 
 class TranscriptionForm(msgspec.Struct, kw_only=True):
@@ -15,12 +25,14 @@ class TranscriptionForm(msgspec.Struct, kw_only=True):
     model: str
     language: str | None = None
     prompt: str | None = None
-    response_format: TranscriptFormat = "json"
+    response_format: TranscriptionFormat = "json"
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     timestamp_granularities: list[Literal["word", "segment"]] = []
     include: list[Literal["logprobs"]] = []
     stream: bool = False
-    chunking_strategy: Any = None
+    chunking_strategy: Literal["auto"] | ServerVadChunking | None = None
+    known_speaker_names: Annotated[list[str], msgspec.Meta(max_length=4)] = []
+    known_speaker_references: Annotated[list[str], msgspec.Meta(max_length=4)] = []
 
 
 class TranslationForm(msgspec.Struct, kw_only=True):
@@ -87,11 +99,35 @@ class TranscriptionVerbose(msgspec.Struct, kw_only=True, omit_defaults=True):
     usage: DurationUsage | None = None
 
 
+class TranscriptionDiarizedSegment(
+    msgspec.Struct, kw_only=True, tag_field="type", tag="transcript.text.segment"
+):
+    id: str
+    start: float
+    end: float
+    text: str
+    speaker: str
+
+
+class TranscriptionDiarized(msgspec.Struct, kw_only=True, omit_defaults=True):
+    task: Literal["transcribe"]
+    duration: float
+    text: str
+    segments: list[TranscriptionDiarizedSegment]
+    usage: DurationUsage | None = None
+
+
 class TranscriptTextDelta(
     msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="transcript.text.delta"
 ):
     delta: str
     logprobs: list[LogProb] | None = None
+    segment_id: str | None = None
+
+
+#: A finished diarized segment, streamed (``diarized_json`` with ``stream=true``): the same
+#: object as the segments of ``diarized_json``.
+TranscriptTextSegment = TranscriptionDiarizedSegment
 
 
 class TranscriptTextDone(

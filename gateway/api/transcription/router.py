@@ -17,13 +17,15 @@ from ...settings import Settings
 from ...streaming import prime
 from .protocol import (
     Transcription,
+    TranscriptionDiarized,
     TranscriptionForm,
     TranscriptionVerbose,
     TranscriptTextDelta,
     TranscriptTextDone,
+    TranscriptTextSegment,
     TranslationForm,
 )
-from .serving import events, options_for, read_form, render, run
+from .serving import events, options_for, read_form, render, run, speaker_request
 
 
 @post(
@@ -35,13 +37,16 @@ from .serving import events, options_for, read_form, render, run
     operation_class=documented_operation(
         form=TranscriptionForm,
         ok={
-            "application/json": (Transcription, TranscriptionVerbose),
+            "application/json": (Transcription, TranscriptionVerbose, TranscriptionDiarized),
             "text/plain": TEXT,
-            "text/event-stream": event_stream(TranscriptTextDelta, TranscriptTextDone, done=True),
+            "text/event-stream": event_stream(
+                TranscriptTextDelta, TranscriptTextSegment, TranscriptTextDone, done=True
+            ),
         },
         ok_description=(
-            "`json` and `verbose_json` as JSON; `text`, `srt` and `vtt` as plain text; with"
-            " `stream=true`, transcript events ending in `data: [DONE]`."
+            "`json`, `verbose_json` and `diarized_json` as JSON; `text`, `srt` and `vtt` as"
+            " plain text; with `stream=true`, transcript events ending in `data: [DONE]`"
+            " (`transcript.text.segment` events with `diarized_json`)."
         ),
     ),
 )
@@ -53,10 +58,18 @@ async def create_transcription(
     )
     options = options_for(form)
     transcripts = run(
-        registry, form.model, Capability.TRANSCRIPTION, upload, options, policy_of(request.scope)
+        registry,
+        form.model,
+        Capability.TRANSCRIPTION,
+        upload,
+        options,
+        policy_of(request.scope),
+        speaker_request(form),
     )
     if form.stream:
-        first_ready = await prime(events(transcripts, form.prompt, options.logprobs))
+        first_ready = await prime(
+            events(transcripts, form.prompt, options.logprobs, options.diarize)
+        )
         return sse.sse_response(
             first_ready, request, keepalive=settings.server.sse_keepalive_seconds, done=True
         )
