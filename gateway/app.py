@@ -29,6 +29,7 @@ from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
 from .api.models.router import list_audio_models, list_models, retrieve_model
+from .api.realtime.calls import create_call, hangup_call
 from .api.realtime.client_secrets import create_client_secret
 from .api.realtime.router import realtime
 from .api.responses.router import (
@@ -70,6 +71,8 @@ ROUTES = [
     list_input_items,
     realtime,
     create_client_secret,
+    create_call,
+    hangup_call,
 ]
 
 

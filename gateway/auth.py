@@ -35,10 +35,9 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils import normalize_path
 
+from adapters.errors import EngineError
 from adapters.realtime.secrets import PREFIX as SECRET_PREFIX
 from adapters.realtime.secrets import ClientSecret, ClientSecretStore
-
-from adapters.errors import EngineError
 
 from .errors import AuthenticationFailed, ErrorResponse, error_detail
 
