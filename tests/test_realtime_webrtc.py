@@ -176,3 +176,36 @@ async def test_a_caller_that_closes_or_vanishes_is_hung_up_within_a_second(gatew
         await getattr(caller, leave)()
         assert await freed_within(gateway, 1.5) < 1.5, leave
         await caller.pc.close()
+
+
+async def test_a_websocket_joins_the_calls_session(gateway, spec):
+    """A server beside the browser (?call_id=): the same session, both ways."""
+    import json
+
+    import websockets
+
+    caller = Caller(gateway.url, "sk-free")
+    try:
+        assert (await caller.dial()).status_code == 201
+        created = await caller.until("session.created")
+        url = f"{gateway.url.replace('http', 'ws')}/v1/realtime?call_id={caller.call_id}"
+        refused = websockets.connect(url, additional_headers={"authorization": "Bearer sk-one-stream"})
+        with pytest.raises(websockets.ConnectionClosed):  # another key's call: none
+            async with refused as socket:
+                json.loads(await asyncio.wait_for(socket.recv(), 10))
+                await asyncio.wait_for(socket.recv(), 10)
+        joined = websockets.connect(url, additional_headers={"authorization": "Bearer sk-free"})
+        async with joined as socket:
+            first = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            assert first["type"] == "session.created"
+            assert first["session"]["id"] == created["session"]["id"]
+            await socket.send(json.dumps({"type": "response.create", "response": {
+                "output_modalities": ["text"], "instructions": "Say hello.",
+                "max_output_tokens": 16}}))
+            while (event := json.loads(await asyncio.wait_for(socket.recv(), 120)))["type"] != "response.done":
+                spec.validate(event, "RealtimeServerEvent")
+        on_call = await caller.until("response.done")
+        assert on_call["response"]["id"] == event["response"]["id"]
+    finally:
+        await caller.hang_up()
+    await freed_within(gateway, 1.0)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import contextlib
 import secrets
 import time
@@ -364,6 +365,12 @@ async def _offer(request: Request) -> tuple[str, p.SessionConfig | None]:
     return sdp, config
 
 
+class WebRTCUnavailable(EngineError):
+    status_code = 501
+    type = "server_error"
+    code = "webrtc_unavailable"
+
+
 def _merged(minted: p.SessionConfig | None, sent: p.SessionConfig | None):
     """The call's start: the client secret's config, with what the request sent over it."""
     if minted is None or sent is None:
@@ -382,6 +389,10 @@ def _merged(minted: p.SessionConfig | None, sent: p.SessionConfig | None):
 )
 async def create_call(request: Request) -> Response:
     """An SDP offer in; the SDP answer out, with the call's id in ``Location``."""
+    if importlib.util.find_spec("aiortc") is None:
+        raise WebRTCUnavailable(
+            "WebRTC calls need the gateway's webrtc extra (pip install '.[webrtc]')."
+        )
     sdp, sent = await _offer(request)
     if "m=audio" not in sdp:
         raise InvalidRequest("The SDP offer has no audio.", param="sdp")
@@ -442,3 +453,42 @@ def call_of(state, call_id: str, owner: str) -> Call:
 async def hangup_call(request: Request, call_id: FromPath[str]) -> None:
     """End the call: its session closes and everything it held is freed."""
     await call_of(request.app.state, call_id, owner_of(request.scope)).close("hangup")
+
+
+async def join_call(socket, call_id: str) -> None:
+    """A WebSocket joined to call ``call_id`` (``/v1/realtime?call_id=``): it gets the
+    call's server events from now on (a ``session.created`` first, with the session as it
+    is) and its client events join the call's queue. It holds no stream of its own: the
+    call does. It closes when the call ends; the call goes on when it closes."""
+    from .router import _refuse
+
+    try:
+        call = call_of(socket.app.state, call_id, owner_of(socket.scope))
+    except NotFound as exc:
+        await _refuse(socket, exc, 1008, "call_not_found")
+        return
+    outbox = Outbox(call.settings.realtime)
+    await outbox.put(ev.SessionCreated(session=call.session.session_wire()))
+    call.outboxes.append(outbox)
+    writing = asyncio.create_task(outbox.write_to(socket))
+    ended = asyncio.create_task(call.closed.wait())
+    try:
+        while True:
+            receiving = asyncio.ensure_future(socket.receive())
+            done, _ = await asyncio.wait(
+                {receiving, writing, ended}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if receiving not in done:
+                receiving.cancel()
+                break
+            message = receiving.result()
+            if message["type"] == "websocket.disconnect":
+                break
+            call.join(message.get("text") or message.get("bytes") or b"")
+    finally:
+        with contextlib.suppress(ValueError):
+            call.outboxes.remove(outbox)
+        for task in (writing, ended):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(socket.close(), 1.0)

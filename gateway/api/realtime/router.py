@@ -1,5 +1,7 @@
 """``GET /v1/realtime?model=...`` upgraded to a WebSocket: the OpenAI Realtime GA contract.
 
+``?call_id=`` joins the session of a WebRTC call instead (calls.py).
+
 ``?intent=transcription`` opens a transcription session instead (as OpenAI does): its
 ``model``, if the query names one, is a transcription model (LiveKit names it there; the
 Agents SDK and Pipecat name it in ``session.update``), and the key's policy is the same.
@@ -166,6 +168,12 @@ async def realtime(socket: WebSocket) -> None:
 
 
 async def _open(socket: WebSocket) -> None:
+    call_id = socket.query_params.get("call_id")
+    if call_id:  # a server beside a browser's WebRTC call: the call's session (calls.py)
+        from .calls import join_call
+
+        await join_call(socket, call_id)
+        return
     policy = socket.app.state["policies"].of(owner_of(socket.scope))
     refusal = await _admit(socket, policy)
     if refusal is not None:
