@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import contextlib
+import importlib.util
 import secrets
 import time
 from typing import Any
