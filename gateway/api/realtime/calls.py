@@ -75,6 +75,14 @@ class _Kind(msgspec.Struct):
 _kind = msgspec.json.Decoder(_Kind)
 
 
+def _is_clear(frame: str | bytes) -> bool:
+    """Whether a client event is ``output_audio_buffer.clear`` (the call's to act on too)."""
+    try:
+        return _kind.decode(frame).type == "output_audio_buffer.clear"
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
 class ChannelSink:
     """The data channel as the Outbox's socket: a write waits while the channel holds
     more than it can send (the Outbox's send timeout then drops a peer that stalls).
@@ -219,10 +227,10 @@ class Call:
                 if isinstance(item, np.ndarray):
                     await self.session.hear_call_audio(item)
                     continue
-                if _kind.decode(item).type == "output_audio_buffer.clear":
+                if _is_clear(item):
                     await self._clear()
-                await self.session.handle(item)
-        except (SessionClosed, msgspec.DecodeError):
+                await self.session.handle(item)  # a bad frame gets its error event there
+        except SessionClosed:
             pass
         except Exception:  # noqa: BLE001 - a broken call still frees what it holds
             log.exception("call_failed", call=self.id)
