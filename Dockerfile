@@ -16,7 +16,7 @@ CMD [".venv/bin/step-audio-gateway", "serve"]
 # (requirements/gpu.txt) resolved in one pip run. dev.py's install is not used: it pins the
 # CPU image's versions (requirements/constraints.txt), which transformers 4.48 cannot use.
 FROM base AS gpu
-ARG GATEWAY_EXTRAS=embedded,embedded-gpl,chat,step-audio
+ARG GATEWAY_EXTRAS=embedded,embedded-gpl,chat,webrtc,step-audio
 ENV GATEWAY_EXTRAS=${GATEWAY_EXTRAS}
 RUN python3 -m venv .venv \
     && .venv/bin/pip install --no-cache-dir --upgrade "pip>=24" \
@@ -36,7 +36,7 @@ RUN python3 -m venv .venv \
 
 # The default image: the embedded CPU engines (dev.py install).
 FROM base AS cpu
-ARG GATEWAY_EXTRAS=embedded,embedded-gpl,chat
+ARG GATEWAY_EXTRAS=embedded,embedded-gpl,chat,webrtc
 ENV GATEWAY_EXTRAS=${GATEWAY_EXTRAS}
 # Creates .venv with the engines (and builds llama-cpp-python once).
 RUN python3 dev.py install

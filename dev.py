@@ -38,7 +38,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".step-audio-gateway-installed"
 WHEELS = Path(os.environ.get("GATEWAY_WHEEL_CACHE", "~/.cache/step-audio-gateway/wheels")).expanduser()
-EXTRAS = os.environ.get("GATEWAY_EXTRAS", "embedded,embedded-gpl,chat") + ",test"
+EXTRAS = os.environ.get("GATEWAY_EXTRAS", "embedded,embedded-gpl,chat,webrtc") + ",test"
 BUILT_FROM_SOURCE = {"llama-cpp-python": "0.3.36"}
 # llama.cpp's build defaults to GGML_NATIVE, which compiles for every feature the build
 # machine's CPU advertises. That wheel is wrong twice over: on a VM that advertises AMX but

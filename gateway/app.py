@@ -29,6 +29,8 @@ from .api.chat.router import create_chat_completion
 from .api.chat.serving import ChatService
 from .api.health.router import health, ready
 from .api.models.router import list_audio_models, list_models, retrieve_model
+from .api.realtime.calls import create_call, hangup_call
+from .api.realtime.client_secrets import create_client_secret
 from .api.realtime.router import realtime
 from .api.responses.router import (
     create_response,
@@ -68,6 +70,9 @@ ROUTES = [
     delete_response,
     list_input_items,
     realtime,
+    create_client_secret,
+    create_call,
+    hangup_call,
 ]
 
 
@@ -178,7 +183,7 @@ def create_app(
     return GatewayApp(
         outer_middleware=(
             request_id_middleware,
-            api_key_middleware_factory(settings.server.api_keys),
+            api_key_middleware_factory(settings.server.api_keys, state_backend.client_secrets),
             ratelimit_middleware_factory(policies),
             options_allow_middleware,
             disconnect_middleware,

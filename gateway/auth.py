@@ -11,6 +11,13 @@ caller without a key (OpenAI answers those with 401 too).
 Keys may be given as ``sha256:<hex>`` so that configuration files hold no secret. Each
 presented key is hashed and compared with every configured digest in constant time.
 
+A realtime client secret (``ek_...``, minted by ``POST /v1/realtime/client_secrets``)
+stands for the key that minted it: the request gets that key's owner, so every policy
+(limits, model allow-list, ownership) is the minting key's, found the one way every door
+finds it. It opens realtime sessions only (the WebSocket and WebRTC calls): on any other
+route, or once expired, it is refused as an unknown key. The minted session configuration
+rides along in ``scope["state"]["client_secret"]`` for the realtime door.
+
 The owner of a request is a short hash of its key (never the key), kept in
 ``scope["state"]["owner"]``; stores file what a request makes under it, so another key
 cannot read it. Without keys configured everything belongs to one anonymous owner.
@@ -28,11 +35,18 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils import normalize_path
 
+from adapters.errors import EngineError
+from adapters.realtime.secrets import PREFIX as SECRET_PREFIX
+from adapters.realtime.secrets import ClientSecret, ClientSecretStore
+
 from .errors import AuthenticationFailed, ErrorResponse, error_detail
 
 PROTECTED_PREFIX = "/v1"
 ANONYMOUS = "anonymous"
 OWNER_STATE = "owner"
+SECRET_STATE = "client_secret"
+#: The routes a client secret opens (the session doors); hangup is the minting server's.
+SECRET_ROUTES = frozenset({"/v1/realtime", "/v1/realtime/calls"})
 HASH_PREFIX = "sha256:"
 # Browsers cannot set headers on a WebSocket; OpenAI's realtime API takes the key as a
 # subprotocol named so.
@@ -85,6 +99,11 @@ def owner_of(scope: Mapping[str, Any]) -> str:
     return (scope.get("state") or {}).get(OWNER_STATE, ANONYMOUS)
 
 
+def client_secret_of(scope: Mapping[str, Any]) -> ClientSecret | None:
+    """The client secret this request came with, if it came with one."""
+    return (scope.get("state") or {}).get(SECRET_STATE)
+
+
 def _presented_key(scope: Scope) -> str | None:
     headers = dict(scope["headers"])
     auth = headers.get(b"authorization", b"").decode("latin-1").strip()
@@ -127,7 +146,9 @@ def is_public(template: str | None) -> bool:
     return not (template == PROTECTED_PREFIX or template.startswith(PROTECTED_PREFIX + "/"))
 
 
-def api_key_middleware_factory(keys: Iterable[str]):
+def api_key_middleware_factory(
+    keys: Iterable[str], secrets: ClientSecretStore | None = None
+):
     ring = KeyRing(keys)
 
     def factory(app: ASGIApp) -> ASGIApp:
@@ -136,11 +157,15 @@ def api_key_middleware_factory(keys: Iterable[str]):
                 await app(scope, receive, send)
                 return
             state = scope.setdefault("state", {})
+            state.pop(SECRET_STATE, None)
+            presented = _presented_key(scope)
+            if presented is not None and presented.startswith(SECRET_PREFIX):
+                await _with_secret(app, secrets, presented, scope, receive, send)
+                return
             if not ring:
                 state[OWNER_STATE] = ANONYMOUS
                 await app(scope, receive, send)
                 return
-            presented = _presented_key(scope)
             owner = ring.owner(presented) if presented is not None else None
             if owner is not None:
                 state[OWNER_STATE] = owner
@@ -161,18 +186,43 @@ def api_key_middleware_factory(keys: Iterable[str]):
     return factory
 
 
-async def _refuse(scope: Scope, send: Send, presented: bool) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008, "reason": "invalid api key"})
+async def _with_secret(
+    app: ASGIApp, secrets: ClientSecretStore | None, presented: str,
+    scope: Scope, receive: Receive, send: Send,
+) -> None:
+    """A client secret: the minting key's owner on a session door, refused elsewhere
+    (checked before the store is asked, so an ``ek_`` cannot probe it from other routes)."""
+    if resolved_template(scope) not in SECRET_ROUTES or secrets is None:
+        await _refuse(scope, send, True)
         return
-    error = AuthenticationFailed(
+    try:
+        record = await secrets.get(presented)
+    except EngineError as exc:  # the state backend is down: try again later, not "wrong key"
+        await _refuse(scope, send, True, exc)
+        return
+    if record is None:  # unknown or expired
+        await _refuse(scope, send, True)
+        return
+    scope["state"][OWNER_STATE] = record.owner
+    scope["state"][SECRET_STATE] = record
+    await app(scope, receive, send)
+
+
+async def _refuse(
+    scope: Scope, send: Send, presented: bool, error: EngineError | None = None
+) -> None:
+    if scope["type"] == "websocket":
+        code, reason = (1008, "invalid api key") if error is None else (1013, "try again later")
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+        return
+    error = error or AuthenticationFailed(
         "Incorrect API key provided." if presented else "You didn't provide an API key."
     )
     body = msgspec.json.encode(ErrorResponse(error=error_detail(error)))
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -20,6 +20,11 @@ from .auth import is_public, owner_of, resolved_template
 from .errors import APIError, ErrorResponse, error_detail
 from .policy import POLICY_STATE, Policies
 
+#: Requests that end work the key holds a stream for (a WebRTC call's hangup): counted as
+#: requests but holding no stream, or a key at its concurrent-stream limit could never end
+#: the call that holds it.
+ENDS_WORK = frozenset({"/v1/realtime/calls/{call_id}/hangup"})
+
 
 def _limited(scope: Scope) -> bool:
     """Every HTTP request but CORS preflights and the public routes (health, readiness,
@@ -57,7 +62,7 @@ def ratelimit_middleware_factory(policies: Policies):
                 await app(scope, receive, send)
                 return
             try:
-                await policy.admit(stream=True)
+                await policy.admit(stream=resolved_template(scope) not in ENDS_WORK)
             except APIError as error:
                 await send_error(send, error)
                 return

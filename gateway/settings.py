@@ -245,6 +245,44 @@ class RealtimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
             )
 
 
+class IceServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A STUN or TURN server, as a browser's RTCIceServer names it."""
+
+    urls: list[str]
+    username: str = ""
+    credential: str = ""
+
+
+class WebRTCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """WebRTC calls (POST /v1/realtime/calls): which addresses the gateway's ICE offers
+    and accepts (see gateway/api/realtime/webrtc.py)."""
+
+    # Local addresses the gateway binds its call sockets to, each offered as a host
+    # candidate. Loopback by default: a browser on this machine reaches it, nothing else.
+    host_addresses: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1"])
+    # The address offered instead of each host address, for a gateway behind a one-to-one
+    # NAT (a cloud VM's public IP); empty: the host addresses themselves.
+    announced_address: str = ""
+    # Networks (CIDR) the gateway accepts remote candidates and connectivity checks from;
+    # no packet is ever sent to an address outside them.
+    remote_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8"])
+    # STUN/TURN servers for the gateway's own side (relay candidates through TURN).
+    ice_servers: list[IceServerSettings] = []
+    # A call whose peer has sent no audio this long (after it began) has vanished: it is
+    # hung up and everything it held freed. Browsers send a packet every 20 ms.
+    peer_timeout_seconds: float = 1.0
+    # A call whose peer never connects is dropped after this long.
+    connect_timeout_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for network in self.remote_networks:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError when not one
+        if self.peer_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+            raise ValueError("webrtc.peer_timeout_seconds and connect_timeout_seconds must be > 0")
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
@@ -252,6 +290,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step_audio: StepAudioSettings = msgspec.field(default_factory=StepAudioSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     realtime: RealtimeSettings = msgspec.field(default_factory=RealtimeSettings)
+    webrtc: WebRTCSettings = msgspec.field(default_factory=WebRTCSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}

@@ -36,10 +36,11 @@ pytestmark = pytest.mark.slow
 README = ROOT / "README.md"
 DOCUMENTED_URL = "http://127.0.0.1:8000"
 RUNNERS = {"python", "js", "bash"}
-NOT_CODE = {"text", "toml", "json"}
+NOT_CODE = {"text", "toml", "json", "html"}
 # Sections whose examples another test runs (it extracts them from the README itself).
 RUN_ELSEWHERE = {"Realtime": ["tests/test_realtime.py", "tests/test_realtime_node.py",
-                             "tests/test_realtime_transcription_sessions.py"]}
+                             "tests/test_realtime_transcription_sessions.py"],
+                "Voice in the browser": ["tests/test_realtime_browser.py"]}
 # What some examples must print beyond "something": (a phrase of the block, a pattern).
 EXPECTED_OUTPUT = [
     ("def get_weather", r"called get_weather\(.*Paris.*\) -> .*sunny[\s\S]*answer: \S"),

@@ -4,7 +4,8 @@ One gateway process can keep everything in memory. Several replicas behind a loa
 balancer cannot: a spoken reply's audio id made on one must resolve on the next, and a
 key's per-minute budget must be one budget, not one per replica. So the gateway asks a
 :class:`StateBackend` for its limit counters, its audio store, its transcript cache,
-its cloned voices' metadata and its stored Responses API responses; the in-memory backend serves one process, the Redis one
+its cloned voices' metadata, its stored Responses API responses and its realtime
+client secrets; the in-memory backend serves one process, the Redis one
 any number of them.
 
 Limits are counted in fixed one-minute windows per owner (the API key's id). KeyAdmission is
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from adapters.chat.audio_store import AudioStore
 from adapters.chat.transcripts import TranscriptCache
 from adapters.errors import EngineError
+from adapters.realtime.secrets import ClientSecretStore
 from adapters.responses.store import ResponseStore
 
 WINDOW_SECONDS = 60
@@ -78,6 +80,7 @@ class StateBackend(abc.ABC):
     transcripts: TranscriptCache
     voices: "VoiceRecords"
     responses: ResponseStore
+    client_secrets: ClientSecretStore
 
     @abc.abstractmethod
     async def admit(self, owner: str, limits: Limits, *, stream: bool = True) -> KeyAdmission:

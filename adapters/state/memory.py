@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from adapters.chat.audio_store import MemoryAudioStore
 from adapters.chat.transcripts import MemoryTranscriptCache
+from adapters.realtime.secrets import MemoryClientSecretStore
 from adapters.responses.store import MemoryResponseStore
 
 from .base import (
@@ -15,8 +16,8 @@ from .base import (
     REQUESTS,
     STREAMS,
     WINDOW_SECONDS,
-    KeyAdmission,
     Charge,
+    KeyAdmission,
     Limits,
     StateBackend,
     VoiceRecords,
@@ -48,6 +49,7 @@ class MemoryBackend(StateBackend):
         self.transcripts = MemoryTranscriptCache()
         self.voices = MemoryVoiceRecords()
         self.responses = MemoryResponseStore(clock=clock)
+        self.client_secrets = MemoryClientSecretStore(clock=clock)
 
     def _window(self, owner: str, window: int) -> dict[str, int]:
         counters = self._windows.get((owner, window))

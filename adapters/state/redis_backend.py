@@ -1,5 +1,5 @@
-"""The shared backend: every replica's limits, audio ids, transcripts, clones and stored
-responses in Redis.
+"""The shared backend: every replica's limits, audio ids, transcripts, clones, stored
+responses and realtime client secrets in Redis.
 
 KeyAdmission, charges and releases are Lua scripts, so each is one atomic step on the Redis
 server whatever number of replicas race; the window is computed from Redis' own clock
@@ -19,14 +19,15 @@ from redis.exceptions import RedisError
 
 from adapters.chat.audio_store import AudioStore, StoredAudio
 from adapters.chat.transcripts import Transcript, TranscriptCache
+from adapters.realtime.secrets import ClientSecret, ClientSecretStore, digest_of
 from adapters.responses.store import ResponseStore, StoredResponse
 
 from .base import (
     FIELDS,
     STREAMS,
     WINDOW_SECONDS,
-    KeyAdmission,
     Charge,
+    KeyAdmission,
     Limits,
     StateBackend,
     StateUnavailable,
@@ -178,6 +179,31 @@ class RedisResponseStore(ResponseStore):
         return bool(await self._call("delete", self._key(response_id)))
 
 
+class RedisClientSecretStore(ClientSecretStore):
+    """One key per secret digest, expiring with the secret (Redis drops it then)."""
+
+    def __init__(self, call: _Redis) -> None:
+        self._call = call
+
+    def _key(self, secret: str) -> str:
+        return f"{self._call.prefix}:ek:{digest_of(secret)}"
+
+    async def put(self, secret: str, record: ClientSecret) -> None:
+        seconds, _ = await self._call("time")
+        ttl = record.expires_at - int(seconds)
+        if ttl <= 0:
+            return
+        value = json.dumps({"o": record.owner, "s": record.session.decode(), "e": record.expires_at})
+        await self._call("set", self._key(secret), value, ttl)
+
+    async def get(self, secret: str) -> ClientSecret | None:
+        raw = await self._call("get", self._key(secret))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return ClientSecret(data["o"], data["s"].encode(), data["e"])
+
+
 class RedisTranscriptCache(TranscriptCache):
     """Kept a day past its last use: a conversation is replayed within one."""
 
@@ -244,6 +270,7 @@ class RedisBackend(StateBackend):
         self.transcripts = RedisTranscriptCache(self._call)
         self.voices = RedisVoiceRecords(self._call)
         self.responses = RedisResponseStore(self._call)
+        self.client_secrets = RedisClientSecretStore(self._call)
 
     def _keys(self, owner: str) -> list[str]:
         return [f"{self.prefix}:rl:{owner}", f"{self.prefix}:streams:{owner}"]

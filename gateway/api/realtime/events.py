@@ -222,3 +222,20 @@ class FunctionCallArgumentsDelta(
 class FunctionCallArgumentsDone(_InCall, kw_only=True, tag="response.function_call_arguments.done"):
     name: str
     arguments: str
+
+
+# ---------------------------------------------------------------------- WebRTC output audio
+# Sent on calls only (calls.py): there the gateway plays the audio itself, so it says
+# when a response's audio began and stopped playing, and when unplayed audio was dropped.
+
+
+class OutputAudioBufferStarted(ServerEvent, kw_only=True, tag="output_audio_buffer.started"):
+    response_id: str
+
+
+class OutputAudioBufferStopped(ServerEvent, kw_only=True, tag="output_audio_buffer.stopped"):
+    response_id: str
+
+
+class OutputAudioBufferCleared(ServerEvent, kw_only=True, tag="output_audio_buffer.cleared"):
+    response_id: str

@@ -78,7 +78,24 @@ class InputAudio:
         except (binascii.Error, ValueError):
             raise InvalidRequest("The audio is not valid base64.", param="audio") from None
         self._check_audio_held(len(data), "audio")
-        samples = self.converter.push(data)
+        await self.hear(self.converter.push(data))
+
+    async def hear_call_audio(self, samples: np.ndarray) -> None:
+        """16 kHz samples from a WebRTC call's microphone (calls.py): what an append is
+        on the WebSocket. A refusal is said once, not once per 20 ms packet, until the
+        audio is taken again."""
+        try:
+            self._check_held_samples(len(samples), "audio")
+            await self.hear(samples)
+        except EngineError as exc:
+            if not getattr(self, "_refusing_call_audio", False):
+                await self.error(exc)
+            self._refusing_call_audio = True
+        else:
+            self._refusing_call_audio = False
+
+    async def hear(self, samples: np.ndarray) -> None:
+        """16 kHz samples heard: into the buffer, through the turn detector."""
         limit = int(self.limits.max_buffer_seconds * RATE)
         if self.buffered + len(samples) > limit:
             raise InvalidRequest(
@@ -176,6 +193,9 @@ class InputAudio:
         """Refuse ``n_bytes`` more of wire audio when the session would hold more than
         ``max_audio_seconds_held`` of input (buffer and items), before decoding it."""
         incoming = n_bytes * RATE // bytes_per_second(self.config.input_format)
+        self._check_held_samples(incoming, param)
+
+    def _check_held_samples(self, incoming: int, param: str) -> None:
         held = self.buffered + sum(len(i.audio) for i in self.items.values() if i.audio is not None)
         limit = self.limits.max_audio_seconds_held
         if held + incoming > limit * RATE:

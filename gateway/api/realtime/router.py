@@ -1,5 +1,7 @@
 """``GET /v1/realtime?model=...`` upgraded to a WebSocket: the OpenAI Realtime GA contract.
 
+``?call_id=`` joins the session of a WebRTC call instead (calls.py).
+
 ``?intent=transcription`` opens a transcription session instead (as OpenAI does): its
 ``model``, if the query names one, is a transcription model (LiveKit names it there; the
 Agents SDK and Pipecat name it in ``session.update``), and the key's policy is the same.
@@ -42,6 +44,7 @@ from ...policy import Policy
 from ...pump import Pump
 from ...settings import RealtimeSettings
 from . import events as ev
+from .client_secrets import minted_config, start_minted
 from .serving import RealtimeSession, SessionClosed
 
 log = structlog.get_logger(__name__)
@@ -128,15 +131,21 @@ async def _admit(socket: WebSocket, policy: Policy) -> EngineError | None:
 
 
 def _transcribes(socket: WebSocket) -> bool:
+    minted = minted_config(socket.scope)
+    if minted is not None and minted.type is not None:
+        return minted.type == "transcription"
     return socket.query_params.get("intent") == "transcription"
 
 
 def _model(socket: WebSocket) -> str | None:
     """The model the session runs: for a transcription session, the one the query names
-    (None: the default transcription model); otherwise the chat model, gpt-realtime's by
-    default."""
+    (None: the default transcription model); otherwise the chat model: the query's, the
+    client secret's, or gpt-realtime's by default."""
     named = socket.query_params.get("model") or None
-    return named if _transcribes(socket) else named or DEFAULT_MODEL
+    if _transcribes(socket):
+        return named
+    minted = minted_config(socket.scope)
+    return named or (minted.model if minted is not None else None) or DEFAULT_MODEL
 
 
 @websocket("/v1/realtime", include_in_schema=False)
@@ -159,6 +168,12 @@ async def realtime(socket: WebSocket) -> None:
 
 
 async def _open(socket: WebSocket) -> None:
+    call_id = socket.query_params.get("call_id")
+    if call_id:  # a server beside a browser's WebRTC call: the call's session (calls.py)
+        from .calls import join_call
+
+        await join_call(socket, call_id)
+        return
     policy = socket.app.state["policies"].of(owner_of(socket.scope))
     refusal = await _admit(socket, policy)
     if refusal is not None:
@@ -186,6 +201,7 @@ async def _serve(socket: WebSocket, policy: Policy) -> None:
     writing = asyncio.create_task(outbox.write_to(socket))
     stalling = asyncio.create_task(outbox.stalled.wait())
     try:
+        await start_minted(session, socket.scope)
         await session.start()
         while True:
             receiving = asyncio.ensure_future(socket.receive())

@@ -48,6 +48,10 @@ Send = Callable[[ev.ServerEvent], Awaitable[None]]
 _id = new_id
 
 
+async def _discard(event: ev.ServerEvent) -> None:
+    return None
+
+
 class SessionClosed(Exception):
     """The client stopped reading (its send buffer stayed full) or went away."""
 
@@ -110,6 +114,15 @@ class RealtimeSession(
 
     async def start(self) -> None:
         await self.send(ev.SessionCreated(session=self.session_wire()))
+
+    async def configure(self, config: p.SessionConfig) -> None:
+        """Apply ``config`` as a ``session.update`` would, checked the same way, but
+        silently: the defaults a client secret was minted with, before ``session.created``."""
+        send, self._send = self._send, _discard
+        try:
+            await self._update(p.SessionUpdate(session=config))
+        finally:
+            self._send = send
 
     async def close(self) -> None:
         """The socket is gone: stop every task so no engine stays held for it."""
