@@ -30,13 +30,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.frameworks_tier.helpers import API_KEY, ROOT, wav_bytes
+from tests.frameworks_tier.helpers import API_KEY, NODE_DIR, ROOT, wav_bytes
 
 # The tier guard shared with tests/conftest.py: a run that skipped a whole file or passed
 # no test fails.
 from tests.tier_guard import pytest_collectreport, pytest_sessionfinish  # noqa: F401
 
-NODE_DIR = ROOT / "tests" / "node"
 LOG_TAIL_BYTES = 6000
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDINGS = ROOT / "tests" / "recordings"
+NODE_DIR = ROOT / "tests" / "node"
 API_KEY = "sk-frameworks-tier"  # the one key the tier's gateway accepts
 
 

@@ -95,23 +95,26 @@ async def test_realtime_agent_calls_a_tool_and_speaks_the_answer(gateway, hear):
         "url": gateway.ws_url + "/realtime?model=gpt-realtime-2.1", "api_key": API_KEY,
     })
     audio = bytearray()
-    history, errors, tool_output = [], [], None
+    history, errors, tool_output, responses = [], [], None, 0
     async with session:
         await session.send_message(QUESTION)
 
         async def follow() -> None:
-            nonlocal history, tool_output
+            nonlocal history, tool_output, responses
             async for event in session:
                 if event.type == "error":
                     errors.append(event.error)
                 elif event.type == "tool_end":
                     tool_output = event.output
-                elif event.type == "audio" and tool_output is not None:
+                elif event.type == "audio" and responses >= 1:
                     audio.extend(event.audio.data)
                 elif event.type == "history_updated":
                     history = event.history
-                elif event.type == "agent_end" and tool_output is not None:
-                    return
+                elif event.type == "agent_end":
+                    # Two responses: the tool call, then (after its output) the answer.
+                    responses += 1
+                    if responses >= 2 and tool_output is not None:
+                        return
 
         await asyncio.wait_for(follow(), timeout=120)
     assert not errors, errors
