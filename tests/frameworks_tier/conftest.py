@@ -11,8 +11,9 @@ with ``--confcutdir``): the tests see the gateway only over HTTP and WebSocket, 
 
 For a run against another checkout of the gateway (a colleague's branch), set
 GATEWAY_FRAMEWORKS_ROOT to its folder (the gateway is started there, with that folder first
-on PYTHONPATH) and GATEWAY_FRAMEWORKS_PYTHON to the interpreter holding its engines (default:
-that folder's .venv/bin/python).
+on PYTHONPATH), GATEWAY_FRAMEWORKS_PYTHON to the interpreter holding its engines (default:
+that folder's .venv/bin/python), and GATEWAY_FRAMEWORKS_CONFIG to a settings file to serve
+with (e.g. this checkout's config/default.toml, for a branch begun before its model names).
 """
 
 from __future__ import annotations
@@ -100,8 +101,13 @@ def gateway(tmp_path_factory) -> Gateway:
     }
     command = [_gateway_python(root), "-m", "gateway", "serve", "--host", "127.0.0.1",
                "--port", str(port)]
+    if os.environ.get("GATEWAY_FRAMEWORKS_CONFIG"):  # a dev run's settings file
+        command += ["--config", os.environ["GATEWAY_FRAMEWORKS_CONFIG"]]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+        )
     _gateway = live = Gateway(f"http://127.0.0.1:{port}", log, process)
     try:
         _wait_ready(live)
@@ -114,6 +120,15 @@ def gateway(tmp_path_factory) -> Gateway:
             process.kill()
             process.wait()
         _gateway = None
+
+
+def _stop_with_parent() -> None:
+    """In the gateway's process, before it runs: SIGTERM when the test process dies, so a
+    killed run (dev.py's tier timeout) leaves no gateway behind (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _wait_ready(live: Gateway, timeout: float = 240.0) -> None:

@@ -40,7 +40,9 @@ from openai import AsyncOpenAI
 from tests.frameworks_tier.helpers import API_KEY, TEXTS, recording_at, wer
 
 QUESTION = "What is the weather in Paris?"
-SHORT = ModelSettings(max_tokens=60)  # a 135M model rambles; the tests need one answer
+# A 135M model rambles: its answers are bounded, by far more than one sentence needs (a
+# streamed Responses answer cut at the limit ends "incomplete", which the SDK raises).
+SHORT = ModelSettings(max_tokens=200)
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def weather_tool(calls: list[str]):
 
 def weather_agent(calls: list[str], **kwargs) -> Agent:
     return Agent(
-        name="Assistant", instructions="You are a helpful assistant.",
+        name="Assistant", instructions="Answer in one short sentence.",
         tools=[weather_tool(calls)], model_settings=SHORT, **kwargs,
     )
 
@@ -241,41 +243,30 @@ async def test_voice_pipeline_hears_a_recording_and_speaks_its_answer(client, he
 
 async def test_voice_pipeline_streamed_input_hears_a_recording_and_speaks(client, hear):
     """``VoicePipeline`` on a ``StreamedAudioInput`` fed a real recording in 100 ms chunks,
-    then silence: the SDK opens a transcription session (``/v1/realtime?intent=transcription``,
-    gpt-transcribe, semantic_vad), its completed transcript starts a turn, and the turn's
-    spoken answer is heard back. Needs realtime transcription sessions in the gateway."""
+    then silence, then the end of input: the SDK opens a transcription session
+    (``/v1/realtime?intent=transcription``, gpt-transcribe, semantic_vad), each completed
+    transcript starts a turn, and the turns' spoken answers are heard back. Needs realtime
+    transcription sessions in the gateway."""
     workflow = RecordingWorkflow(voice_agent(client))
     streamed = StreamedAudioInput()
     result = await voice_pipeline(client, workflow).run(streamed)
     samples = recording_at("zero_shot_en_prompt", 24_000)
-    audio_in = np.concatenate([samples, np.zeros(24_000 * 3, np.int16)])
+    audio_in = np.concatenate([samples, np.zeros(24_000, np.int16)])
 
     async def feed() -> None:
         for i in range(0, len(audio_in), 2400):
             await streamed.add_audio(audio_in[i:i + 2400])
             await asyncio.sleep(0.02)
-
-    chunks: list[np.ndarray] = []
-    lifecycle: list[str] = []
-
-    async def listen() -> None:
-        async for event in result.stream():
-            if event.type == "voice_stream_event_audio" and event.data is not None:
-                chunks.append(np.asarray(event.data, np.int16))
-            elif event.type == "voice_stream_event_lifecycle":
-                lifecycle.append(event.event)
-                if event.event == "turn_ended":
-                    return
-            elif event.type == "voice_stream_event_error":
-                raise AssertionError(f"voice pipeline error: {event.error!r}")
+        await streamed.add_audio(None)  # the end of input: the SDK commits what is left
 
     feeder = asyncio.create_task(feed())
     try:
-        await asyncio.wait_for(listen(), timeout=120)
+        audio, lifecycle = await asyncio.wait_for(spoken(result), timeout=150)
     finally:
         feeder.cancel()
-        await streamed.add_audio(None)  # the end of the input closes the session
-    assert lifecycle[:2] == ["turn_started", "turn_ended"]
-    assert workflow.heard and wer(TEXTS["zero_shot_en_prompt"], workflow.heard[0]) <= 0.25
-    assert workflow.said and workflow.said[0].strip()
-    assert wer(workflow.said[0], hear(np.concatenate(chunks), 24_000)) <= 0.35, workflow.said
+    assert "turn_started" in lifecycle and lifecycle[-1] == "session_ended", lifecycle
+    heard = " ".join(workflow.heard)  # server VAD may cut the recording into turns
+    assert wer(TEXTS["zero_shot_en_prompt"], heard) <= 0.25, workflow.heard
+    said = " ".join(workflow.said)
+    assert said.strip() and len(workflow.said) == len(workflow.heard)
+    assert wer(said, hear(audio, 24_000)) <= 0.35, workflow.said
