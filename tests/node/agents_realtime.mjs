@@ -42,7 +42,10 @@ let responses = 0;
 const answered = new Promise((resolve) => {
   session.on("agent_end", () => { responses += 1; if (responses >= 2 && toolResult !== null) resolve(); });
 });
-const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("timed out")), 120_000));
+let timer;
+const timeout = new Promise((_, reject) => {
+  timer = setTimeout(() => reject(new Error("timed out waiting for the answer")), 120_000);
+});
 
 await session.connect({ apiKey, url });
 session.sendMessage("What is the weather in Paris?");
@@ -50,6 +53,8 @@ try {
   await Promise.race([answered, timeout]);
 } catch (error) {
   errors.push(error.message);
+} finally {
+  clearTimeout(timer);  // a pending timer would keep Node running
 }
 // Audio still arriving for the answer when its response is done is the transport's to flush.
 await new Promise((resolve) => setTimeout(resolve, 200));
