@@ -239,9 +239,12 @@ def run_frameworks_tier(rest: list[str], env: dict[str, str]) -> int:
     in-process fixtures, which need .venv) from being loaded there."""
     ensure_frameworks_environment()
     env = {**env, "GATEWAY_TEST_TIER": "frameworks"}
+    # timeout_method=thread: a framework's background task can catch the exception the
+    # signal method raises in whatever frame runs, and go on waiting; the thread method
+    # stops a test past its timeout (pyproject.toml) whatever it is doing.
     args = [
         str(FW_PYTHON), "-m", "pytest", "tests/frameworks_tier",
-        "--confcutdir=tests/frameworks_tier", "-q", *rest,
+        "--confcutdir=tests/frameworks_tier", "-o", "timeout_method=thread", "-q", *rest,
     ]
     try:
         return subprocess.run(args, cwd=ROOT, env=env, timeout=FW_TIMEOUT_SECONDS).returncode
