@@ -224,7 +224,7 @@ def ensure_frameworks_environment() -> None:
     if FW_STAMP.exists() and FW_STAMP.read_text().strip() == fingerprint:
         return
     if not FW_PYTHON.exists():
-        say("creating .venv-frameworks (LiveKit, Pipecat and the OpenAI Agents SDK, for their tests)")
+        say("creating .venv-frameworks (LiveKit, Pipecat, the OpenAI Agents SDK: their tests)")
         run(sys.executable, "-m", "venv", FW_VENV)
     pip = [FW_PYTHON, "-m", "pip", "--disable-pip-version-check"]
     run(*pip, "install", "--quiet", "--upgrade", "pip>=24")
@@ -233,17 +233,19 @@ def ensure_frameworks_environment() -> None:
     say(".venv-frameworks ready")
 
 
-def run_frameworks_tier(rest: list[str], env: dict[str, str]) -> int:
+def run_frameworks_tier(rest: list[str], env: dict[str, str], named: bool = False) -> int:
     """The agent frameworks against a live gateway: .venv-frameworks runs the tests, which
-    start the gateway from .venv (tests/frameworks_tier/conftest.py). ``--confcutdir`` keeps tests/conftest.py (the gateway's
-    in-process fixtures, which need .venv) from being loaded there."""
+    start the gateway from .venv (tests/frameworks_tier/conftest.py). ``--confcutdir`` keeps
+    tests/conftest.py (the gateway's in-process fixtures, which need .venv) from being loaded
+    there. ``named``: ``rest`` names the tests to run (files or node ids in the tier)."""
     ensure_frameworks_environment()
     env = {**env, "GATEWAY_TEST_TIER": "frameworks"}
     # timeout_method=thread: a framework's background task can catch the exception the
     # signal method raises in whatever frame runs, and go on waiting; the thread method
     # stops a test past its timeout (pyproject.toml) whatever it is doing.
+    where = [] if named else ["tests/frameworks_tier"]
     args = [
-        str(FW_PYTHON), "-m", "pytest", "tests/frameworks_tier",
+        str(FW_PYTHON), "-m", "pytest", *where,
         "--confcutdir=tests/frameworks_tier", "-o", "timeout_method=thread", "-q", *rest,
     ]
     try:
@@ -286,7 +288,11 @@ def run_tests(rest: list[str], env: dict[str, str]) -> int:
     broke cannot pass by skipping."""
     ensure_test_tools()
     # Named test files or node ids (not option values such as "-p no:cacheprovider").
-    named = any((ROOT / arg.split("::")[0]).exists() for arg in rest if not arg.startswith("-"))
+    args = [arg.split("::")[0] for arg in rest if not arg.startswith("-")]
+    paths = [path for path in args if (ROOT / path).exists()]
+    named = bool(paths)
+    if named and all(Path(path).parts[:2] == ("tests", "frameworks_tier") for path in paths):
+        return run_frameworks_tier(rest, env, named=True)  # that tier's own environment
     if named:
         return subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     tiers = tiers_to_run()

@@ -50,13 +50,27 @@ def texts() -> dict[str, str]:
 TEXTS = texts()
 
 
+_NORMALIZE = jiwer.Compose([
+    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+    jiwer.Strip(), jiwer.ReduceToListOfListOfWords(),
+])
+
+
 def wer(reference: str, hypothesis: str) -> float:
-    normalize = jiwer.Compose([
-        jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(), jiwer.ReduceToListOfListOfWords(),
-    ])
-    return jiwer.wer(reference, hypothesis, reference_transform=normalize,
-                     hypothesis_transform=normalize)
+    """Word error rate, case and punctuation aside (as tests/test_transcription.py)."""
+    return jiwer.wer(reference, hypothesis, reference_transform=_NORMALIZE,
+                     hypothesis_transform=_NORMALIZE)
+
+
+def assert_heard(said: str, heard: str) -> None:
+    """Speech the model made (its text ``said``) was heard back as that text: at most 35% of
+    its words wrong, or two words for a short answer, and never half of them. (The embedded
+    model's answers vary in length; a five-word answer with one name misheard is still that
+    answer, silence or noise is not.)"""
+    words = _NORMALIZE(said)[0] if said.strip() else []
+    assert words, f"nothing was said: {said!r}"
+    errors = round(wer(said, heard) * len(words))
+    assert errors <= max(2, 0.35 * len(words)) and errors < len(words) / 2, (said, heard)
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:

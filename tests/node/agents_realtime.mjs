@@ -23,10 +23,11 @@ const agent = new RealtimeAgent({
   tools: [getWeather],
 });
 // The SDK's defaults (model gpt-realtime-2.1, its voice and turn detection); only the answer's
-// length is bounded, as a 135M model rambles.
+// length is bounded, as a 135M model rambles: max_output_tokens has no field of its own in the
+// SDK's session config, so it goes in providerData, which the SDK merges into session.update.
 const session = new RealtimeSession(agent, {
   transport: "websocket",
-  config: { maxOutputTokens: 60 },
+  config: { providerData: { max_output_tokens: 60 } },
 });
 
 const errors = [];
@@ -40,7 +41,10 @@ session.on("history_updated", (items) => { history = items; });
 // Two responses: the tool call, then (once the SDK has sent the tool's output) the answer.
 let responses = 0;
 const answered = new Promise((resolve) => {
-  session.on("agent_end", () => { responses += 1; if (responses >= 2 && toolResult !== null) resolve(); });
+  session.on("agent_end", () => {
+    responses += 1;
+    if (responses >= 2 && toolResult !== null) resolve();
+  });
 });
 let timer;
 const timeout = new Promise((_, reject) => {
@@ -70,7 +74,9 @@ console.log(JSON.stringify({
   calls,
   tool_result: toolResult,
   responses,
-  call: call ? { name: call.name, arguments: call.arguments, output: call.output, status: call.status } : null,
+  call: call
+    ? { name: call.name, arguments: call.arguments, output: call.output, status: call.status }
+    : null,
   transcript: (last?.content ?? []).map((part) => part.transcript ?? part.text ?? "").join(""),
   pcm_bytes: pcm.length,
 }));
