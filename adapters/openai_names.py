@@ -1,10 +1,11 @@
 """The model names OpenAI clients and the agent frameworks built on them ask for.
 
 A client pointed at the gateway keeps its model names: the Agents SDK's ``RealtimeAgent``
-asks for ``gpt-realtime-2.1``, LiveKit's and Pipecat's LLM services for ``gpt-4.1``. Each
-configuration makes these aliases of its own models (config/default.toml lists them for
-the embedded engines; the Step-Audio settings default to them), and a test holds both to
-these lists so that a name added here reaches every deployment.
+asks for ``gpt-realtime-2.1`` and its ``Agent`` for ``gpt-5.6-luna``, LiveKit's and Pipecat's
+LLM services for ``gpt-4.1``. Each configuration makes these aliases of its own models
+(config/default.toml lists them for the embedded engines; the Step-Audio settings default to
+them), and a test holds both to these lists so that a name added here reaches every
+deployment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ CHAT = (
     "gpt-5",
     "gpt-5-mini",
     "gpt-5-nano",
+    # The OpenAI Agents SDK's default (openai-agents 0.24: an Agent without a model).
+    "gpt-5.6-luna",
 )
 
 #: Chat models that hear and speak (``modalities: ["text", "audio"]``).

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.server import server_config
 from gateway.logging import configure_logging
+from gateway.server import server_config
 from gateway.settings import load_settings
 
 # Servers run in background threads, outside pytest's per-test capture: keep them quiet.
@@ -30,7 +29,8 @@ configure_logging("warning", "console")
 
 # Test tiers, each run in the environment that holds its libraries (``python3 dev.py test``
 # runs them in turn): "main" in .venv, "step-audio" (torch replicas) in .venv-sa, "vllm"
-# (real vLLM servers) from .venv with .venv-vllm beside it. A tier's files are collected
+# (real vLLM servers) from .venv with .venv-vllm beside it, "frameworks" (the agent
+# frameworks against a gateway subprocess) in .venv-frameworks. A tier's files are collected
 # when it is the current tier or when named on the command line, never skipped at import.
 TIER = os.environ.get("GATEWAY_TEST_TIER", "main")
 TIER_PATHS = {
@@ -40,29 +40,16 @@ TIER_PATHS = {
         "engines/test_step_audio_deployment.py",
     ],
     "vllm": ["vllm_tier"],
+    # The agent frameworks against a live gateway, in .venv-frameworks (which cannot import
+    # this file: tests/frameworks_tier/conftest.py stands alone; dev.py runs it with
+    # --confcutdir so that this conftest is never loaded there).
+    "frameworks": ["frameworks_tier"],
 }
 collect_ignore = [path for tier, paths in TIER_PATHS.items() if tier != TIER for path in paths]
 
-_skipped_files: list[str] = []
-
-
-def pytest_collectreport(report) -> None:
-    if report.skipped and report.nodeid.endswith(".py"):
-        _skipped_files.append(report.nodeid)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus) -> None:
-    """A run that skipped a whole file, or passed no test at all, has proven nothing: it
-    fails, so a broken environment can never look like a green suite."""
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    passed = len(reporter.stats.get("passed", [])) if reporter else 0
-    if _skipped_files:
-        print(f"\nFAILED: whole files were skipped: {', '.join(_skipped_files)}", file=sys.stderr)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    elif exitstatus == 0 and passed == 0 and not session.config.option.collectonly:
-        print("\nFAILED: no test passed in this run", file=sys.stderr)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+# The tier guard: a run that skipped a whole file or passed no test fails (its hooks, shared
+# with tests/frameworks_tier/conftest.py).
+from tests.tier_guard import pytest_collectreport, pytest_sessionfinish  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAI_SPEC = ROOT / "tests" / "openai_spec" / "openapi.yaml"  # vendored, MIT

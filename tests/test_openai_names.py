@@ -37,7 +37,7 @@ def test_the_step_audio_deployment_claims_the_same_names():
 
 
 def test_a_framework_default_model_is_listed_and_retrievable(openai_client):
-    for name in ("gpt-4.1", "gpt-realtime-2.1", "gpt-4o-mini-tts", "gpt-transcribe"):
+    for name in ("gpt-4.1", "gpt-5.6-luna", "gpt-realtime-2.1", "gpt-4o-mini-tts", "gpt-transcribe"):
         assert openai_client.models.retrieve(name).id == name
 
 

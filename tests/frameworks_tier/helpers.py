@@ -1,0 +1,83 @@
+"""What the frameworks tier compares against: real recordings (tests/recordings) and their
+texts, word error rates, WAV bytes. Standard library, numpy and jiwer only."""
+
+from __future__ import annotations
+
+import ast
+import io
+import wave
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDINGS = ROOT / "tests" / "recordings"
+NODE_DIR = ROOT / "tests" / "node"
+API_KEY = "sk-frameworks-tier"  # the one key the tier's gateway accepts
+
+
+def recording(name: str) -> tuple[np.ndarray, int]:
+    """A recording of tests/recordings as int16 mono samples and their rate."""
+    with wave.open(str(RECORDINGS / f"{name}.wav")) as file:
+        assert file.getnchannels() == 1 and file.getsampwidth() == 2
+        return np.frombuffer(file.readframes(file.getnframes()), "<i2"), file.getframerate()
+
+
+def recording_at(name: str, rate: int) -> np.ndarray:
+    """The recording as int16 samples at ``rate`` (linear interpolation: enough for speech
+    heard by Whisper, and no resampler to import)."""
+    samples, source_rate = recording(name)
+    if source_rate == rate:
+        return samples
+    count = int(round(len(samples) * rate / source_rate))
+    positions = np.arange(count) * (source_rate / rate)
+    return np.interp(positions, np.arange(len(samples)), samples.astype(np.float64)).astype("<i2")
+
+
+def texts() -> dict[str, str]:
+    """What each recording's speaker reads (``TEXTS`` in tests/recordings/__init__.py), read
+    without importing that module (it needs the gateway's audio helpers)."""
+    tree = ast.parse((RECORDINGS / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "TEXTS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError("TEXTS not found in tests/recordings/__init__.py")
+
+
+TEXTS = texts()
+
+
+_NORMALIZE = jiwer.Compose([
+    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+    jiwer.Strip(), jiwer.ReduceToListOfListOfWords(),
+])
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, case and punctuation aside (as tests/test_transcription.py)."""
+    return jiwer.wer(reference, hypothesis, reference_transform=_NORMALIZE,
+                     hypothesis_transform=_NORMALIZE)
+
+
+def assert_heard(said: str, heard: str) -> None:
+    """Speech the model made (its text ``said``) was heard back as that text: at most 35% of
+    its words wrong, or two words for a short answer, and never half of them. (The embedded
+    model's answers vary in length; a five-word answer with one name misheard is still that
+    answer, silence or noise is not.)"""
+    words = _NORMALIZE(said)[0] if said.strip() else []
+    assert words, f"nothing was said: {said!r}"
+    errors = round(wer(said, heard) * len(words))
+    assert errors <= max(2, 0.35 * len(words)) and errors < len(words) / 2, (said, heard)
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(np.asarray(samples, "<i2").tobytes())
+    return buffer.getvalue()
