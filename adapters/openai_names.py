@@ -62,6 +62,7 @@ TRANSCRIPTION = (
     "gpt-4o-mini-transcribe",
     "gpt-transcribe",
     "gpt-realtime-whisper",  # Pipecat's OpenAIRealtimeSTTService default
+    "gpt-live-transcribe",  # a LiveKit STT model name
 )
 
 #: Speech to text with speakers (``response_format: "diarized_json"``).
