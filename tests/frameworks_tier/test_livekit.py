@@ -97,9 +97,7 @@ async def test_stt_over_realtime_transcribes_a_streamed_recording(gateway, http_
     """``STT(use_realtime=True)``: a transcription session opened on
     ``/v1/realtime?intent=transcription&model=gpt-4o-mini-transcribe``, the plugin's server
     VAD (350 ms of silence ends a segment), the recording streamed in 20 ms frames then
-    silence; the final transcripts of its segments have its words.
-
-    Needs realtime transcription sessions in the gateway."""
+    silence; the final transcripts of its segments have its words."""
     plugin = lk_openai.STT(base_url=gateway.base_url, api_key=API_KEY, use_realtime=True)
     assert plugin.capabilities.streaming
     samples = recording_at("zero_shot_en_prompt", 24_000)

@@ -149,7 +149,7 @@ async def test_runner_over_chat_completions_calls_a_tool(client):
 
 async def test_runner_run_over_responses_calls_a_tool(client):
     """``Runner.run`` as the SDK does by default: the Responses API (``POST /v1/responses``)
-    with the default model. Needs /v1/responses in the gateway."""
+    with the default model."""
     calls: list[str] = []
     result = await Runner.run(weather_agent(calls), QUESTION)
     assert_tool_ran(result.new_items, calls)
@@ -158,8 +158,7 @@ async def test_runner_run_over_responses_calls_a_tool(client):
 
 async def test_runner_run_streamed_over_responses_calls_a_tool(client):
     """``Runner.run_streamed`` on the Responses API (streamed ``POST /v1/responses``): the
-    tool-call and tool-output items stream as run items, then the answer's text deltas.
-    Needs /v1/responses in the gateway."""
+    tool-call and tool-output items stream as run items, then the answer's text deltas."""
     calls: list[str] = []
     result = Runner.run_streamed(weather_agent(calls), QUESTION)
     items, deltas = [], []
@@ -245,8 +244,7 @@ async def test_voice_pipeline_streamed_input_hears_a_recording_and_speaks(client
     """``VoicePipeline`` on a ``StreamedAudioInput`` fed a real recording in 100 ms chunks,
     then silence, then the end of input: the SDK opens a transcription session
     (``/v1/realtime?intent=transcription``, gpt-transcribe, semantic_vad), each completed
-    transcript starts a turn, and the turns' spoken answers are heard back. Needs realtime
-    transcription sessions in the gateway."""
+    transcript starts a turn, and the turns' spoken answers are heard back."""
     workflow = RecordingWorkflow(voice_agent(client))
     streamed = StreamedAudioInput()
     result = await voice_pipeline(client, workflow).run(streamed)

@@ -191,17 +191,11 @@ async def test_llm_service_calls_a_function_and_answers_after_its_result(gateway
 
 
 async def test_realtime_stt_service_transcribes_a_streamed_recording(gateway):
-    """``OpenAIRealtimeSTTService``: a transcription session on
-    ``/v1/realtime?intent=transcription`` (model gpt-transcribe, language en, no server VAD:
-    Pipecat's default, where the pipeline's VAD stop frame commits the buffer); the
-    TranscriptionFrame has the recording's words.
-
-    Needs realtime transcription sessions in the gateway."""
-    service = OpenAIRealtimeSTTService(
-        api_key=API_KEY,
-        base_url=gateway.ws_url + "/realtime",
-        settings=OpenAIRealtimeSTTService.Settings(model="gpt-transcribe"),
-    )
+    """``OpenAIRealtimeSTTService`` with its defaults: a transcription session on
+    ``/v1/realtime?intent=transcription`` (model gpt-realtime-whisper, no server VAD: the
+    pipeline's VAD stop frame commits the buffer); the TranscriptionFrame has the
+    recording's words."""
+    service = OpenAIRealtimeSTTService(api_key=API_KEY, base_url=gateway.ws_url + "/realtime")
     samples = recording_at("zero_shot_en_prompt", 16_000)
     frames = [VADUserStartedSpeakingFrame(), *audio_frames(samples, 16_000),
               VADUserStoppedSpeakingFrame()]
