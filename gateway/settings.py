@@ -268,9 +268,11 @@ class WebRTCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8"])
     # STUN/TURN servers for the gateway's own side (relay candidates through TURN).
     ice_servers: list[IceServerSettings] = []
-    # A call whose peer has sent no audio this long (after it began) has vanished: it is
-    # hung up and everything it held freed. Browsers send a packet every 20 ms.
-    peer_timeout_seconds: float = 1.0
+    # A call whose peer has sent no RTP this long (after it began) has vanished: it is
+    # hung up and everything it held freed. A browser's microphone track sends a packet
+    # every 20 ms, silence included; time the gateway's own event loop was held up does
+    # not count against the peer.
+    peer_timeout_seconds: float = 0.4
     # A call whose peer never connects is dropped after this long.
     connect_timeout_seconds: float = 20.0
 

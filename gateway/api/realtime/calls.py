@@ -22,7 +22,8 @@ as the WebSocket's single read loop feeds it. A WebSocket opened with ``?call_id
 queue (a server's tool handling beside a browser).
 
 The call ends on hangup, when the peer closes (DTLS close, connection failed), when its
-microphone has sent nothing for ``webrtc.peer_timeout_seconds`` (a vanished browser), or
+microphone has sent no RTP for ``webrtc.peer_timeout_seconds`` (a vanished browser: a
+browser's microphone track sends a packet every 20 ms, silence too), or
 when it never connects within ``connect_timeout_seconds``; its session is then closed and
 the key's stream given back. Calls live in the process that answered them: hangup and
 ``?call_id=`` must reach that replica (a load balancer's affinity on the call id).
@@ -187,9 +188,12 @@ class Call:
             channel.on("open", write)
 
     def _on_track(self, track) -> None:
-        from .webrtc import read_microphone
+        from .webrtc import read_microphone, watch_rtp
 
         if track.kind == "audio":
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    watch_rtp(transceiver.receiver, self._packet)
             self.tasks.append(asyncio.create_task(
                 read_microphone(track, self._heard, self._packet)
             ))
@@ -306,15 +310,20 @@ class Call:
     async def _watch(self) -> None:
         """Hang up a peer that never connects or has vanished (see the module notes)."""
         webrtc = self.settings.webrtc
-        begun = time.monotonic()
-        step = min(0.1, webrtc.peer_timeout_seconds / 4)
+        begun = woke = time.monotonic()
+        step = min(0.05, webrtc.peer_timeout_seconds / 4)
         while not self.closed.is_set():
             await asyncio.sleep(step)
-            now = time.monotonic()
+            now, slept = time.monotonic(), time.monotonic() - woke
+            woke = now
             if self.last_packet is None:
                 if now - begun > webrtc.connect_timeout_seconds:
                     asyncio.ensure_future(self.close("peer_never_connected"))
                     return
+            elif slept > 3 * step and now - self.last_packet < 4 * webrtc.peer_timeout_seconds:
+                # The loop itself was held up (a busy machine): packets that came meanwhile
+                # wait in the socket, unread. Judge the peer once they have been.
+                continue
             elif now - self.last_packet > webrtc.peer_timeout_seconds:
                 asyncio.ensure_future(self.close("peer_vanished"))
                 return

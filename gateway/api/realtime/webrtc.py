@@ -243,6 +243,18 @@ class OutputTrack(MediaStreamTrack):
 # ---------------------------------------------------------------------- audio in
 
 
+def watch_rtp(receiver, on_packet: Callable[[], None]) -> None:
+    """Call ``on_packet`` for every RTP packet ``receiver`` gets, as it arrives (before the
+    jitter buffer and the decoder): how the call knows its peer is still there."""
+    handle = receiver._handle_rtp_packet
+
+    async def handled(packet, arrival_time_ms: int) -> None:
+        on_packet()
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handled
+
+
 async def read_microphone(
     track: MediaStreamTrack,
     hear: Callable[[np.ndarray], Awaitable[None]],
