@@ -268,8 +268,12 @@ class WebRTCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8"])
     # STUN/TURN servers for the gateway's own side (relay candidates through TURN).
     ice_servers: list[IceServerSettings] = []
-    # A call whose peer has sent no audio this long (after it began) has vanished: it is
-    # hung up and everything it held freed. Browsers send a packet every 20 ms.
+    # A call whose peer has sent no RTP this long (after it began) has vanished: it is
+    # hung up and everything it held freed. A browser's microphone track sends a packet
+    # every 20 ms, silence included; time the gateway's own event loop was held up does
+    # not count against the peer. A peer whose socket has closed (a killed browser: what
+    # the gateway sends it is refused) is hung up 0.1 s after its last packet instead.
+    # Raise it for callers on lossy networks.
     peer_timeout_seconds: float = 1.0
     # A call whose peer never connects is dropped after this long.
     connect_timeout_seconds: float = 20.0
@@ -283,6 +287,33 @@ class WebRTCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("webrtc.peer_timeout_seconds and connect_timeout_seconds must be > 0")
 
 
+class PlaygroundSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The playground page at ``/`` and the ephemeral keys it talks with (gateway/playground)."""
+
+    # With server.api_keys set, the key (one of them, plain or "sha256:") whose ephemeral
+    # secrets POST /playground/session hands the page: its limits and model list hold for
+    # the playground's calls. Empty: with keys set, that endpoint mints nothing and the
+    # page mints a secret with the key typed into it. Without keys, secrets are minted
+    # for the gateway's one anonymous owner.
+    session_key: str = ""
+    # Who may get a secret from POST /playground/session (CIDR networks of the client's
+    # address): loopback only by default. Widen it only where everyone who can reach
+    # the gateway may use that key.
+    session_networks: list[str] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+    # How long a secret from /playground/session opens calls (seconds).
+    session_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for network in self.session_networks:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError when not one
+        if not 10 <= self.session_seconds <= 7200:
+            raise ValueError("playground.session_seconds must be between 10 and 7200")
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     engines: EngineSettings = msgspec.field(default_factory=EngineSettings)
@@ -291,6 +322,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     realtime: RealtimeSettings = msgspec.field(default_factory=RealtimeSettings)
     webrtc: WebRTCSettings = msgspec.field(default_factory=WebRTCSettings)
+    playground: PlaygroundSettings = msgspec.field(default_factory=PlaygroundSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     models: dict[str, ModelSettings] = {}
     voices: dict[str, list[str]] = {}
@@ -303,6 +335,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 f" server.max_connections ({slots}): sessions that took every connection"
                 " would leave none for HTTP requests"
             )
+        if self.playground.session_key:
+            from .auth import KeyRing, _digest_of
+
+            if _digest_of(self.playground.session_key) not in KeyRing(self.server.api_keys).digests:
+                raise ValueError("playground.session_key must be one of server.api_keys")
         workers = self.server.workers
         if workers == "auto" or workers == 1:
             return

@@ -2,8 +2,13 @@
 ``chromium-driver``, which dev.py installs when missing) driven by Selenium.
 
 The microphone is Chromium's fake capture device playing a WAV file of a spoken question,
-so the live-talk path is the one a user takes (getUserMedia, the realtime WebSocket, Web
-Audio playback). Screenshots of each step are saved under the test's tmp dir.
+so the live-talk path is the one a user takes: getUserMedia, an ephemeral key from
+``POST /playground/session``, a WebRTC call to ``/v1/realtime/calls`` (events on the
+``oai-events`` data channel, the answer played from the call's remote track). Screenshots of
+each step are saved under the test's tmp dir.
+
+Loopback only, as in tests/test_realtime_browser.py: the gateway offers and accepts
+127.0.0.0/8 (its defaults) and Chromium gathers loopback candidates without mDNS names.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ FLAGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
     "--window-size=1400,1100", "--autoplay-policy=no-user-gesture-required",
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    # Loopback candidates, and no mDNS names for the host candidates (no multicast).
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 
 
@@ -110,7 +118,11 @@ def test_the_playground_speaks_transcribes_and_talks(browser, server, speech_wav
         said = log.rsplit("You:", 1)[-1]
         assert "dragon" in said.lower() and "Assistant: " in said, log
         assert said.split("Assistant: ", 1)[1].strip(), log
-        assert "response.output_audio.delta" in timings["events"] and timings["firstAudioPlayAt"], timings
+        # Over the call: no audio deltas, the answer's audio played from the remote track
+        # (heard in the page: its level) and said to be playing (output_audio_buffer).
+        assert "response.output_audio.delta" not in timings["events"], timings
+        assert "output_audio_buffer.started" in timings["events"] and timings["firstAudioPlayAt"], timings
+        assert timings["peak"] > 0.05 and timings["firstSoundAt"], timings
         leads.append((timings["responseDoneAt"] - timings["firstAudioPlayAt"]) / 1000)
         driver.execute_script("document.getElementById('talk-log').replaceChildren()")
     print(f"answer audio started {leads} s before response.done; screenshots in {tmp_path}")
@@ -119,7 +131,9 @@ def test_the_playground_speaks_transcribes_and_talks(browser, server, speech_wav
 
 def test_the_page_is_public_and_self_contained():
     """With keys configured the page still loads (the key is typed into it) while /v1 needs
-    one; and nothing in it is fetched from another host (no CDN)."""
+    one; and nothing in it is fetched from another host (no CDN). Its secrets: with keys
+    and no playground.session_key, /playground/session mints none; with one, it mints that
+    key's ek_ (usable on the realtime doors only), to loopback and same-origin requests."""
     import re
 
     import httpx
@@ -141,5 +155,25 @@ def test_the_page_is_public_and_self_contained():
                 assert http.get(path).status_code == 200
             assert http.get("/v1/models").status_code == 401
             assert http.get("/v1/models", headers={"Authorization": "Bearer sk-playground"}).status_code == 200
+            assert http.post("/playground/session").status_code == 403
+    finally:
+        live.stop()
+    settings.playground.session_key = "sk-playground"
+    live = live_server(settings).start(ready_path="/health")
+    try:
+        with httpx.Client(base_url=live.url) as http:
+            minted = http.post("/playground/session")
+            assert minted.status_code == 200, minted.text
+            secret = minted.json()["value"]
+            assert secret.startswith("ek_") and "sk-playground" not in minted.text
+            assert http.get("/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+            other_site = http.post("/playground/session", headers={"Origin": "http://example.com"})
+            assert other_site.status_code == 403
+    finally:
+        live.stop()
+    settings.playground.session_networks = ["10.0.0.0/8"]  # loopback is not in it
+    live = live_server(settings).start(ready_path="/health")
+    try:
+        assert httpx.post(live.url + "/playground/session").status_code == 403
     finally:
         live.stop()

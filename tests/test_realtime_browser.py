@@ -140,35 +140,42 @@ def app(tmp_path_factory):
         gateway.stop()
 
 
-@pytest.fixture(scope="module")
-def browser(app):
+def chromium(folder, wav):
+    """Headless Chromium held to loopback, whose fake microphone plays ``wav`` once."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    _, _, folder = app
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_path, "install chromium and chromium-driver (dev.py does when missing)"
-    microphone(folder / "question.wav")
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary and driver_path, "install chromium and chromium-driver (dev.py does when missing)"
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*FLAGS, f"--user-data-dir={folder / 'profile'}",
-                 f"--use-file-for-fake-audio-capture={folder / 'question.wav'}%noloop"]:
+    options.binary_location = binary
+    for flag in [*FLAGS, f"--user-data-dir={folder / ('profile-' + wav.stem)}",
+                 f"--use-file-for-fake-audio-capture={wav}%noloop"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_script_timeout(60)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HARNESS})
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(app):
+    _, _, folder = app
+    microphone(folder / "question.wav")
+    driver = chromium(folder, folder / "question.wav")
     yield driver
     driver.quit()
 
 
-def wait(predicate, timeout: float, what: str):
+def wait(predicate, timeout: float, what: str, driver=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    seen = driver.execute_script("return window.__events.map((e) => e.type)") if driver else []
+    raise AssertionError(f"timed out waiting for {what}; the last events: {seen[-40:]}")
 
 
 def words(text: str) -> set[str]:
@@ -202,7 +209,7 @@ def test_the_readme_page_talks_over_webrtc_with_an_ephemeral_key(app, browser, s
                  120, "the question's transcript")
     assert words(TEXTS[RECORDING]) & words(heard["transcript"]), heard
     stopped = wait(lambda: next((e for e in events() if e["type"] == "output_audio_buffer.stopped"),
-                                None), 240, "an answer to finish playing")
+                                None), 240, "an answer to finish playing", driver)
     driver.save_screenshot(str(tmp_path / "2-answered.png"))
     spoken = " ".join(
         e["transcript"] for e in events() if e["type"] == "response.output_audio_transcript.done"
@@ -217,11 +224,94 @@ def test_the_readme_page_talks_over_webrtc_with_an_ephemeral_key(app, browser, s
     assert said.status_code == 200, said.text
     assert len(words(spoken) & words(said.json()["text"])) >= max(1, len(words(spoken)) // 2), (
         spoken, said.json()["text"])
-    log = driver.execute_script("return document.getElementById('log').textContent")
-    assert "assistant:" in log  # the page shows the answer (the SDK's history)
+    # The page shows the conversation (the SDK's history): the user's words, then the answer.
+    log = wait(lambda: (lambda text: "user: " in text and text)(driver.execute_script(
+        "return document.getElementById('log').textContent")), 20, "the user's words on the page")
+    user = next(line for line in log.splitlines() if line.startswith("user: "))
+    assert words(TEXTS[RECORDING]) & words(user), log
+    assert "assistant:" in log
     seen = events()
     assert "response.output_audio.delta" not in {e["type"] for e in seen}
     for event in seen:
         spec.validate(event, "RealtimeServerEvent")
     page = driver.page_source
     assert "sk-app" not in page  # the real key never reaches the page
+
+
+def speech(gateway, text: str) -> tuple[int, bytes]:
+    """The gateway's own voice saying ``text``: (rate, 16-bit mono PCM)."""
+    import io
+
+    made = httpx.post(
+        gateway.url + "/v1/audio/speech", headers={"authorization": "Bearer sk-app"},
+        json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"},
+        timeout=120,
+    )
+    assert made.status_code == 200, made.text
+    with wave.open(io.BytesIO(made.content)) as source:
+        return source.getframerate(), source.readframes(source.getnframes())
+
+
+# The fake microphone of the second test: a question the page's get_weather tool answers,
+# then requests for long answers, each spoken while the one before is still being answered
+# aloud (the page's session has no limit on an answer's length): the user barges in.
+CONVERSATION = [
+    (1.0, "What is the weather in Paris?"),
+    (9.0, "Tell me a long story about a dragon and a castle."),
+    (9.0, "Stop. Tell me a long story about a ship at sea."),
+    (9.0, "Stop. What is the weather in London?"),
+]
+
+
+def test_the_readme_page_calls_its_tool_and_is_interrupted(app, spec, tmp_path):
+    """The page's tool (get_weather) is called by the model and its output answered; a
+    question spoken while an answer plays cancels it (server VAD barge-in: the unplayed
+    audio cleared, the response cancelled) and is answered in turn."""
+    gateway, origin, folder = app
+    rate, pcm = None, b""
+    for pause, text in CONVERSATION:
+        rate, said = speech(gateway, text)
+        pcm += bytes(2 * int(rate * pause)) + said
+    wav = tmp_path / "conversation.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(pcm + bytes(2 * rate * 30))
+    driver = chromium(folder, wav)
+    try:
+        driver.get(origin + "/index.html")
+        events = lambda: driver.execute_script("return window.__events")  # noqa: E731
+        of = lambda kind: [e for e in events() if e["type"] == kind]  # noqa: E731
+        # The tool: called by the model, run by the page, its output answered.
+        call = wait(lambda: next((i for e in of("response.output_item.done")
+                                  if (i := e["item"])["type"] == "function_call"), None),
+                    180, "a tool call", driver)
+        assert call["name"] == "get_weather" and "paris" in call["arguments"].lower(), call
+        output = wait(lambda: next((e["item"] for e in of("conversation.item.added")
+                                    if e["item"]["type"] == "function_call_output"), None),
+                      60, "the tool's output in the conversation", driver)
+        assert output["call_id"] == call["call_id"] and "sunny" in output["output"], output
+        at = next(i for i, e in enumerate(events()) if e["type"] == "conversation.item.added"
+                  and e["item"]["id"] == output["id"])
+        wait(lambda: any(e["type"] == "response.created" for e in events()[at:]), 120,
+             "a response to the tool's output", driver)
+        # Barge-in: an answer cancelled (or its unplayed audio cleared) by the next question.
+        interrupted = wait(lambda: [e["response"]["id"] for e in of("response.done")
+                                    if e["response"]["status"] == "cancelled"]
+                           + [e["response_id"] for e in of("output_audio_buffer.cleared")],
+                           240, "an answer interrupted", driver)
+        driver.save_screenshot(str(tmp_path / "barge-in.png"))
+        seen = events()
+        index = min(i for i, e in enumerate(seen) if e["type"] == "output_audio_buffer.cleared"
+                    or e["type"] == "response.done" and e["response"]["status"] == "cancelled")
+        # ... and the question that interrupted it is heard, and answered.
+        wait(lambda: any(e["type"] == "conversation.item.input_audio_transcription.completed"
+                         for e in events()[index:]), 120, "the interrupting question's words", driver)
+        wait(lambda: any(e["type"] == "response.created" and e["response"]["id"] not in interrupted
+                         for e in events()[index:]), 180, "the next turn", driver)
+        log = driver.execute_script("return document.getElementById('log').textContent")
+        assert "weather" in log.lower() and "user: " in log, log
+        for event in events():
+            spec.validate(event, "RealtimeServerEvent")
+        print("interrupted", interrupted, "log:", log)
+    finally:
+        driver.quit()

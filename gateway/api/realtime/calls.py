@@ -22,7 +22,10 @@ as the WebSocket's single read loop feeds it. A WebSocket opened with ``?call_id
 queue (a server's tool handling beside a browser).
 
 The call ends on hangup, when the peer closes (DTLS close, connection failed), when its
-microphone has sent nothing for ``webrtc.peer_timeout_seconds`` (a vanished browser), or
+address refuses what the gateway sends (ICMP port unreachable: its socket closed, a killed
+browser) and it has sent nothing for 0.1 s, when its microphone has sent no RTP for
+``webrtc.peer_timeout_seconds`` (a vanished browser or network: a browser's microphone
+track sends a packet every 20 ms, silence too), or
 when it never connects within ``connect_timeout_seconds``; its session is then closed and
 the key's stream given back. Calls live in the process that answered them: hangup and
 ``?call_id=`` must reach that replica (a load balancer's affinity on the call id).
@@ -65,6 +68,7 @@ log = structlog.get_logger(__name__)
 CALLS = "realtime_calls"  # app state: call id -> Call, in this process
 CHANNEL = "oai-events"
 _INBOX_LIMIT = 3000  # queued client events and 20 ms audio frames: a minute of audio
+_REFUSED_SILENCE = 0.1  # seconds without a packet after a refusal: the peer is gone
 _CHANNEL_BUFFER = 1 << 20  # bytes the data channel may hold unsent before writes wait
 
 
@@ -139,6 +143,7 @@ class Call:
         self.tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
         self.last_packet: float | None = None
+        self.refused_at: float | None = None  # when the peer's address last refused a packet
         self._resamplers: dict[str, StreamResampler] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -146,7 +151,7 @@ class Call:
     async def answer(self, offer: str, minted: p.SessionConfig | None) -> str:
         from aiortc import RTCSessionDescription
 
-        from .webrtc import hold_ice
+        from .webrtc import hold_ice, watch_refusals
 
         pc = self.pc
         pc.on("datachannel", self._on_channel)
@@ -160,6 +165,7 @@ class Call:
         pc.addTrack(self.track)
         hold_ice(pc, self.ice)
         await pc.setLocalDescription(await pc.createAnswer())
+        watch_refusals(pc, self._refused)
         if minted is not None:
             try:
                 await self.session.configure(minted)
@@ -187,9 +193,12 @@ class Call:
             channel.on("open", write)
 
     def _on_track(self, track) -> None:
-        from .webrtc import read_microphone
+        from .webrtc import read_microphone, watch_rtp
 
         if track.kind == "audio":
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    watch_rtp(transceiver.receiver, self._packet)
             self.tasks.append(asyncio.create_task(
                 read_microphone(track, self._heard, self._packet)
             ))
@@ -208,6 +217,9 @@ class Call:
 
     def _packet(self) -> None:
         self.last_packet = time.monotonic()
+
+    def _refused(self) -> None:
+        self.refused_at = time.monotonic()
 
     def _enqueue(self, item: Any) -> None:
         try:
@@ -306,15 +318,25 @@ class Call:
     async def _watch(self) -> None:
         """Hang up a peer that never connects or has vanished (see the module notes)."""
         webrtc = self.settings.webrtc
-        begun = time.monotonic()
-        step = min(0.1, webrtc.peer_timeout_seconds / 4)
+        begun = woke = time.monotonic()
+        step = min(0.05, webrtc.peer_timeout_seconds / 4)
         while not self.closed.is_set():
             await asyncio.sleep(step)
-            now = time.monotonic()
+            now, slept = time.monotonic(), time.monotonic() - woke
+            woke = now
             if self.last_packet is None:
                 if now - begun > webrtc.connect_timeout_seconds:
                     asyncio.ensure_future(self.close("peer_never_connected"))
                     return
+            elif slept > 3 * step and now - self.last_packet < 4 * webrtc.peer_timeout_seconds:
+                # The loop itself was held up (a busy machine): packets that came meanwhile
+                # wait in the socket, unread. Judge the peer once they have been.
+                continue
+            elif (self.refused_at is not None and self.refused_at > self.last_packet
+                  and now - self.last_packet > _REFUSED_SILENCE):
+                # Its socket is closed (refused) and it has sent nothing since.
+                asyncio.ensure_future(self.close("peer_gone"))
+                return
             elif now - self.last_packet > webrtc.peer_timeout_seconds:
                 asyncio.ensure_future(self.close("peer_vanished"))
                 return

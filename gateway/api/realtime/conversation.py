@@ -74,7 +74,7 @@ class Item:
         item["status"] = self.status
         if self.type == "message":
             item["role"] = self.role
-            item["content"] = [{k: v for k, v in c.items() if v is not None} for c in self.content]
+            item["content"] = [_part_wire(c) for c in self.content]
         elif self.type == "function_call":
             item.update(call_id=self.call_id, name=self.name, arguments=self.arguments or "")
         else:
@@ -85,6 +85,16 @@ class Item:
         """What this message said, for the chat engine: text and transcripts in order."""
         parts = [c.get("text") or c.get("transcript") or "" for c in self.content]
         return "\n".join(x for x in parts if x)
+
+
+def _part_wire(part: dict) -> dict:
+    """A content part as sent: what it holds. Heard audio always says its ``transcript``
+    ("" until transcribed): clients read the key on every user audio part (the JS Agents
+    SDK refuses a user message without it, and so never shows the user's words)."""
+    wire = {k: v for k, v in part.items() if v is not None}
+    if wire["type"] == "input_audio":
+        wire.setdefault("transcript", "")
+    return wire
 
 
 def item_from_wire(wire: p.Item) -> Item:

@@ -24,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import fractions
 import ipaddress
+import os
+import socket
+import sys
 import time
 from collections import deque
 from typing import Awaitable, Callable
@@ -146,6 +149,56 @@ def peer_connection(settings: WebRTCSettings) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
+def watch_refusals(pc: RTCPeerConnection, on_refused: Callable[[], None]) -> None:
+    """Call ``on_refused`` whenever what the gateway sends on ``pc``'s ICE sockets is
+    refused (an ICMP port unreachable): the peer's socket has closed, as when its browser
+    was killed or lost its tab without closing the call. Linux tells an unconnected UDP
+    socket of such errors only with ``IP_RECVERR`` set (the next receive then fails with
+    ECONNREFUSED, which asyncio hands to the protocol); the errors it also queues are read
+    off at once, so they never take the socket's receive buffer. Elsewhere nothing is
+    told, and the peer timeout alone finds a vanished peer. Call it once ``pc`` has
+    gathered (after setLocalDescription)."""
+    for gatherer in _gatherers(pc):
+        for protocol in gatherer._connection._protocols:
+            sock = protocol.transport.get_extra_info("socket")
+            option = _RECVERR.get(sock.family) if sock is not None else None
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(*option, 1)
+            except OSError:
+                continue
+            handle = protocol.error_received
+
+            def received(exc: Exception, handle=handle, sock=sock) -> None:
+                _drain_errors(sock)
+                if isinstance(exc, ConnectionRefusedError):
+                    on_refused()
+                handle(exc)
+
+            protocol.error_received = received
+
+
+_RECVERR = {
+    socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),
+} if sys.platform == "linux" else {}
+
+
+def _drain_errors(sock) -> None:
+    # (uvloop hands out a stand-in for the socket that cannot receive: read a duplicate)
+    try:
+        own = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+    except OSError:
+        return
+    with own:
+        for _ in range(64):
+            try:
+                own.recvmsg(1, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:
+                return
+
+
 # ---------------------------------------------------------------------- audio out
 
 
@@ -241,6 +294,18 @@ class OutputTrack(MediaStreamTrack):
 
 
 # ---------------------------------------------------------------------- audio in
+
+
+def watch_rtp(receiver, on_packet: Callable[[], None]) -> None:
+    """Call ``on_packet`` for every RTP packet ``receiver`` gets, as it arrives (before the
+    jitter buffer and the decoder): how the call knows its peer is still there."""
+    handle = receiver._handle_rtp_packet
+
+    async def handled(packet, arrival_time_ms: int) -> None:
+        on_packet()
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handled
 
 
 async def read_microphone(

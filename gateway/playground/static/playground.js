@@ -1,9 +1,10 @@
-// The playground: only the public API (/v1 over fetch, /v1/realtime over a WebSocket).
+// The playground: only the public API (/v1 over fetch; talk: a WebRTC call to
+// /v1/realtime/calls with an ephemeral key from /playground/session).
 // `window.playground` holds timings the browser test reads (first audio played vs. done).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = (window.playground = { events: [], audioAt: [], firstAudioPlayAt: null, responseDoneAt: null, turns: 0 });
-const RATE = 24000; // audio/pcm in the realtime API: 16-bit, 24 kHz, mono
+const state = (window.playground = { events: [], audioAt: [], firstAudioPlayAt: null, firstSoundAt: null, peak: 0, responseDoneAt: null, turns: 0 });
+const RATE = 24000; // audio/pcm: 16-bit, 24 kHz, mono
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -100,8 +101,12 @@ async function transcribe() {
 }
 
 // ------------------------------------------------------------------ live talk
+// A WebRTC call, as a browser app talks to OpenAI: an ephemeral key (ek_) from
+// POST /playground/session, the SDP offer to POST /v1/realtime/calls, the microphone as the
+// call's audio track, the answer's audio as the remote track (played by an <audio>
+// element), and the realtime events on the "oai-events" data channel.
 
-const talk = { ws: null, ctx: null, mic: null, node: null, playHead: 0, assistant: null };
+const talk = { pc: null, channel: null, ctx: null, mic: null, source: null, audio: null, meter: null, assistant: null };
 
 function log(kind, text) {
   const item = document.createElement("li");
@@ -112,60 +117,60 @@ function log(kind, text) {
   return item;
 }
 
-function toBase64(int16) {
-  let binary = "";
-  const bytes = new Uint8Array(int16.buffer, int16.byteOffset, int16.byteLength);
-  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(binary);
-}
-
 function send(event) {
-  if (talk.ws?.readyState === WebSocket.OPEN) talk.ws.send(JSON.stringify(event));
+  if (talk.channel?.readyState === "open") talk.channel.send(JSON.stringify(event));
 }
 
-function appendSamples(float32) {
-  const pcm = new Int16Array(float32.length);
-  for (let i = 0; i < float32.length; i++) pcm[i] = Math.max(-1, Math.min(1, float32[i])) * 0x7fff;
-  send({ type: "input_audio_buffer.append", audio: toBase64(pcm) });
-}
-
-function play(base64) {
-  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-  const pcm = new Int16Array(bytes.buffer, 0, bytes.length >> 1);
-  if (!pcm.length) return;
-  const buffer = talk.ctx.createBuffer(1, pcm.length, RATE);
-  const channel = buffer.getChannelData(0);
-  for (let i = 0; i < pcm.length; i++) channel[i] = pcm[i] / 0x8000;
-  const source = talk.ctx.createBufferSource();
-  source.buffer = buffer;
-  source.connect(talk.ctx.destination);
-  const startAt = Math.max(talk.ctx.currentTime + 0.02, talk.playHead);
-  source.start(startAt);
-  talk.playHead = startAt + buffer.duration;
-  if (state.firstAudioPlayAt === null) {
-    state.firstAudioPlayAt = performance.now() + (startAt - talk.ctx.currentTime) * 1000;
-  }
+async function ephemeralKey() {
+  const response = await fetch("/playground/session", { method: "POST" });
+  if (response.ok) return (await response.json()).value;
+  const refused = (await response.json().catch(() => ({}))).error?.message || `${response.status} ${response.statusText}`;
+  if (!$("key").value.trim()) throw new Error(refused);
+  // The gateway mints none for this page: mint one with the key typed above. The call
+  // itself only ever sees the ephemeral key.
+  const minted = await api("/realtime/client_secrets", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ expires_after: { anchor: "created_at", seconds: 600 }, session: { type: "realtime" } }),
+  });
+  return (await minted.json()).value;
 }
 
 async function microphone() {
   const file = $("talk-file").files[0];
-  if (file) { // a file as the microphone: sent at real time, then a second of silence ends the turn
-    const decoded = await talk.ctx.decodeAudioData(await file.arrayBuffer());
-    const samples = decoded.getChannelData(0);
-    const chunk = RATE / 10;
-    for (let i = 0; i < samples.length && talk.ws; i += chunk) {
-      appendSamples(samples.subarray(i, i + chunk));
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    for (let i = 0; i < 10 && talk.ws; i++) appendSamples(new Float32Array(chunk));
-    return;
+  if (!file) {
+    talk.mic = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+    return { track: talk.mic.getAudioTracks()[0], start: () => {} };
   }
-  talk.mic = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
-  const source = talk.ctx.createMediaStreamSource(talk.mic);
-  talk.node = talk.ctx.createScriptProcessor(4096, 1, 1); // the context runs at 24 kHz: samples as sent
-  talk.node.onaudioprocess = (event) => appendSamples(event.inputBuffer.getChannelData(0));
-  source.connect(talk.node);
-  talk.node.connect(talk.ctx.destination);
+  // A file as the microphone: played into the call's track in real time, then silence. A
+  // source that never ends (a constant 0) keeps the track sending once the file is over,
+  // as a microphone does: a track whose sources have all ended sends nothing.
+  const decoded = await talk.ctx.decodeAudioData(await file.arrayBuffer());
+  const destination = talk.ctx.createMediaStreamDestination();
+  const silence = talk.ctx.createConstantSource();
+  silence.offset.value = 0;
+  silence.connect(destination);
+  silence.start();
+  talk.source = talk.ctx.createBufferSource();
+  talk.source.buffer = decoded;
+  talk.source.connect(destination);
+  return { track: destination.stream.getAudioTracks()[0], start: () => talk.source.start() };
+}
+
+function playRemote(stream) {
+  talk.audio = new Audio();
+  talk.audio.autoplay = true;
+  talk.audio.srcObject = stream;
+  talk.audio.play().catch(() => {});
+  // How loud what plays is: the answer heard, not only its events.
+  const analyser = talk.ctx.createAnalyser();
+  talk.ctx.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  talk.meter = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    const peak = samples.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    state.peak = Math.max(state.peak, peak);
+    if (peak > 0.02 && state.firstSoundAt === null) state.firstSoundAt = performance.now();
+  }, 20);
 }
 
 function onEvent(event) {
@@ -183,9 +188,9 @@ function onEvent(event) {
     case "response.created":
       talk.assistant = null;
       break;
-    case "response.output_audio.delta":
+    case "output_audio_buffer.started": // the gateway began playing the answer on the call
       state.audioAt.push(performance.now());
-      play(event.delta);
+      state.firstAudioPlayAt ??= performance.now();
       break;
     case "response.output_audio_transcript.delta":
     case "response.output_text.delta":
@@ -209,6 +214,14 @@ function onEvent(event) {
   }
 }
 
+function gathered(pc, ms) { // the offer with its candidates (the gateway takes no trickle)
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+    setTimeout(resolve, ms);
+  });
+}
+
 async function startTalk() {
   let tools = [];
   try {
@@ -216,38 +229,68 @@ async function startTalk() {
   } catch (err) {
     return status(`tools: ${err.message}`, true);
   }
-  Object.assign(state, { firstAudioPlayAt: null, responseDoneAt: null, events: [], audioAt: [], turns: 0 });
-  talk.ctx = new AudioContext({ sampleRate: RATE });
-  await talk.ctx.resume();
-  talk.playHead = 0;
-  const key = $("key").value.trim();
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/realtime?model=gpt-realtime`;
-  talk.ws = new WebSocket(url, ["realtime", ...(key ? [`openai-insecure-api-key.${key}`] : [])]);
-  talk.ws.onmessage = (message) => onEvent(JSON.parse(message.data));
-  talk.ws.onclose = (close) => { if (talk.ws) status(`session closed (${close.code} ${close.reason})`, close.code !== 1000); stopTalk(); };
-  talk.ws.onopen = async () => {
-    send({ type: "session.update", session: {
-      type: "realtime", tools, ...($("talk-instructions").value.trim() && { instructions: $("talk-instructions").value.trim() }),
-      ...($("talk-max-tokens").value && { max_output_tokens: Number($("talk-max-tokens").value) }),
-      audio: { input: { transcription: { model: "whisper-1" } }, output: { voice: $("talk-voice").value } },
-    } });
-    $("talk-start").disabled = true;
-    $("talk-stop").disabled = false;
-    try {
-      await microphone();
-    } catch (err) {
-      status(`microphone: ${err.message}`, true);
+  Object.assign(state, { firstAudioPlayAt: null, firstSoundAt: null, peak: 0, responseDoneAt: null, events: [], audioAt: [], turns: 0 });
+  $("talk-start").disabled = true;
+  try {
+    talk.ctx = new AudioContext();
+    await talk.ctx.resume();
+    status("talking: calling...");
+    const secret = await ephemeralKey();
+    const pc = (talk.pc = new RTCPeerConnection());
+    // The microphone joins once the call is up (replaceTrack): nothing said while it
+    // connects is lost.
+    const { sender } = pc.addTransceiver("audio", { direction: "sendrecv" });
+    pc.ontrack = (event) => playRemote(event.streams[0] ?? new MediaStream([event.track]));
+    pc.onconnectionstatechange = () => {
+      if (talk.pc === pc && ["failed", "closed"].includes(pc.connectionState)) {
+        status(`call ${pc.connectionState}`, pc.connectionState === "failed");
+        stopTalk();
+      }
+    };
+    const channel = (talk.channel = pc.createDataChannel("oai-events"));
+    channel.onmessage = (message) => onEvent(JSON.parse(message.data));
+    channel.onopen = async () => {
+      send({ type: "session.update", session: {
+        type: "realtime", tools, ...($("talk-instructions").value.trim() && { instructions: $("talk-instructions").value.trim() }),
+        ...($("talk-max-tokens").value && { max_output_tokens: Number($("talk-max-tokens").value) }),
+        audio: { input: { transcription: { model: "whisper-1" } }, output: { voice: $("talk-voice").value } },
+      } });
+      $("talk-stop").disabled = false;
+      try {
+        const mic = await microphone();
+        await sender.replaceTrack(mic.track);
+        mic.start();
+      } catch (err) {
+        status(`microphone: ${err.message}`, true);
+      }
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc, 2000);
+    const response = await fetch("/v1/realtime/calls", {
+      method: "POST", body: pc.localDescription.sdp,
+      headers: { Authorization: `Bearer ${secret}`, "content-type": "application/sdp" },
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error?.message || `${response.status} ${response.statusText}`);
     }
-  };
+    await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+  } catch (err) {
+    status(`talk: ${err.message}`, true);
+    stopTalk();
+  }
 }
 
-function stopTalk() {
-  const ws = talk.ws;
-  talk.ws = null;
-  ws?.close();
-  talk.node?.disconnect();
+function stopTalk() { // closing the peer connection ends the call (DTLS close)
+  const pc = talk.pc;
+  talk.pc = talk.channel = null;
+  pc?.close();
+  clearInterval(talk.meter);
+  try { talk.source?.stop(); } catch { /* never started */ }
   talk.mic?.getTracks().forEach((track) => track.stop());
-  talk.mic = talk.node = null;
+  if (talk.audio) talk.audio.srcObject = null;
+  talk.ctx?.close();
+  talk.mic = talk.source = talk.audio = talk.ctx = null;
   $("talk-start").disabled = false;
   $("talk-stop").disabled = true;
 }
