@@ -208,10 +208,17 @@ _PLAIN = (
      + f" {m[3]}"),
     (re.compile(r"Expected `([^`]+)` matching regex `([^`]*)`"),
      lambda m: f"must match the pattern {m[2]}"),
-    (re.compile(r"Invalid enum value (.+)"), lambda m: f"{m[1]} is not one of the allowed values"),
-    (re.compile(r"Invalid value (.+)"), lambda m: f"{m[1]} is not one of the allowed values"),
+    (re.compile(r"Invalid enum value (.+)"),
+     lambda m: f"{_quoted(m[1])} is not one of the allowed values"),
+    (re.compile(r"Invalid value (.+)"), lambda m: f"{_quoted(m[1])} is not one of the allowed values"),
     (re.compile(r"Object contains unknown field `([^`]+)`"), lambda m: f"unknown field '{m[1]}'"),
 )
+
+
+def _quoted(value: str, limit: int = 64) -> str:
+    """A client's value as an error quotes it: its start only (a 100 kB value would
+    otherwise come back whole in the message)."""
+    return value if len(value) <= limit else value[: limit - 4] + "...'"
 
 
 def plain_message(message: str) -> str:
