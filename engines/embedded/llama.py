@@ -338,10 +338,12 @@ class LlamaChatEngine(ChatEngine):
         )
 
     def unload(self) -> None:
-        contexts, self._all, self._idle = self._all, [], []
+        # The contexts are let go, not closed: a generation that was cancelled may still be
+        # evaluating its last token on the worker thread, and closing its context under it
+        # frees memory llama.cpp is using (a segfault seen when a gateway stopped mid-answer).
+        # Each context frees itself (Llama.__del__) once the last reference is dropped.
+        self._all, self._idle = [], []
         self._llama = self._formatter = self._vocab = None
-        for context in contexts:
-            context.llama.close()
 
     async def count_tokens(self, text: str) -> int:
         return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
