@@ -75,6 +75,7 @@ class Turn:
     error_rate: float
     early_stops: int  # times the detector ended the turn inside the recording
     answer: str  # what the answer said before its cancel took effect
+    adopted: int  # replies begun at a pause that a response took over
 
 
 async def stage_sums(http: httpx.AsyncClient) -> dict[str, float]:
@@ -88,6 +89,9 @@ async def stage_sums(http: httpx.AsyncClient) -> dict[str, float]:
                 sums[stage] = sums.get(stage, 0.0) + sample.value
             elif sample.name == METRICS + "voice_to_voice_seconds_count":
                 sums["answers"] += sample.value
+            elif sample.name == METRICS + "speculative_replies_total":
+                key = "speculation_" + sample.labels["outcome"]
+                sums[key] = sums.get(key, 0.0) + sample.value
     return sums
 
 
@@ -95,6 +99,13 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
     if after["answers"] - before["answers"] != 1:
         return None  # an answer cut short inside the recording reached its first audio
     return {s: after[s] - before.get(s, 0.0) for s in STAGES if s in after}
+
+
+def adopted(before: dict[str, float], after: dict[str, float]) -> int:
+    """Replies begun at a pause and taken over by a response, in the turn (a turn ended
+    inside the recording adds its own)."""
+    key = "speculation_adopted"
+    return int(after.get(key, 0.0) - before.get(key, 0.0))
 
 
 async def listen(conn, spoken: asyncio.Future) -> tuple[dict[str, float], list[str], int, str]:
@@ -155,6 +166,7 @@ async def turn(conn, mic: Microphone, http: httpx.AsyncClient, recording: Record
         error_rate(recording, transcript),
         early,
         answer,
+        adopted(before, after),
     )
 
 
@@ -204,6 +216,7 @@ async def run_turns(client, http, recordings: list[Recording], args) -> list[Tur
             f"{s} {v:.2f}" for s, v in t.server.items())
         print(f"  {len(done):2d} {t.recording:22s} {t.waits.get('first_audio', float('nan')):.2f} s"
               f"  (decision {t.waits.get('speech_stopped', float('nan')):.2f}){split}"
+              f"  begun at the pause: {t.adopted}"
               f"  {'CER' if recording.chinese else 'WER'} {t.error_rate:.2f}", flush=True)
 
     if args.one_session:

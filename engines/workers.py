@@ -88,7 +88,9 @@ def commit_admission() -> None:
         admission.committed = True
 
 
-async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
+async def _uninterrupted(
+    fn: Callable[..., T], *args: object, interrupt: Callable[[], None] | None = None
+) -> T:
     """Run ``fn`` on a thread and, even if the caller is cancelled, return only once the
     thread is done.
 
@@ -96,6 +98,9 @@ async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
     close a generator the thread is inside), the next request would touch model state the
     abandoned thread is still using: "generator already executing" at best, a segfault in
     llama.cpp at worst. So a cancellation is held until the call ends, then re-raised.
+    A runtime that can abandon its work asks for it with ``interrupt``, called once at the
+    cancellation (ONNX Runtime's terminate flag): the call then ends within a layer or so
+    rather than when its work is done.
     """
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
@@ -109,7 +114,13 @@ async def _uninterrupted(fn: Callable[..., T], *args: object) -> T:
             except asyncio.CancelledError:
                 if future.cancelled():
                     raise
+                if interrupt is not None and not cancelled:
+                    interrupt()
                 cancelled = True
+            except Exception:
+                if not cancelled:
+                    raise
+                break  # the interrupted work's own error: the caller was cancelled
     if cancelled:
         raise asyncio.CancelledError
     return result
@@ -179,17 +190,24 @@ class Worker:
     def busy(self) -> int:
         return self._gate.busy
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: object, interrupt: Callable[[], None] | None = None
+    ) -> T:
+        """``fn(*args)`` on a thread, in turn (``interrupt``: see :func:`_uninterrupted`)."""
         await self._gate.acquire()
         try:
             if self._compute is None:
-                return await _uninterrupted(fn, *args)
+                return await _uninterrupted(fn, *args, interrupt=interrupt)
             async with self._compute.serve(_service()):
-                return await _uninterrupted(fn, *args)
+                return await _uninterrupted(fn, *args, interrupt=interrupt)
         finally:
             self._gate.release()
 
-    async def iterate(self, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    async def iterate(
+        self,
+        make_iterator: Callable[[], Iterator[T]],
+        interrupt: Callable[[], None] | None = None,
+    ) -> AsyncIterator[T]:
         """Create and drain a blocking iterator, one ``next`` per worker call.
 
         The iterator is created in the same call that computes its first item: one turn
@@ -204,10 +222,10 @@ class Worker:
             return next(made[0], _EXHAUSTED)
 
         try:
-            item = await self.run(start)
+            item = await self.run(start, interrupt=interrupt)
             while item is not _EXHAUSTED:
                 yield item  # type: ignore[misc]
-                item = await self.run(next, made[0], _EXHAUSTED)
+                item = await self.run(next, made[0], _EXHAUSTED, interrupt=interrupt)
         finally:
             # A cancelled call returns only once its thread is done (_uninterrupted), so
             # the iterator is never closed while a thread is still inside it.

@@ -32,6 +32,9 @@ max_chars = st.integers(min_value=4, max_value=120)
 # None: sentences only, as the speech engines split; a number: a spoken reply's first
 # piece may end at a clause once it has that many words.
 clause_words = st.none() | st.integers(min_value=1, max_value=6)
+# None: the first piece as wide as the rest may be; a number: at most that wide, as a
+# realtime answer's first piece is.
+first_widths = st.none() | st.integers(min_value=4, max_value=60)
 
 
 def _assert_tiles(text: str, pieces: list[str]) -> None:
@@ -46,14 +49,16 @@ def _assert_tiles(text: str, pieces: list[str]) -> None:
     assert text[position:].strip() == ""
 
 
-@given(text=texts, limit=max_chars, words=clause_words)
+@given(text=texts, limit=max_chars, words=clause_words, first=first_widths)
 @settings(max_examples=400)
-def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit, words):
-    pieces = split_sentences(text, limit, words)
+def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit, words, first):
+    pieces = split_sentences(text, limit, words, first)
     _assert_tiles(text, pieces)
     for piece in pieces:
         assert piece and piece == piece.strip()
         assert len(piece) <= limit
+    if pieces and first is not None:
+        assert len(pieces[0]) <= first
 
 
 @given(
@@ -61,23 +66,28 @@ def test_no_text_is_lost_or_repeated_and_pieces_fit(text, limit, words):
     limit=max_chars,
     words=clause_words,
     cuts=st.lists(st.integers(min_value=0), max_size=20),
+    first=first_widths,
 )
 @settings(max_examples=400)
 # The buffer used to re-split from its last piece: after a capped cut inside "e.g." the
 # stream lost the abbreviation and spoke "." alone where the whole text had ". Hello".
 @example(
-    text="HelloHelloHelloHelloDr.0:e.g. HelloHelloHelloHello", limit=7, words=None, cuts=[29]
+    text="HelloHelloHelloHelloDr.0:e.g. HelloHelloHelloHello", limit=7, words=None, cuts=[29],
+    first=None,
 )
 # Blank lines before the first words are a "sentence" the buffer forgets: the first piece,
 # a clause, is still to come after them.
-@example(text="\n\none two three, four five. Six, seven.", limit=120, words=3, cuts=[3, 20])
-def test_streamed_text_splits_as_the_whole_text_does(text, limit, words, cuts):
-    buffer = SentenceBuffer(limit, first_clause_words=words)
+@example(
+    text="\n\none two three, four five. Six, seven.", limit=120, words=3, cuts=[3, 20],
+    first=None,
+)
+def test_streamed_text_splits_as_the_whole_text_does(text, limit, words, cuts, first):
+    buffer = SentenceBuffer(limit, first_clause_words=words, first_max_chars=first)
     streamed: list[str] = []
     for chunk in cut(text, cuts):
         streamed += buffer.push(chunk)
     streamed += buffer.flush()
-    assert streamed == split_sentences(text, limit, words)
+    assert streamed == split_sentences(text, limit, words, first)
 
 
 @given(text=st.text(max_size=12), markers=st.lists(st.text(min_size=1, max_size=6), max_size=3))

@@ -42,17 +42,20 @@ def cer(reference: str, hypothesis: str) -> float:
     return row[-1] / max(1, len(ref))
 
 
-async def hear_turn(registry, name: str, monkeypatch) -> dict:
-    """One server-VAD turn of the recording ``name`` (then silence) through a session;
-    what the recogniser was given, and when."""
+async def hear_turn(registry, name: str, monkeypatch, pcm: bytes | None = None) -> dict:
+    """One server-VAD turn of the recording ``name`` (or of ``pcm``, 24 kHz) and then
+    silence, through a session; what the recogniser was given, and when."""
     events: list[dict] = []
     calls: list[float] = []  # seconds of audio per recogniser call, in order
     given: list[float] = []  # seconds of audio handed to the recogniser, as handed
     given_at_stop: list[float] = []
+    handed_at: list[int] = []  # session samples received when each phrase was handed
     hear = TurnHearing.hear
+    sessions: list[RealtimeSession] = []
 
     def handed(self, audio, end, announce=None):
         given.append(len(audio) / RATE)
+        handed_at.append(sessions[0].heard)
         hear(self, audio, end, announce)
 
     monkeypatch.setattr(TurnHearing, "hear", handed)
@@ -64,6 +67,7 @@ async def hear_turn(registry, name: str, monkeypatch) -> dict:
             given_at_stop.append(sum(given))
 
     session = RealtimeSession(registry, load_settings(), "gpt-realtime", send)
+    sessions.append(session)
     recognise = session._recognise
 
     async def spy(audio, prompt=None, language=None):
@@ -77,7 +81,7 @@ async def hear_turn(registry, name: str, monkeypatch) -> dict:
                             "turn_detection": {"type": "server_vad", "create_response": False,
                                                "silence_duration_ms": 800}}},
     }}))
-    audio = pcm24k(name) + bytes(48_000)
+    audio = (pcm if pcm is not None else pcm24k(name)) + bytes(48_000)
     for start in range(0, len(audio), 4_800):
         piece = base64.b64encode(audio[start : start + 4_800]).decode()
         await session.handle(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
@@ -89,7 +93,8 @@ async def hear_turn(registry, name: str, monkeypatch) -> dict:
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
     return {"transcript": item.content[0]["transcript"], "calls": calls,
             "given_at_stop": given_at_stop[0],
-            "speech": (stopped["audio_end_ms"] - started["audio_start_ms"]) / 1000}
+            "speech": (stopped["audio_end_ms"] - started["audio_start_ms"]) / 1000,
+            "last_handed_after_speech": handed_at[-1] / RATE - stopped["audio_end_ms"] / 1000}
 
 
 async def whole(registry, name: str) -> str:
@@ -130,3 +135,31 @@ async def test_a_chinese_turn_heard_by_phrases_has_the_characters_of_the_whole(
     expected = await whole(registry, "fear_zh_female_prompt")
     assert cer(expected, turn["transcript"]) <= 0.15, (expected, turn["transcript"])
     assert " " not in turn["transcript"].strip(), turn["transcript"]
+
+
+@pytest.mark.parametrize("name", ["zero_shot_en_prompt", "paralingustic_prompt"])
+async def test_the_last_words_are_heard_from_the_gap_where_the_speech_ends(
+    registry, name, monkeypatch
+):
+    """The silence after the turn's last words opens with a gap: their phrase, two
+    seconds or more in these recordings, goes to the recogniser then, not at the pause
+    (224 ms later), and the reply begun at the pause waits for it. Audio arrives in 100 ms
+    pieces here, so the gap's window is seen at most 132 ms after the speech and the
+    pause 224 ms after it at the earliest."""
+    turn = await hear_turn(registry, name, monkeypatch)
+    assert turn["last_handed_after_speech"] < 0.2, turn
+
+
+async def test_a_long_phrase_is_heard_in_pieces_while_the_user_goes_on(registry, monkeypatch):
+    """denoise_prompt's first sentence: five seconds of speech with no pause in it, but
+    clear gaps between some words. The recogniser hears it in phrases cut at such a gap
+    while it is spoken, so the pause finds a second or so left to hear, not the whole
+    sentence (heard whole, it was one decode of 5.9 s at the pause); and the words are
+    those of the sentence heard whole."""
+    sentence = pcm24k("denoise_prompt")[: int(5.9 * 24_000) * 2]  # up to its first pause
+    turn = await hear_turn(registry, "denoise_prompt", monkeypatch, sentence)
+    assert turn["speech"] > 5, turn
+    assert len(turn["calls"]) >= 2, turn["calls"]
+    assert turn["calls"][-1] < 0.3 * turn["speech"], turn["calls"]
+    expected = "Such legislation was clarified and extended from time to time thereafter."
+    assert wer(expected, turn["transcript"]) <= 0.1, turn["transcript"]

@@ -102,3 +102,40 @@ async def test_the_first_audio_comes_while_the_first_sentence_is_still_being_wri
     first_end = reply.marks[0][0]
     assert heard_transcript(reply.marks, first_end) == OPENING
     assert heard_transcript(reply.marks, reply.produced) == OPENING + " " + REST
+
+
+LONG = (
+    "The quickest way to get there from the station is to follow the river north until "
+    "you reach the old stone bridge. Then turn left."
+)
+
+
+async def _marks(reply: SpokenReply, text: str) -> list[str]:
+    async def write():
+        for word in text.split(" "):
+            yield word + " "
+
+    reply.start()
+    try:
+        async for _ in interleave(write(), reply, text_of=lambda t: t, pace=False):
+            pass
+        reply.close()
+        async for _ in reply.drain():
+            pass
+    finally:
+        await reply.aclose()
+    return [said for _, said in reply.marks]
+
+
+async def test_a_realtime_answer_starts_with_a_short_piece_of_a_long_first_sentence(registry):
+    """A first sentence with no clause to end at: a realtime answer voices its first
+    eight words or so as a piece of their own (the wait for the first audio is the
+    voice's time for those); a chat reply, as before, voices the whole sentence."""
+    realtime = await _marks(realtime_reply(registry), LONG)
+    chat = await _marks(chat_reply(registry), LONG)
+    assert realtime == [
+        "The quickest way to get there from the station",
+        "is to follow the river north until you reach the old stone bridge.",
+        "Then turn left.",
+    ]
+    assert chat == [LONG.split(". ")[0] + ".", "Then turn left."]

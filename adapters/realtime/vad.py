@@ -8,6 +8,13 @@ state (and the 64-sample context the model expects) across pieces.
 Events, in session samples (16 kHz) and milliseconds from the start of the input audio:
 
 * ``SpeechStarted`` when a window crosses ``threshold``;
+* ``Gap`` at the first clearly silent window after speech (under ``threshold - 0.15``):
+  between two words (people leave such gaps of 32-96 ms between some of theirs), or the
+  start of a pause. ``sample`` is the middle of that window, a place to cut the speech
+  that splits no word. Dips that stay above it were not used: cut there, the gateway's
+  own fluent voice was misheard at the cut ("that guided" as "The guy did"); the
+  session cuts a long phrase there to hear it while the user goes on (see
+  gateway/api/realtime/hearing.py);
 * ``Paused`` once the silence after speech has lasted ``pause_ms`` (200 ms, whole windows:
   224 ms). The gaps between words in the test recordings last 32-64 ms and their pauses
   inside a turn 288-576 ms, so a speculative transcription starts at a real pause, not at
@@ -127,6 +134,13 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True)
+class Gap:
+    """A silent window inside speech: the words before it may be heard apart."""
+
+    sample: int  # session sample (16 kHz) in the middle of the window
+
+
+@dataclass(frozen=True)
 class Paused:
     """The silence after speech has lasted ``pause_ms``: the turn may be ending (a
     speculative transcription can start now instead of when the turn ends)."""
@@ -226,10 +240,11 @@ class TurnDetector:
         return [Resumed()] if paused else []
 
     def _quiet(self, at: int) -> list[object]:
+        events: list[object] = []
         if self._silence == 0:
             self._silence_began = at
+            events.append(Gap(at + WINDOW // 2))
         self._silence += 1
-        events: list[object] = []
         if self._silence == self._pause_windows:
             self._paused = True
             events.append(Paused(self._silence_began))

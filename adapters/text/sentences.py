@@ -73,16 +73,35 @@ _STARTS_MORE_WORDS = re.compile(r"\s*[\w\"'“‘(\[「『（]")
 
 
 def split_sentences(
-    text: str, max_chars: int = 300, first_clause_words: int | None = None
+    text: str,
+    max_chars: int = 300,
+    first_clause_words: int | None = None,
+    first_max_chars: int | None = None,
 ) -> list[str]:
     """The text's sentences, none over ``max_chars``; with ``first_clause_words``, the
-    first one may end early at a clause (see :func:`_first_clause_end`)."""
-    clause_end = (
-        _first_clause_end(text, max_chars, first_clause_words) if first_clause_words else None
-    )
-    if clause_end is None:
+    first one may end early at a clause (see :func:`_first_clause_end`); with
+    ``first_max_chars``, the first piece is at most that wide (cut as an over-long
+    sentence is)."""
+    if first_clause_words is None and first_max_chars is None:
         return _sentences(text, max_chars)
-    return [text[:clause_end].strip(), *_sentences(text[clause_end:], max_chars)]
+    first_end = _first_piece_end(
+        text, min(max_chars, first_max_chars or max_chars), first_clause_words
+    )
+    if first_end is None:
+        return _sentences(text, max_chars)
+    return [text[:first_end].strip(), *_sentences(text[first_end:], max_chars)]
+
+
+def _first_piece_end(text: str, max_chars: int, min_words: int | None) -> int | None:
+    """Where the first piece ends if not at its sentence's end: at a clause, or where a
+    first sentence wider than ``max_chars`` is cut."""
+    end = _first_clause_end(text, max_chars, min_words) if min_words else None
+    if end is not None:
+        return end
+    start = len(text) - len(text.lstrip())
+    sentence_end = next((e for e in _boundaries(text) if text[:e].strip()), len(text))
+    cut = _cap_cut(text[start:sentence_end].rstrip(), max_chars)
+    return None if cut is None else start + cut
 
 
 def _sentences(text: str, max_chars: int) -> list[str]:
@@ -171,18 +190,27 @@ def _fit(sentence: str, max_chars: int) -> int:
     return len(sentence)
 
 
+def _cap_cut(sentence: str, max_chars: int) -> int | None:
+    """Where a sentence wider than ``max_chars`` is cut (the length of its first piece):
+    at the last comma, else the last space, in its first ``max_chars``; None if it fits."""
+    fit = _fit(sentence, max_chars)
+    if fit >= len(sentence):
+        return None
+    window = sentence[:fit]
+    clauses = [m.end() - 1 for m in _CJK_CLAUSE.finditer(window)]
+    cut = max(window.rfind(", "), clauses[-1] if clauses else -1)
+    if cut < fit // 3:
+        cut = window.rfind(" ")
+    if cut < fit // 3:
+        cut = fit - 1
+    return cut + 1
+
+
 def _cap(sentence: str, max_chars: int) -> list[str]:
     out = []
-    while (fit := _fit(sentence, max_chars)) < len(sentence):
-        window = sentence[:fit]
-        clauses = [m.end() - 1 for m in _CJK_CLAUSE.finditer(window)]
-        cut = max(window.rfind(", "), clauses[-1] if clauses else -1)
-        if cut < fit // 3:
-            cut = window.rfind(" ")
-        if cut < fit // 3:
-            cut = fit - 1
-        out.append(sentence[: cut + 1].strip())
-        sentence = sentence[cut + 1 :].strip()
+    while (cut := _cap_cut(sentence, max_chars)) is not None:
+        out.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
     if sentence:
         out.append(sentence)
     return out
@@ -200,11 +228,18 @@ class SentenceBuffer:
 
     ``first_clause_words``: the first piece may end at a clause (see
     :data:`FIRST_CLAUSE_WORDS`); the rest of that sentence is the next piece.
+    ``first_max_chars``: the first piece is at most that wide.
     """
 
-    def __init__(self, max_chars: int = 300, first_clause_words: int | None = None) -> None:
+    def __init__(
+        self,
+        max_chars: int = 300,
+        first_clause_words: int | None = None,
+        first_max_chars: int | None = None,
+    ) -> None:
         self.max_chars = max_chars
         self.first_clause_words = first_clause_words
+        self.first_max_chars = first_max_chars
         self._pending = ""
         self._handed = 0  # pieces of ``_pending`` already returned
         self._from_start = True  # ``_pending`` still starts where the text began
@@ -225,8 +260,11 @@ class SentenceBuffer:
     def _split(self, text: str) -> list[str]:
         # Only the text's first piece may be a clause: once a piece has been forgotten,
         # ``_pending`` starts mid-text.
-        clause_words = self.first_clause_words if self._from_start else None
-        return split_sentences(text, self.max_chars, clause_words)
+        if not self._from_start:
+            return split_sentences(text, self.max_chars)
+        return split_sentences(
+            text, self.max_chars, self.first_clause_words, self.first_max_chars
+        )
 
     def _forget_settled(self) -> None:
         """Drop the text before the last boundary that more text follows: no later split

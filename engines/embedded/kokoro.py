@@ -16,6 +16,7 @@ nothing else becomes a pause.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import threading
@@ -100,7 +101,7 @@ class KokoroEngine(SpeechEngine):
         text = " ".join("".join(group) for group in phonemes)
         return core._chunks(re.sub(r"\s+", " ", text).strip())
 
-    def _chunks(self, request: SpeechRequest) -> Iterator[AudioChunk]:
+    def _chunks(self, request: SpeechRequest, run: object = None) -> Iterator[AudioChunk]:
         core = self._core
         assert core is not None, "engine used before load()"
         style = core._voices[request.voice]
@@ -110,7 +111,8 @@ class KokoroEngine(SpeechEngine):
             if language not in self.languages() or not _has_letters(sentence):
                 language = request.language
             pieces = [
-                core._infer(p, style, request.speed) for p in self._phonemes(sentence, language)
+                _infer(core, p, style, request.speed, run)
+                for p in self._phonemes(sentence, language)
             ]
             audio = np.concatenate([pause] * bool(index) + pieces) if pieces else pause
             yield AudioChunk(
@@ -122,8 +124,30 @@ class KokoroEngine(SpeechEngine):
             raise InvalidInput(f"Kokoro has no voice {request.voice!r}.", param="voice")
         if request.language not in self.languages():
             raise InvalidInput(f"Kokoro cannot speak language {request.language!r}.", param="input")
-        async for chunk in self.worker.iterate(lambda: self._chunks(request)):
+        import onnxruntime
+
+        # A piece takes Kokoro 0.4-3 s; a cancelled reply (a barge-in, a client gone)
+        # stops it within a layer instead of holding the cores until it is done.
+        run = onnxruntime.RunOptions()
+        stop = functools.partial(setattr, run, "terminate", True)
+        async for chunk in self.worker.iterate(lambda: self._chunks(request, run), stop):
             yield chunk
+
+
+def _infer(core, phonemes: str, style: np.ndarray, speed: float, run) -> np.ndarray:
+    """The package's ``core._infer``, with ``run`` (ONNX Runtime run options, which can
+    stop the run from another thread) passed to the session."""
+    tokens = [core._vocab[c] for c in phonemes if c in core._vocab]
+    if not tokens:
+        return np.zeros(0, np.float32)
+    ref = style[min(len(tokens), len(style)) - 1]
+    feeds = {
+        "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+        "style": np.asarray(ref, dtype=np.float32).reshape(1, 256),
+        "speed": np.array([speed], dtype=np.float32),
+    }
+    audio = core._session.run(None, feeds, run)[0]
+    return core._trim(np.asarray(audio, np.float32).ravel())
 
 
 def _has_letters(text: str) -> bool:

@@ -163,3 +163,20 @@ def test_a_long_chinese_sentence_is_capped_by_how_long_it_takes_to_say():
     assert all(len(p) <= 40 for p in pieces), [len(p) for p in pieces]
     latin = "word " * 40
     assert [len(p) for p in split_sentences(latin.strip(), 120)][0] > 100
+
+
+def test_a_first_piece_is_cut_at_its_width_between_cjk_characters_or_at_a_space():
+    """The first piece at most ``first_max_chars`` wide (a CJK character counting three);
+    a clause within it still ends it sooner, and the rest splits as before."""
+    chinese = "我总觉得有人在跟着我我能听到奇怪的脚步声。你呢？"
+    assert split_sentences(chinese, 120, 5, first_max_chars=40) == [
+        "我总觉得有人在跟着我我能听", "到奇怪的脚步声。", "你呢？"
+    ]
+    with_clause = "我总觉得有人在跟着我，我能听到奇怪的脚步声。"
+    assert split_sentences(with_clause, 120, 5, first_max_chars=40) == [
+        "我总觉得有人在跟着我，", "我能听到奇怪的脚步声。"
+    ]
+    assert split_sentences("One two three four five six seven eight nine ten.", 120, 5, 20) == [
+        "One two three four", "five six seven eight nine ten."
+    ]
+    assert split_sentences(chinese, 120, 5) == ["我总觉得有人在跟着我我能听到奇怪的脚步声。", "你呢？"]

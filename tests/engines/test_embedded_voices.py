@@ -45,3 +45,38 @@ def test_a_voice_leaves_the_cores_idle_between_sentences(
         sentences.close()
     finally:
         engine.unload()
+
+
+async def test_a_cancelled_kokoro_sentence_stops_at_once_and_the_voice_goes_on(tmp_path):
+    """Kokoro voices a long sentence in one run of a few seconds. A reply cancelled in it
+    (a barge-in, a client gone) stops that run within a layer instead of holding the cores
+    and the voice's worker to the end: the cancel returns in a fraction of the run's time,
+    and the next request is voiced as before."""
+    import asyncio
+
+    context = EngineContext(worker=Worker("kokoro", 1, 4), cache_dir=tmp_path, registry=None)
+    engine = KokoroEngine("kokoro", context)
+    engine.load()
+    long = "我总觉得有人在跟着我，我能听到奇怪的脚步声，可是回头一看什么也没有"
+    request = SpeechRequest(text=long, voice="jf_alpha", language="zh")
+
+    async def voice() -> list:
+        return [chunk async for chunk in engine.synthesize(request)]
+
+    try:
+        started = time.perf_counter()
+        whole = await voice()
+        run = time.perf_counter() - started
+        task = asyncio.create_task(voice())
+        await asyncio.sleep(0.3)
+        cancelled_at = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stopped = time.perf_counter() - cancelled_at
+        assert run > 1.5, f"the sentence took {run:.2f} s: too short to tell"
+        assert stopped < 0.25 * run, f"cancel took {stopped:.2f} s of a {run:.2f} s run"
+        again = await voice()
+        assert len(again[0].samples) == len(whole[0].samples)
+    finally:
+        engine.unload()

@@ -148,6 +148,7 @@ class SpokenReply:
         speed: float = 1.0,
         pipeline: SpeechAudioPipeline | None = None,
         first_chars: int | None = None,
+        first_piece_chars: int | None = None,
     ) -> None:
         self.registry = registry
         self.model = model
@@ -158,8 +159,12 @@ class SpokenReply:
         # ``first_chars``: cut a run-on sentence there, so it does not hold the first audio.
         # The first piece may end at a clause: the listener hears the answer begin after a
         # few words rather than after its whole first sentence.
+        # ``first_piece_chars``: the first piece is at most that wide (cut at a clause or a
+        # space, or between CJK characters), however long its sentence.
         limit = {} if first_chars is None else {"max_chars": first_chars}
-        self._buffer = SentenceBuffer(first_clause_words=FIRST_CLAUSE_WORDS, **limit)
+        self._buffer = SentenceBuffer(
+            first_clause_words=FIRST_CLAUSE_WORDS, first_max_chars=first_piece_chars, **limit
+        )
         self.produced = 0  # encoded bytes made so far
         #: (byte offset where a sentence's audio ends, the sentence): what was heard of a
         #: reply cut short (see gateway.api.realtime.speech.heard_transcript).

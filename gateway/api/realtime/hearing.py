@@ -7,6 +7,11 @@ make the recogniser start over: when the turn ends, only its last phrase is left
 and that began at the last pause. Cutting at pauses, not at fixed lengths, never splits a
 word; the recorded turns are heard with the same words (tests/test_realtime_hearing.py).
 
+A user who speaks on without a pause would still leave the whole turn to hear at its end:
+a phrase that has lasted ``PHRASE_SECONDS`` is closed at the next gap between two words
+(the turn detector's ``Gap``, a clearly silent 32 ms window), so the pause that ends the
+turn finds at most a phrase's worth left, or nothing when the gap was the pause's start.
+
 Each phrase can be announced as soon as it is heard (``hear``'s ``announce``): the
 transcription deltas a client reads while the user is still speaking. Phrases are heard
 one after another, so they are announced in order.
@@ -21,6 +26,12 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from engines.base import Word
+
+# Whisper base hears 2 s of speech in about 0.13 s on the 2-core host and 5 s in about
+# 0.22 s (its encoder window is at least 8 s: engines/embedded/whisper_window.py), so
+# phrases shorter than this would cost more in decodes than they save at the pause; and
+# a phrase of a word or two is heard worse (no context, and Whisper may loop on a clip).
+PHRASE_SECONDS = 2.0
 
 # What of the words before a phrase is its prompt: Whisper reads at most half its 448-token
 # context as prompt, and the last sentence or two carry what the next words need.

@@ -24,6 +24,7 @@ from adapters.audio.pcm import resample
 from adapters.realtime.audio import InputConverter, bytes_per_second
 from adapters.realtime.vad import (
     RATE,
+    Gap,
     Paused,
     Resumed,
     SpeechStarted,
@@ -39,7 +40,7 @@ from ..transcription.serving import word_logprobs
 from . import events as ev
 from . import protocol as p
 from .conversation import Item, new_id
-from .hearing import Heard, TurnHearing
+from .hearing import PHRASE_SECONDS, Heard, TurnHearing
 
 _ARRIVALS_KEPT = 2_000  # appends: 40 s of 20 ms pieces, past any turn detector's silence
 
@@ -128,14 +129,20 @@ class InputAudio:
             if self.response is not None and interrupts:
                 metrics.REALTIME_BARGE_INS.inc()
                 await self.cancel_response("turn_detected")
+        elif isinstance(turn, Gap):
+            # A long phrase is heard from a gap between its words while the user goes on,
+            # so that a pause finds little or nothing left to hear (hearing.py).
+            unheard = (turn.sample - self._hearing.heard_until) / RATE
+            if unheard >= PHRASE_SECONDS and self._has_room_to_hear():
+                self._hear_phrase(self._pending_item, until=turn.sample)
         elif isinstance(turn, Paused):
             # Step-Audio's scheme: start hearing the turn at the pause, and the reply to
             # it (speculation.py). The phrase heard is kept if the user goes on: only what
             # they say next is left to hear. Not while the recogniser already has this
             # session's full share of work.
-            room = self._transcriptions_pending() < self.limits.max_pending_transcriptions
-            if self.buffer and room:
-                self._hear_phrase(self._pending_item)
+            if self.buffer and self._has_room_to_hear():
+                if turn.end_sample > self._hearing.heard_until:  # words since the last cut
+                    self._hear_phrase(self._pending_item)
                 words = self._hearing.words
                 self._speculate(words, self._pending_item, np.concatenate(self.buffer))
         elif isinstance(turn, Resumed):
@@ -210,6 +217,9 @@ class InputAudio:
     def _transcriptions_pending(self) -> int:
         return len(self._transcribing)
 
+    def _has_room_to_hear(self) -> bool:
+        return self._transcriptions_pending() < self.limits.max_pending_transcriptions
+
     def _check_transcription_room(self) -> None:
         """One session may keep at most ``max_pending_transcriptions`` items waiting for
         the recogniser, which every key shares."""
@@ -235,13 +245,15 @@ class InputAudio:
             self._hearing.cancel()
         self._hearing = TurnHearing(self._recognise, getattr(self, "buffer_start", 0))
 
-    def _hear_phrase(self, item_id: str) -> None:
-        """Give the recogniser the audio since the last phrase (of item ``item_id``'s turn,
-        whose transcript it announces)."""
+    def _hear_phrase(self, item_id: str, until: int | None = None) -> None:
+        """Give the recogniser the audio since the last phrase, up to session sample
+        ``until`` (all there is by default), of item ``item_id``'s turn, whose transcript
+        it announces."""
         if not self.buffer:
             return
+        until = self.heard if until is None else min(until, self.heard)
         skip = max(0, self._hearing.heard_until - self.buffer_start)
-        audio = np.concatenate(self.buffer)[skip:]
+        audio = np.concatenate(self.buffer)[skip : until - self.buffer_start]
         if len(audio):
             async def announce(phrase: Heard, first: bool) -> None:
                 try:
@@ -249,7 +261,7 @@ class InputAudio:
                 except Exception:  # noqa: BLE001 - the client went: the router closes the session
                     pass  # (the words are still the turn's; only their delta is lost)
 
-            self._hearing.hear(audio, self.heard, announce)
+            self._hearing.hear(audio, until, announce)
 
     @staticmethod
     def heard_through(turn: SpeechStopped) -> int:
