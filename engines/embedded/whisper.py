@@ -29,7 +29,7 @@ from ..base import (
     Word,
 )
 from .assets import resolve_whisper_weights
-from .whisper_loops import cut_loop, token_budget
+from .whisper_loops import token_budget, without_loop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -101,7 +101,7 @@ class FasterWhisperEngine(TranscriptionEngine):
         steps = [temperature + i * _FALLBACK_STEP for i in range(_FALLBACK_STEPS + 1)]
         return [round(t, 2) for t in steps if t <= 1.0] or [temperature]
 
-    def _start(self, audio: np.ndarray, options: TranscriptionOptions, budget: int | None):
+    def _start(self, audio: np.ndarray, options: TranscriptionOptions):
         assert self._model is not None, "engine used before load()"
         segments, info = self._model.transcribe(
             audio,
@@ -112,7 +112,7 @@ class FasterWhisperEngine(TranscriptionEngine):
             beam_size=self.beam_size,
             word_timestamps=options.word_timestamps or options.logprobs,
             condition_on_previous_text=False,
-            max_new_tokens=budget,
+            max_new_tokens=token_budget(len(audio) / self.sample_rate),
             **_chunking(options),
         )
         return segments, info
@@ -122,8 +122,7 @@ class FasterWhisperEngine(TranscriptionEngine):
     ) -> TranscriptionStream:
         self._check(options)
         try:
-            budget = token_budget(len(audio) / self.sample_rate)
-            segments, info = await self.worker.run(self._start, audio, options, budget)
+            segments, info = await self.worker.run(self._start, audio, options)
         except ValueError as exc:  # e.g. a language code Whisper does not know
             raise InvalidInput(str(exc), param="language") from exc
         language = info.language if self.multilingual else "en"
@@ -131,25 +130,13 @@ class FasterWhisperEngine(TranscriptionEngine):
             language = "en"
         return TranscriptionStream(
             info=TranscriptionInfo(language=language, duration=float(info.duration)),
-            segments=self._segments(segments, budgeted=budget is not None),
+            segments=self._segments(segments),
         )
 
-    async def _segments(self, segments, budgeted: bool) -> AsyncIterator[Segment]:
-        raws = self.worker.iterate(lambda: iter(segments))
-        if not budgeted:
-            async for raw in raws:
-                yield _segment(raw)
-            return
-        # A budgeted clip is short: one or two decodes write all its segments, so holding
-        # them until the last is written delays the first by a decode at most, and a loop
-        # is seen whole (whisper_loops.py).
-        window = [raw async for raw in raws]
-        texts = [raw.text for raw in window]
-        if window and window[-1].tokens and window[-1].tokens[-1] < self._first_timestamp:
-            texts = cut_loop(texts)
-        for raw, text in zip(window, texts):
-            if text.strip() or not raw.text.strip():
-                yield _segment(raw, text)
+    async def _segments(self, segments) -> AsyncIterator[Segment]:
+        async for raw in self.worker.iterate(lambda: iter(segments)):
+            unclosed = bool(raw.tokens) and raw.tokens[-1] < self._first_timestamp
+            yield _segment(raw, cut_loop=unclosed)
 
 
 def _chunking(options: TranscriptionOptions) -> dict:
@@ -171,9 +158,8 @@ def _chunking(options: TranscriptionOptions) -> dict:
     }
 
 
-def _segment(raw, text: str | None = None) -> Segment:
-    """The engine's segment of faster-whisper's ``raw``, its text cut to ``text``."""
-    text = raw.text if text is None else text
+def _segment(raw, cut_loop: bool = False) -> Segment:
+    text = without_loop(raw.text) if cut_loop else raw.text
     raw_words = raw.words or []
     if text != raw.text:
         raw_words = _words_within(raw_words, len(text))

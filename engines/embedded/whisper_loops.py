@@ -8,12 +8,10 @@ is at most some 9 tokens a second in the test recordings (fast Mandarin, timesta
 counted), so a clip gets ``_BASE_TOKENS`` plus ``_TOKENS_PER_SECOND`` of its length, over
 twice that rate; the same phrase is then decoded in 0.4 s.
 
-A budget alone would hide a loop from faster-whisper, which retries a decode at a higher
-temperature when its text compresses too well: two copies and a half of a sentence do
-not, and were kept (a 6.6 s clip of three sentences came back as eight). So when a clip's
-last segment was left without its closing timestamp (cut by the budget) and the clip's
-text ends repeating a stretch of itself, what Whisper wrote after the first copy of that
-stretch is dropped, across segments.
+A segment Whisper did not close with a timestamp was cut at its length limit (or ended
+with the clip); if it ends repeating a stretch of itself, it was looping, and what it wrote
+after the first copy of that stretch is dropped. (The one thing lost: a user who really said
+"Hello? Hello?" at the very end of a clip is heard saying it once.)
 
 Clips over ``_LONGEST_CAPPED`` seconds keep faster-whisper's own limit: a 30 s window of
 fast speech needs most of the context, and a prompt may take half of it.
@@ -44,18 +42,6 @@ def without_loop(text: str) -> str:
         if len(text) - start >= period + max(_SHORTEST_REPEAT, period // 2):
             best = min(best, start + period)
     return text[:best].rstrip()
-
-
-def cut_loop(texts: list[str]) -> list[str]:
-    """The texts of a clip's segments with what follows the first copy of a loop dropped
-    (segments wholly after it become empty)."""
-    keep = len(without_loop("".join(texts)))
-    cut, seen = [], 0
-    for text in texts:
-        room = keep - seen
-        cut.append(text if room >= len(text) else text[: max(0, room)].rstrip())
-        seen += len(text)
-    return cut
 
 
 def _periodic_from(text: str, period: int) -> int:
