@@ -29,7 +29,6 @@ from ..base import (
     Word,
 )
 from .assets import resolve_whisper_weights
-from .whisper_loops import token_budget, without_loop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -59,7 +58,6 @@ class FasterWhisperEngine(TranscriptionEngine):
             raise ValueError(f"window must be 'fitted' or 'full', not {window!r}")
         self.window = window
         self._model = None
-        self._first_timestamp = 0
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -74,9 +72,6 @@ class FasterWhisperEngine(TranscriptionEngine):
             compute_type=self.compute_type,
             cpu_threads=self.cpu_threads,
         )
-        # timestamps follow <|notimestamps|> in every Whisper vocabulary (faster-whisper's own
-        # Tokenizer.timestamp_begin)
-        self._first_timestamp = self._model.hf_tokenizer.token_to_id("<|notimestamps|>") + 1
 
     def unload(self) -> None:
         self._model = None
@@ -112,7 +107,6 @@ class FasterWhisperEngine(TranscriptionEngine):
             beam_size=self.beam_size,
             word_timestamps=options.word_timestamps or options.logprobs,
             condition_on_previous_text=False,
-            max_new_tokens=token_budget(len(audio) / self.sample_rate),
             **_chunking(options),
         )
         return segments, info
@@ -135,8 +129,7 @@ class FasterWhisperEngine(TranscriptionEngine):
 
     async def _segments(self, segments) -> AsyncIterator[Segment]:
         async for raw in self.worker.iterate(lambda: iter(segments)):
-            unclosed = bool(raw.tokens) and raw.tokens[-1] < self._first_timestamp
-            yield _segment(raw, cut_loop=unclosed)
+            yield _segment(raw)
 
 
 def _chunking(options: TranscriptionOptions) -> dict:
@@ -158,21 +151,17 @@ def _chunking(options: TranscriptionOptions) -> dict:
     }
 
 
-def _segment(raw, cut_loop: bool = False) -> Segment:
-    text = without_loop(raw.text) if cut_loop else raw.text
-    raw_words = raw.words or []
-    if text != raw.text:
-        raw_words = _words_within(raw_words, len(text))
+def _segment(raw) -> Segment:
     words = [
         Word(word=w.word, start=float(w.start), end=float(w.end), probability=float(w.probability))
-        for w in raw_words
+        for w in (raw.words or [])
     ]
     return Segment(
         id=int(raw.id) - 1,
         seek=int(raw.seek),
         start=float(raw.start),
         end=float(raw.end),
-        text=text,
+        text=raw.text,
         tokens=list(raw.tokens),
         temperature=float(raw.temperature or 0.0),
         avg_logprob=_finite(raw.avg_logprob),
@@ -180,17 +169,6 @@ def _segment(raw, cut_loop: bool = False) -> Segment:
         no_speech_prob=_finite(raw.no_speech_prob),
         words=words,
     )
-
-
-def _words_within(words: list, length: int) -> list:
-    """The words that make up a segment's first ``length`` characters."""
-    kept, seen = [], 0
-    for word in words:
-        seen += len(word.word)
-        if seen > length + 1:  # the text was stripped of a trailing space, words were not
-            break
-        kept.append(word)
-    return kept
 
 
 def _finite(value: float) -> float:
