@@ -182,6 +182,7 @@ class RecordingWorkflow(VoiceWorkflowBase):
         self.agent = agent
         self.heard: list[str] = []
         self.said: list[str] = []
+        self.voiced: list[str] = []  # what the pipeline asked the voice to say (voice_pipeline)
 
     async def run(self, transcription: str) -> AsyncIterator[str]:
         self.heard.append(transcription)
