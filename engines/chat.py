@@ -176,4 +176,10 @@ class ChatEngine(Engine):
         """Exactly how many tokens ``text`` is for this model (no special tokens added).
         Async: a model served elsewhere (Step-Audio-Chat in vLLM) has its tokenizer there."""
 
+    async def prefill(self, request: ChatRequest) -> None:
+        """Compute ``request``'s prompt ahead, if the engine is idle, so that a later
+        request whose prompt starts the same way (the conversation's next turn) begins
+        sooner. Best effort: it may do nothing. By default nothing is done: an engine that
+        keeps every token it computed (vLLM's prefix cache) needs no head start."""
+
 

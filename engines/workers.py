@@ -153,6 +153,11 @@ class Gate:
     def waiting(self) -> int:
         return self._slots.waiting
 
+    @property
+    def idle(self) -> bool:
+        """Whether a turn would be granted at once."""
+        return not self._slots.would_wait()
+
     async def acquire(self) -> None:
         admission = _admission.get()
         if admission is None or not (admission.committed or self in admission.gates):

@@ -369,6 +369,27 @@ class LlamaChatEngine(ChatEngine):
                         else:
                             yield item
 
+    async def prefill(self, request: ChatRequest) -> None:
+        """Evaluate ``request``'s prompt into a free context, only if one is free now and
+        nobody waits: a realtime conversation's history, while the user speaks, is not
+        left to evaluate after their words are heard. The answer before it was sampled a
+        token at a time, which _reuse_cached_prompt never reuses, so without this its
+        tokens are evaluated again at the start of the next reply."""
+        if not self._turns.idle or not request.messages:
+            return
+        self._check_fits(request)
+        plan = self._plan(request)
+        async with self._turn():
+            job = await self.worker.run(self._prepare, request, plan)
+            with self._context_for(job.prompt_tokens) as context:
+                await self.worker.run(self._evaluate, context, job.prompt_tokens)
+
+    def _evaluate(self, context: _Context, prompt: list[int]) -> None:
+        self._reuse_cached_prompt(context, prompt)
+        llama = context.llama
+        llama.eval(prompt[llama.n_tokens :])
+        context.cached_prompt = prompt
+
     async def _tool_events(self, tokens, n_prompt: int) -> AsyncIterator[ChatEvent]:
         extractor = JsonToolCallParser()
         async for item in tokens:

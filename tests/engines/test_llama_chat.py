@@ -758,3 +758,80 @@ async def test_answers_do_not_depend_on_what_the_cache_holds(tmp_path):
             assert later[q] == first[q] and twice[q] == (first[q], first[q]), q
     finally:
         small.unload()
+
+
+def _left_to_evaluate(engine) -> list[int]:
+    """Spy on the real engine: how many prompt tokens each generation found not yet in
+    its context's cache when it began (``_run`` is where a generation starts)."""
+    left: list[int] = []
+    run = engine._run
+
+    def spied(context, job):
+        left.append(len(job.prompt_tokens) - context.shared_prefix(job.prompt_tokens))
+        return run(context, job)
+
+    engine._run = spied
+    return left
+
+
+def _conversation(topic: str, answer: str, question: str) -> list[ChatMessage]:
+    return [
+        ChatMessage("user", f"Tell me about {topic}."),
+        ChatMessage("assistant", answer),
+        ChatMessage("user", question),
+    ]
+
+
+@pytest.mark.slow
+async def test_a_prefilled_conversation_leaves_only_the_new_words_to_evaluate(engine):
+    """ChatEngine.prefill: a realtime session hands the engine the conversation so far
+    while the user speaks. The reply to their words then evaluates only those words and
+    the turn markers, not also the answer before them (sampled one token at a time, so
+    never reused), and it is the reply it would have been without the head start."""
+    answer = ("The lighthouse stands on a rock at the edge of the bay, and its keeper climbs "
+              "one hundred and twelve steps every evening to light the lamp.")
+    question = "Why so many steps?"
+    n_answer = len(engine._model().tokenize(answer.encode(), add_bos=False, special=False))
+    n_question = len(engine._model().tokenize(question.encode(), add_bos=False, special=False))
+    left = _left_to_evaluate(engine)
+    try:
+        for topic in ("a lighthouse", "a harbour"):  # neither is in any cache yet
+            cold = _conversation(topic, answer, question)
+            await collect(engine, ChatRequest(cold, temperature=0, max_tokens=4))
+        assert left[-1] >= n_answer + n_question, left  # without a head start
+
+        warm = _conversation("a lantern", answer, question)
+        await engine.prefill(ChatRequest(warm[:2], temperature=0, max_tokens=4))
+        reply = text_of(await collect(engine, ChatRequest(warm, temperature=0, max_tokens=6,
+                                                          seed=7)))
+        assert left[-1] <= n_question + 8, (left, n_question)  # its words and the markers
+        # The same reply once the cache holds the whole prompt (batch by batch, as the
+        # prefill left it: test_answers_do_not_depend_on_what_the_cache_holds).
+        again = text_of(await collect(engine, ChatRequest(warm, temperature=0, max_tokens=6,
+                                                          seed=7)))
+        assert reply == again
+    finally:
+        del engine._run
+
+
+async def test_a_prefill_never_waits_for_a_busy_engine(engine):
+    """A head start is worth nothing once it queues: with every context generating, a
+    prefill returns at once and evaluates nothing."""
+    left = _left_to_evaluate(engine)
+    evaluated = []
+    evaluate = engine._evaluate
+    engine._evaluate = lambda context, prompt: (evaluated.append(prompt), evaluate(context, prompt))
+    held = 0
+    try:
+        while engine._turns.idle:
+            await engine._turns.acquire()
+            held += 1
+        # Every turn is held here, so a prefill that waited for one would never return.
+        await asyncio.wait_for(
+            engine.prefill(ChatRequest(user("Tell me about the sea."), max_tokens=4)), 10
+        )
+        assert evaluated == [] and left == []
+    finally:
+        for _ in range(held):
+            engine._turns.release()
+        del engine._run, engine._evaluate

@@ -184,6 +184,7 @@ class SpokenReply:
         # latency stages.
         self.first_sentence_at: float | None = None
         self.first_audio_at: float | None = None
+        self.first_piece: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -205,6 +206,7 @@ class SpokenReply:
     def _queue_sentence(self, sentence: str) -> None:
         if self.first_sentence_at is None:
             self.first_sentence_at = time.perf_counter()
+            self.first_piece = sentence
         self._queued += 1
         self._sentences.put_nowait(sentence)
 

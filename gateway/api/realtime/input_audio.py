@@ -129,6 +129,7 @@ class InputAudio:
             if self.response is not None and interrupts:
                 metrics.REALTIME_BARGE_INS.inc()
                 await self.cancel_response("turn_detected")
+            self._prefill_conversation()  # speculation.py
         elif isinstance(turn, Gap):
             # A long phrase is heard from a gap between its words while the user goes on,
             # so that a pause finds little or nothing left to hear (hearing.py).

@@ -105,6 +105,7 @@ class ResponseRun:
         request = await self._request()
         feed = await session.adopt_speculation(request, self.voicing())
         if feed is None:
+            await session.prefilled()
             feed = self.feed(request, session.policy)
         else:  # begun at the pause: the words were heard, and maybe more, before now
             self.response.heard_at = feed.heard_at
@@ -231,12 +232,15 @@ class ResponseRun:
                   ("synthesis", reply.first_audio_at if reply else None), ("sent", sent_at)]
         if any(at is None for _, at in points):
             return
-        model, previous = self.session.config.model, ended_at
+        model, previous, stages = self.session.config.model, ended_at, {}
         for stage, at in points:
-            metrics.REALTIME_TURN_STAGES.labels(model=model, stage=stage).observe(
-                max(0.0, at - previous)
-            )
+            stages[stage] = max(0.0, at - previous)
+            metrics.REALTIME_TURN_STAGES.labels(model=model, stage=stage).observe(stages[stage])
             previous = max(previous, at)
+        # One line per turn: which stage a slow turn waited on, and for what piece.
+        log.info("realtime turn answered", response_id=r.id, seconds=round(sent_at - ended_at, 3),
+                 **{stage: round(value, 3) for stage, value in stages.items()},
+                 first_piece=reply.first_piece)
 
     async def _call_started(self, event: ToolCallStart) -> None:
         for call in self.calls.values():

@@ -14,6 +14,11 @@ Only the chat model's compute is risked, from a pause to the words that follow i
 
 Not for a model that hears the user's audio itself (Step-Audio reads audio tokens): the
 committed audio, with its trailing silence, is not the audio of the pause.
+
+Earlier still, when the user starts to speak, the conversation so far is handed to the
+chat engine to compute ahead (``ChatEngine.prefill``): the reply, at a pause or at the
+turn's end, then has only the user's new words left to read, not also the answer before
+them, whose tokens the embedded model sampled one by one and cannot reuse.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 
 from ... import metrics
 from ...policy import HeldCharges, RateLimitExceeded
@@ -30,6 +36,7 @@ from . import protocol as p
 from .conversation import Item
 from .feed import TurnFeed
 
+log = structlog.get_logger(__name__)
 
 @dataclass
 class Speculation:
@@ -43,16 +50,50 @@ class SpeculativeReplies:
     """A part of :class:`~.serving.RealtimeSession` (see the module notes)."""
 
     _speculative_reply: asyncio.Task | None = None
+    _prefilling: asyncio.Task | None = None  # the conversation computed ahead
     # A key refused a response is not worked for ahead of its asking until its window
     # resets: work begun at a pause must not be a way around the key's limits.
     _no_speculation_until = 0.0
 
+    def _work_ahead(self) -> bool:
+        """Whether work may begin before the turn ends: turns are answered, nothing is
+        being answered now, and the key was not refused."""
+        return (
+            self._answers_turns()
+            and self.response is None
+            and time.monotonic() >= self._no_speculation_until
+        )
+
+    def _prefill_conversation(self) -> None:
+        """The user began to speak: have the chat engine compute the conversation so far
+        (one such task at a time)."""
+        if self._prefilling is not None and not self._prefilling.done():
+            return
+        if self._work_ahead():
+            self._prefilling = asyncio.create_task(self._prefill())
+
+    async def _prefill(self) -> None:
+        from .response import ResponseRun  # the response module builds on this one
+
+        try:
+            run = ResponseRun(self, self.response_of(p.ResponseConfig()))
+            request = await run._request()
+            async with self.registry.chat(self.config.model) as engine:
+                await engine.prefill(request)
+        except Exception as exc:  # noqa: BLE001 - a head start; the reply meets any fault
+            log.debug("realtime prefill skipped", error=repr(exc))
+
+    async def prefilled(self) -> None:
+        """Return once the conversation's prefill, if one runs, is done: it computes what
+        a reply would, and a reply that started beside it would compute it again."""
+        task = self._prefilling
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+
     def _speculate(self, heard: asyncio.Task, item_id: str, audio: np.ndarray) -> None:
         """Begin the reply to the words heard so far (``heard``: their transcription)."""
         self._drop_speculative_reply()
-        if not self._answers_turns() or self.response is not None:
-            return
-        if time.monotonic() < self._no_speculation_until:
+        if not self._work_ahead():
             return
         self._speculative_reply = asyncio.create_task(self._begin_reply(heard, item_id, audio))
 
@@ -70,6 +111,7 @@ class SpeculativeReplies:
         item.content.append({"type": "input_audio", "transcript": words.text})
         run = ResponseRun(self, self.response_of(p.ResponseConfig()), pending=item)
         request = await run._request()
+        await self.prefilled()
         policy = HeldCharges(self.policy)
         return Speculation(run.feed(request, policy), run.voicing(), policy, heard_at)
 
@@ -85,7 +127,15 @@ class SpeculativeReplies:
             metrics.REALTIME_SPECULATIONS.labels(outcome="dropped").inc()
 
     async def _stop_speculative_reply(self) -> None:
-        """The session is closing: stop the speculation and wait for its reply to stop."""
+        """The session is closing: stop the prefill and the speculation, and wait for
+        them (and its reply) to stop."""
+        prefilling, self._prefilling = self._prefilling, None
+        if prefilling is not None:
+            prefilling.cancel()
+            try:
+                await prefilling
+            except BaseException:  # noqa: BLE001 - closing anyway
+                pass
         task, self._speculative_reply = self._speculative_reply, None
         if task is None:
             return
