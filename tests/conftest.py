@@ -73,6 +73,7 @@ class LiveServer:
     thread. uvicorn makes that loop from a factory, so the tests' own loops are untouched."""
 
     def __init__(self, app, port: int, settings=None) -> None:
+        self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         if settings is None:  # the app's own, unless it is wrapped

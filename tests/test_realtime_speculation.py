@@ -13,6 +13,7 @@ import re
 import pytest
 from openai import AsyncOpenAI
 
+from engines.base import Capability
 from gateway.policy import HeldCharges
 from tests.recordings import pcm24k
 
@@ -93,6 +94,61 @@ async def test_a_user_who_goes_on_after_a_pause_is_answered_on_all_they_said(ser
     heard = next(e["transcript"] for e in events
                  if e["type"] == "conversation.item.input_audio_transcription.completed")
     assert "conservative" in heard.lower() and "thatcher" in heard.lower(), heard
+
+
+def chat_engine(server):
+    """The chat engine the server's realtime sessions use (preloaded)."""
+    registry = server.app.state["registry"]
+    return registry._slots[registry.check("gpt-realtime", Capability.CHAT)].engine
+
+
+async def test_the_conversation_so_far_is_computed_while_the_user_speaks(server, http):
+    """When the user starts a turn, the conversation so far, the answer they just heard
+    included, is handed to the chat engine to compute (speculation.py). The reply begun
+    at the turn's first pause then has only the words of that phrase, and the turn
+    markers, left to evaluate. Without the head start it would also evaluate the answer
+    (at least 20 tokens: the model samples it one token at a time, and such tokens are
+    never reused). The engine is the real one; the test only records what it is asked."""
+    engine = chat_engine(server)
+    prefilled: list[list] = []
+    left: list[int] = []
+    prefill, run = engine.prefill, engine._run
+
+    async def recorded_prefill(request):
+        prefilled.append(request.messages)
+        await prefill(request)
+
+    def recorded_run(context, job):
+        left.append(len(job.prompt_tokens) - context.shared_prefix(job.prompt_tokens))
+        return run(context, job)
+
+    def tokens(text: str) -> int:
+        return len(engine._model().tokenize(text.encode(), add_bos=False, special=False))
+
+    engine.prefill, engine._run = recorded_prefill, recorded_run
+    client = AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    try:
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.session.update(session={
+                "type": "realtime", "max_output_tokens": 40,
+                "audio": {"input": {
+                    "transcription": {"model": "whisper-1"},
+                    "turn_detection": {"type": "server_vad", "silence_duration_ms": 700},
+                }},
+            })
+            first = await turn_events(conn, pcm24k("en_happy_prompt"))
+            answer = next(e["transcript"] for e in first
+                          if e["type"] == "response.output_audio_transcript.done")
+            generations_before = len(left)
+            second = await turn_events(conn, pcm24k("zero_shot_en_prompt"))
+    finally:
+        del engine.prefill, engine._run
+    assert tokens(answer) >= 20, answer
+    assert any(m and m[-1].role == "assistant" and m[-1].content == answer for m in prefilled)
+    phrase = "His political stance was conservative."  # its first pause's words
+    first_reply = left[generations_before]
+    assert first_reply <= tokens(phrase) + 12, (left, generations_before)
+    assert second[-1]["response"]["status"] in ("completed", "incomplete")
 
 
 class Ledger:
