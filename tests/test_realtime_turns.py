@@ -8,6 +8,12 @@ the end of speech was sent).
 The outliers this guards against were turns that waited for work the gateway should no
 longer have been doing (a response left running by a session that had closed, queued
 transcriptions); the absolute figures are a benchmark's (bench/), not this test's.
+
+The conversation is answered in English, with a rare answer in Chinese (SmolLM2 answers
+Chinese words in Chinese now and then, whatever it is told). Such an answer is voiced by
+Kokoro, whose first piece takes about a second longer to synthesise than Piper's: a known
+cost of that voice (the bench reports the Chinese turns apart), not a stall. So the rule
+holds for the English answers; a Chinese one must still be answered in audio.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import statistics
 import time
 
@@ -26,6 +33,7 @@ from tests.recordings import NAMES, pcm24k
 pytestmark = pytest.mark.slow
 
 TURNS = 20
+CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff]")
 CHUNK = 4_800  # 100 ms of 24 kHz 16-bit PCM
 SILENCE = b"\0" * 48_000  # 1 s: more than the silence that ends a turn
 
@@ -55,11 +63,12 @@ class Microphone:
         return next(at for ms, at in self.sent if ms >= audio_ms)
 
 
-async def turn(mic: Microphone, pcm: bytes) -> float:
+async def turn(mic: Microphone, pcm: bytes) -> tuple[float, str]:
     """Seconds from the end of the user's speech (the sending of the audio the last
     ``speech_stopped`` ends at) to the first audio of the answer that follows it; waits
     for that answer's end. A pause inside the recording may end a turn early, and the
-    speech after it then barges in: only the answer to the whole of it counts."""
+    speech after it then barges in: only the answer to the whole of it counts. Returns the
+    wait and the answer's transcript."""
     speaking = asyncio.create_task(mic.speak(pcm, pace=2.0))
     ended = first_audio = None
     seen: list[str] = []
@@ -83,7 +92,8 @@ async def turn(mic: Microphone, pcm: bytes) -> float:
     finally:
         await speaking
     assert ended is not None and first_audio is not None
-    return first_audio - ended
+    said = event["response"]["output"][0]["content"][0]["transcript"]
+    return first_audio - ended, said
 
 
 async def test_twenty_turns_of_real_speech_have_no_outlier(server):
@@ -102,7 +112,7 @@ async def test_twenty_turns_of_real_speech_have_no_outlier(server):
         mic = Microphone(conn)
         for i in range(TURNS):
             waits.append(await turn(mic, recordings[i % len(recordings)]))
-    print("end of speech -> first audio, s:", [round(w, 2) for w in waits])
-    median = statistics.median(waits)
-    slowest = max(waits)
-    assert slowest <= 3 * median, [round(w, 2) for w in waits]
+    print("end of speech -> first audio, s:", [(round(w, 2), said[:24]) for w, said in waits])
+    english = [wait for wait, said in waits if not CJK.search(said[:8])]
+    assert len(english) >= TURNS // 2, waits
+    assert max(english) <= 3 * statistics.median(english), waits
