@@ -60,7 +60,7 @@ class Microphone:
 
     def when_sent(self, audio_ms: int) -> float:
         """When the piece holding the session's ``audio_ms`` was sent."""
-        return next(at for ms, at in self.sent if ms >= audio_ms)
+        return next((at for ms, at in self.sent if ms >= audio_ms), self.sent[-1][1])
 
 
 async def turn(mic: Microphone, pcm: bytes) -> tuple[float, str]:
@@ -77,7 +77,9 @@ async def turn(mic: Microphone, pcm: bytes) -> tuple[float, str]:
             try:
                 event = json.loads(await asyncio.wait_for(mic.conn.recv_bytes(), 120))
             except TimeoutError:
-                raise AssertionError(f"no event for 120 s; the turn's events: {seen}") from None
+                raise AssertionError(
+                    f"no event for 120 s; the turn's events: {seen}; the microphone: {speaking}"
+                ) from None
             kind = event["type"]
             if kind not in ("response.output_audio.delta", "response.output_audio_transcript.delta"):
                 seen.append(kind)
