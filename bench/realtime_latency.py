@@ -24,7 +24,7 @@ session) would cost the next user.
 
     python bench/realtime_latency.py [--turns 20] [--one-session] [--barge-ins 5]
         [--transcription-model whisper-1] [--turn-detection server_vad|semantic_vad]
-        [--eagerness low|medium|high|auto] [--after-closed]
+        [--eagerness low|medium|high|auto] [--silence-ms N] [--after-closed]
 
 Writes everything to .bench/realtime_latency.json as well.
 """
@@ -177,6 +177,8 @@ async def session(client: AsyncOpenAI, args: argparse.Namespace, **config):
         detection = {"type": args.turn_detection}
         if args.eagerness:
             detection["eagerness"] = args.eagerness
+        if args.silence_ms is not None:
+            detection["silence_duration_ms"] = args.silence_ms
         audio_in = {"transcription": {"model": args.transcription_model},
                     "turn_detection": detection}
         await conn.session.update(
@@ -289,6 +291,8 @@ def stage_rows(turns: list[Turn]) -> list[str]:
 
 def describe(args: argparse.Namespace) -> str:
     detection = args.turn_detection + (f" {args.eagerness}" if args.eagerness else "")
+    if args.silence_ms is not None:
+        detection += f" ({args.silence_ms} ms of silence)"
     return (f"{'one session' if args.one_session else 'a session each'}, {detection}, "
             f"hearing with {args.transcription_model}"
             + (", each after a session closed mid-reply" if args.after_closed else ""))
@@ -356,12 +360,16 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--turn-detection", choices=["server_vad", "semantic_vad"],
                         default="server_vad")
     parser.add_argument("--eagerness", choices=["low", "medium", "high", "auto"])
+    parser.add_argument("--silence-ms", type=int,
+                        help="server_vad's silence_duration_ms (default: the session's, 500)")
     parser.add_argument("--piece-ms", type=int, default=20, help="audio per append")
     parser.add_argument("--after-closed", action="store_true",
                         help="start each turn right after a session closed while its reply played")
     args = parser.parse_args()
     if args.eagerness and args.turn_detection != "semantic_vad":
         parser.error("--eagerness is semantic_vad's")
+    if args.silence_ms is not None and args.turn_detection != "server_vad":
+        parser.error("--silence-ms is server_vad's")
     return args
 
 
