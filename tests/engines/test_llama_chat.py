@@ -820,7 +820,7 @@ async def test_a_prefill_never_waits_for_a_busy_engine(engine):
     left = _left_to_evaluate(engine)
     evaluated = []
     evaluate = engine._evaluate
-    engine._evaluate = lambda context, prompt: (evaluated.append(prompt), evaluate(context, prompt))
+    engine._evaluate = lambda *args: (evaluated.append(args), evaluate(*args))
     held = 0
     try:
         while engine._turns.idle:
@@ -835,3 +835,46 @@ async def test_a_prefill_never_waits_for_a_busy_engine(engine):
         for _ in range(held):
             engine._turns.release()
         del engine._run, engine._evaluate
+
+
+@pytest.mark.slow
+async def test_a_question_is_answered_while_a_long_conversation_is_prefilled(engine):
+    """A prefill gives the model back between pieces of its prompt: a question asked while
+    a long conversation (some 1,400 tokens) is computed ahead is answered before that
+    prefill ends, and as it is alone. Evaluated in one call, the prefill held the model
+    until the whole conversation was done."""
+    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=4)
+    alone = text_of(await collect(engine, question))
+    story = " ".join(f"Day {n}: the keeper climbed the stairs, lit the lamp and watched the sea."
+                     for n in range(80))
+    conversation = ChatRequest(_conversation("the keeper's year", story, "And then?")[:2])
+    assert len(engine._tokenize_prompt([{"role": "assistant", "content": story}])) > 1_200
+
+    evaluating = asyncio.Event()
+    evaluate = engine._evaluate
+
+    def first_piece_signalled(*args):
+        evaluate(*args)
+        engine._loop.call_soon_threadsafe(evaluating.set)
+
+    engine._loop = asyncio.get_running_loop()
+    engine._evaluate = first_piece_signalled
+    try:
+        prefilling = asyncio.create_task(engine.prefill(conversation))
+        await asyncio.wait_for(evaluating.wait(), 30)
+        answered = text_of(await collect(engine, question))
+        assert not prefilling.done(), "the question waited for the whole prefill"
+        assert answered == alone
+        await prefilling
+    finally:
+        del engine._evaluate, engine._loop
+
+
+def test_prefill_pieces_cover_the_prompt_without_a_lone_token():
+    from engines.embedded.llama import _piece_ends
+
+    for start in range(0, 4):
+        for stop in range(start + 2, start + 300):
+            ends = _piece_ends(start, stop, 64)
+            sizes = [b - a for a, b in zip([start, *ends], ends)]
+            assert ends[-1] == stop and all(2 <= n <= 65 for n in sizes), (start, stop, sizes)
