@@ -47,6 +47,10 @@ How a request is served:
   761 -> 965 MiB; RSS 890 -> 1170 MiB, as RSS counts the shared weights' pages once per
   mapping). A generation takes the free context whose cache holds the longest start of
   its prompt. ``max_queue`` requests may wait for a context, further ones get 429.
+* **Long prompts in pieces.** A prompt with more than a piece (64 tokens) not yet in the
+  cache is evaluated a piece per worker call before its generation starts, so it takes
+  turns like everything else: a 3,000-token prompt evaluated in one call held the compute
+  slot for some 20 s, and every voice and recogniser waited.
 """
 
 from __future__ import annotations
@@ -97,8 +101,9 @@ MAX_TOP_LOGPROBS = 20
 
 _CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
 _KV_CACHE_TYPES = {"f32": 0, "f16": 1}  # ggml type ids
-# Prompt tokens a prefill evaluates per worker call: about 0.15 s of the two cores.
-_PREFILL_PIECE = 64
+# Prompt tokens evaluated per worker call when a prompt is evaluated in pieces: about
+# 0.15 s of the two cores for a short context.
+_PIECE = 64
 
 
 def default_model_path() -> Path | None:
@@ -269,6 +274,11 @@ class LlamaChatEngine(ChatEngine):
         self.min_p = float(min_p)
         self.tool_intent_threshold = float(tool_intent_threshold)
         self.n_batch = max(2, int(n_batch))
+        # Pieces of a prompt evaluated apart (_evaluate_in_pieces) are whole batches, or
+        # fit in one: llama.eval cuts a piece into batches, and none may be a lone token.
+        self._eval_piece = (
+            _PIECE if self.n_batch > _PIECE else _PIECE // self.n_batch * self.n_batch
+        )
         if kv_cache_type not in _KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type must be one of {sorted(_KV_CACHE_TYPES)}")
         self.kv_cache_type = kv_cache_type
@@ -369,6 +379,13 @@ class LlamaChatEngine(ChatEngine):
             job = await self.worker.run(self._prepare, request, plan)
             n_prompt = len(job.prompt_tokens)
             with self._context_for(job.prompt_tokens) as context:
+                # A long prompt is evaluated in pieces first, as a prefill is, all but its
+                # last two tokens: llama-cpp-python's generate evaluates what is left in the
+                # one call that also samples the first token, and a 3,000-token prompt held
+                # the model for some 20 s there while everyone else waited.
+                head = job.prompt_tokens[:-2]
+                if len(head) - context.shared_prefix(head) > self._eval_piece:
+                    await self._evaluate_in_pieces(context, head)
                 tokens = self.worker.iterate(lambda: self._run(context, job))
                 async with aclosing(tokens):  # its thread is done before the context is freed
                     if plan.tool_mode:
@@ -388,20 +405,25 @@ class LlamaChatEngine(ChatEngine):
         token at a time, which _reuse_cached_prompt never reuses, so without this its
         tokens are evaluated again at the start of the next reply.
 
-        The prompt is evaluated ``_PREFILL_PIECE`` tokens per worker call, so work that
-        comes meanwhile (the user's words to hear, another request) waits for at most one
-        piece, not for a whole conversation that nobody has asked to be answered yet."""
+        It is evaluated in pieces (see _evaluate_in_pieces): work that comes meanwhile (the
+        user's words to hear, another request) is not held up by a conversation nobody has
+        asked to be answered yet."""
         if not self._turns.idle or not request.messages:
             return
         self._check_fits(request)
         plan = self._plan(request)
         async with self._turn():
             job = await self.worker.run(self._prepare, request, plan)
-            prompt = job.prompt_tokens
-            with self._context_for(prompt) as context:
-                await self.worker.run(self._reuse_cached_prompt, context, prompt)
-                for end in _piece_ends(context.llama.n_tokens, len(prompt), _PREFILL_PIECE):
-                    await self.worker.run(self._evaluate, context, prompt, end)
+            with self._context_for(job.prompt_tokens) as context:
+                await self._evaluate_in_pieces(context, job.prompt_tokens)
+
+    async def _evaluate_in_pieces(self, context: _Context, prompt: list[int]) -> None:
+        """Evaluate ``prompt`` (two tokens at least) into ``context``'s cache, from where
+        the part it can keep ends, ``self._eval_piece`` tokens per worker call: between two
+        calls other work gets the model, so it waits for one piece at most."""
+        await self.worker.run(self._reuse_cached_prompt, context, prompt)
+        for end in _piece_ends(context.llama.n_tokens, len(prompt), self._eval_piece):
+            await self.worker.run(self._evaluate, context, prompt, end)
 
     def _evaluate(self, context: _Context, prompt: list[int], end: int) -> None:
         """Evaluate ``prompt`` up to ``end`` from where the context's cache stops."""

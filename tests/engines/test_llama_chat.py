@@ -737,6 +737,10 @@ async def test_answers_do_not_depend_on_what_the_cache_holds(tmp_path):
             "Name three bright colors.",
             "Name three colors.",
             FRANCE + " Answer in one word, please.",
+            # Long enough to be evaluated in pieces before its generation (and from
+            # different cached starts: it shares its opening with none of the others).
+            "Here is a list: " + ", ".join(["lighthouse", "harbour", "keeper"] * 30)
+            + ". " + FRANCE,
         ]
         lengths = [len(small._tokenize_prompt([{"role": "system", "content": small.system_prompt},
                                                {"role": "user", "content": q}])) for q in questions]
@@ -852,12 +856,12 @@ async def test_a_question_is_answered_while_a_long_conversation_is_prefilled(eng
 
     evaluating = asyncio.Event()
     evaluate = engine._evaluate
+    loop = asyncio.get_running_loop()
 
     def first_piece_signalled(*args):
         evaluate(*args)
-        engine._loop.call_soon_threadsafe(evaluating.set)
+        loop.call_soon_threadsafe(evaluating.set)
 
-    engine._loop = asyncio.get_running_loop()
     engine._evaluate = first_piece_signalled
     try:
         prefilling = asyncio.create_task(engine.prefill(conversation))
@@ -867,7 +871,7 @@ async def test_a_question_is_answered_while_a_long_conversation_is_prefilled(eng
         assert answered == alone
         await prefilling
     finally:
-        del engine._evaluate, engine._loop
+        del engine._evaluate
 
 
 def test_prefill_pieces_cover_the_prompt_without_a_lone_token():
@@ -878,3 +882,35 @@ def test_prefill_pieces_cover_the_prompt_without_a_lone_token():
             ends = _piece_ends(start, stop, 64)
             sizes = [b - a for a, b in zip([start, *ends], ends)]
             assert ends[-1] == stop and all(2 <= n <= 65 for n in sizes), (start, stop, sizes)
+
+
+@pytest.mark.slow
+async def test_a_question_is_answered_while_a_long_prompt_is_evaluated(engine):
+    """A long prompt is evaluated in pieces before its generation samples, as a prefill
+    is: a question asked meanwhile is answered before the long request's first token, and
+    as it is alone. In llama-cpp-python's generate, the whole prompt is evaluated in the
+    call that samples the first token, and the question waited for all of it."""
+    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=4)
+    alone = text_of(await collect(engine, question))
+    story = " ".join(f"Day {n}: the keeper climbed the stairs, lit the lamp and watched the sea."
+                     for n in range(80))
+    long = ChatRequest(user(story + " What did the keeper do?"), temperature=0, max_tokens=2)
+
+    evaluating = asyncio.Event()
+    evaluate = engine._evaluate
+    loop = asyncio.get_running_loop()
+
+    def first_piece_signalled(*args):
+        evaluate(*args)
+        loop.call_soon_threadsafe(evaluating.set)
+
+    engine._evaluate = first_piece_signalled
+    try:
+        answering = asyncio.create_task(collect(engine, long))
+        await asyncio.wait_for(evaluating.wait(), 30)
+        answered = text_of(await collect(engine, question))
+        assert not answering.done(), "the question waited for the long prompt"
+        assert answered == alone
+        assert (await answering)[-1].prompt_tokens > 1_200
+    finally:
+        del engine._evaluate
