@@ -786,6 +786,34 @@ def _conversation(topic: str, answer: str, question: str) -> list[ChatMessage]:
     ]
 
 
+KEEPER_STORY = " ".join(
+    f"Day {n}: the keeper climbed the stairs, lit the lamp and watched the sea." for n in range(80)
+)
+
+
+async def asked_while_evaluating(engine, long_work) -> tuple[str, bool, asyncio.Task]:
+    """Start ``long_work`` (a coroutine whose prompt is evaluated in pieces), ask FRANCE once
+    its first piece is evaluated: the answer, whether ``long_work`` had finished by then,
+    and its task."""
+    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=4)
+    evaluating = asyncio.Event()
+    evaluate = engine._evaluate
+    loop = asyncio.get_running_loop()
+
+    def first_piece_signalled(*args):
+        evaluate(*args)
+        loop.call_soon_threadsafe(evaluating.set)
+
+    engine._evaluate = first_piece_signalled
+    try:
+        working = asyncio.create_task(long_work)
+        await asyncio.wait_for(evaluating.wait(), 30)
+        answered = text_of(await collect(engine, question))
+        return answered, working.done(), working
+    finally:
+        del engine._evaluate
+
+
 @pytest.mark.slow
 async def test_a_prefilled_conversation_leaves_only_the_new_words_to_evaluate(engine):
     """ChatEngine.prefill: a realtime session hands the engine the conversation so far
@@ -847,31 +875,15 @@ async def test_a_question_is_answered_while_a_long_conversation_is_prefilled(eng
     a long conversation (some 1,400 tokens) is computed ahead is answered before that
     prefill ends, and as it is alone. Evaluated in one call, the prefill held the model
     until the whole conversation was done."""
-    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=4)
-    alone = text_of(await collect(engine, question))
-    story = " ".join(f"Day {n}: the keeper climbed the stairs, lit the lamp and watched the sea."
-                     for n in range(80))
-    conversation = ChatRequest(_conversation("the keeper's year", story, "And then?")[:2])
-    assert len(engine._tokenize_prompt([{"role": "assistant", "content": story}])) > 1_200
-
-    evaluating = asyncio.Event()
-    evaluate = engine._evaluate
-    loop = asyncio.get_running_loop()
-
-    def first_piece_signalled(*args):
-        evaluate(*args)
-        loop.call_soon_threadsafe(evaluating.set)
-
-    engine._evaluate = first_piece_signalled
-    try:
-        prefilling = asyncio.create_task(engine.prefill(conversation))
-        await asyncio.wait_for(evaluating.wait(), 30)
-        answered = text_of(await collect(engine, question))
-        assert not prefilling.done(), "the question waited for the whole prefill"
-        assert answered == alone
-        await prefilling
-    finally:
-        del engine._evaluate
+    alone = text_of(await collect(engine, ChatRequest(user(FRANCE), temperature=0, max_tokens=4)))
+    conversation = ChatRequest(_conversation("the keeper's year", KEEPER_STORY, "And then?")[:2])
+    assert len(engine._tokenize_prompt([{"role": "assistant", "content": KEEPER_STORY}])) > 1_200
+    answered, finished, prefilling = await asked_while_evaluating(
+        engine, engine.prefill(conversation)
+    )
+    assert not finished, "the question waited for the whole prefill"
+    assert answered == alone
+    await prefilling
 
 
 def test_prefill_pieces_cover_the_prompt_without_a_lone_token():
@@ -890,27 +902,9 @@ async def test_a_question_is_answered_while_a_long_prompt_is_evaluated(engine):
     is: a question asked meanwhile is answered before the long request's first token, and
     as it is alone. In llama-cpp-python's generate, the whole prompt is evaluated in the
     call that samples the first token, and the question waited for all of it."""
-    question = ChatRequest(user(FRANCE), temperature=0, max_tokens=4)
-    alone = text_of(await collect(engine, question))
-    story = " ".join(f"Day {n}: the keeper climbed the stairs, lit the lamp and watched the sea."
-                     for n in range(80))
-    long = ChatRequest(user(story + " What did the keeper do?"), temperature=0, max_tokens=2)
-
-    evaluating = asyncio.Event()
-    evaluate = engine._evaluate
-    loop = asyncio.get_running_loop()
-
-    def first_piece_signalled(*args):
-        evaluate(*args)
-        loop.call_soon_threadsafe(evaluating.set)
-
-    engine._evaluate = first_piece_signalled
-    try:
-        answering = asyncio.create_task(collect(engine, long))
-        await asyncio.wait_for(evaluating.wait(), 30)
-        answered = text_of(await collect(engine, question))
-        assert not answering.done(), "the question waited for the long prompt"
-        assert answered == alone
-        assert (await answering)[-1].prompt_tokens > 1_200
-    finally:
-        del engine._evaluate
+    alone = text_of(await collect(engine, ChatRequest(user(FRANCE), temperature=0, max_tokens=4)))
+    long = ChatRequest(user(KEEPER_STORY + " What did the keeper do?"), temperature=0, max_tokens=2)
+    answered, finished, answering = await asked_while_evaluating(engine, collect(engine, long))
+    assert not finished, "the question waited for the long prompt"
+    assert answered == alone
+    assert (await answering)[-1].prompt_tokens > 1_200
