@@ -375,28 +375,25 @@ class LlamaChatEngine(ChatEngine):
     async def generate(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         self._check_fits(request)
         plan = self._plan(request)
-        async with self._turn():
-            job = await self.worker.run(self._prepare, request, plan)
+        async with self._prepared(request, plan) as (job, context):
             n_prompt = len(job.prompt_tokens)
-            with self._context_for(job.prompt_tokens) as context:
-                # A long prompt is evaluated in pieces first, as a prefill is, all but its
-                # last two tokens: llama-cpp-python's generate evaluates what is left in the
-                # one call that also samples the first token, and a 3,000-token prompt held
-                # the model for some 20 s there while everyone else waited.
-                head = job.prompt_tokens[:-2]
-                if len(head) - context.shared_prefix(head) > self._eval_piece:
-                    await self._evaluate_in_pieces(context, head)
-                tokens = self.worker.iterate(lambda: self._run(context, job))
-                async with aclosing(tokens):  # its thread is done before the context is freed
-                    if plan.tool_mode:
-                        async for event in self._tool_events(tokens, n_prompt):
-                            yield event
-                        return
-                    async for item in tokens:
-                        if isinstance(item, _End):
-                            yield Finish(item.reason, n_prompt, item.completion_tokens)
-                        else:
-                            yield item
+            # A long prompt is evaluated in pieces first, as a prefill is, all but its last
+            # two tokens: llama-cpp-python's generate evaluates what is left in the one call
+            # that also samples the first token, holding the model from everyone else.
+            head = job.prompt_tokens[:-2]
+            if len(head) - context.shared_prefix(head) > self._eval_piece:
+                await self._evaluate_in_pieces(context, head)
+            tokens = self.worker.iterate(lambda: self._run(context, job))
+            async with aclosing(tokens):  # its thread is done before the context is freed
+                if plan.tool_mode:
+                    async for event in self._tool_events(tokens, n_prompt):
+                        yield event
+                    return
+                async for item in tokens:
+                    if isinstance(item, _End):
+                        yield Finish(item.reason, n_prompt, item.completion_tokens)
+                    else:
+                        yield item
 
     async def prefill(self, request: ChatRequest) -> None:
         """Evaluate ``request``'s prompt into a free context, only if one is free now and
@@ -412,10 +409,17 @@ class LlamaChatEngine(ChatEngine):
             return
         self._check_fits(request)
         plan = self._plan(request)
+        async with self._prepared(request, plan) as (job, context):
+            await self._evaluate_in_pieces(context, job.prompt_tokens)
+
+    @asynccontextmanager
+    async def _prepared(self, request: ChatRequest, plan: _Plan):
+        """A turn, the request's job, and the free context best suited to its prompt,
+        held for the block."""
         async with self._turn():
             job = await self.worker.run(self._prepare, request, plan)
             with self._context_for(job.prompt_tokens) as context:
-                await self._evaluate_in_pieces(context, job.prompt_tokens)
+                yield job, context
 
     async def _evaluate_in_pieces(self, context: _Context, prompt: list[int]) -> None:
         """Evaluate ``prompt`` (two tokens at least) into ``context``'s cache, from where

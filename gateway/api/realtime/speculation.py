@@ -38,6 +38,7 @@ from .feed import TurnFeed
 
 log = structlog.get_logger(__name__)
 
+
 @dataclass
 class Speculation:
     feed: TurnFeed
